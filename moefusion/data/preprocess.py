@@ -44,8 +44,8 @@ def agc16(img: np.ndarray, percentiles=DEFAULT_AGC_PERCENTILES) -> np.ndarray:
     x = img.astype(np.float32)
     lo, hi = np.percentile(x, percentiles)
     if hi - lo < 1e-6:
-        return np.zeros_like(x)
-    return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+        return np.zeros(x.shape, np.float32)
+    return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0).astype(np.float32)
 
 
 def ir_to_unit(ir: np.ndarray, agc_percentiles=DEFAULT_AGC_PERCENTILES) -> np.ndarray:

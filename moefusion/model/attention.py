@@ -1,0 +1,175 @@
+"""Detection-driven attention: two Faster R-CNN detectors (one per modality) from torchvision parts.
+
+Per FPN level, a 1x1 conv fuses the two modalities' features (concat -> conv -> ReLU, added back
+to each), and a per-modality head (conv1x1-BN-ReLU-conv1x1-BN-sigmoid) gives an attention map
+``a``; the detector heads see ``f * (1 + a)``, so the detection losses teach the attention where
+objects are. The fusion network takes ``max(a_vis, a_ir)`` of level 0 (stride 4), upsampled to
+full resolution and detached.
+
+At inference only what level-0 attention needs runs (backbones, the FPN top-down path and level
+0's output conv, one fusion conv, two attention heads) unless detections are asked for. The
+detectors see single-channel images (IR, and the visible luminance), so gray cameras work too.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.models import mobilenet_v3_small, resnet50
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from .presets import ModelConfig
+
+# Objects in 640x480 thermal frames are small: anchors from 16 px at stride 4 up to 256 px.
+ANCHOR_SIZES = ((16,), (32,), (64,), (128,), (256,))
+ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * len(ANCHOR_SIZES)
+INPUT_MEAN, INPUT_STD = 0.5, 0.25
+
+
+def _resnet50_fpn(fpn_channels: int) -> BackboneWithFPN:
+    body = resnet50(weights=None, norm_layer=nn.BatchNorm2d)
+    body.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return BackboneWithFPN(
+        body,
+        return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+        in_channels_list=[256, 512, 1024, 2048],
+        out_channels=fpn_channels,
+        extra_blocks=LastLevelMaxPool(),
+    )
+
+
+def _mobilenet_v3_small_fpn(fpn_channels: int) -> BackboneWithFPN:
+    features = mobilenet_v3_small(weights=None).features[:12]  # up to stride 32, without the 576-ch head
+    first = features[0][0]
+    features[0][0] = nn.Conv2d(1, first.out_channels, 3, stride=2, padding=1, bias=False)
+    # strides 4, 8, 16, 32 end after blocks 1, 3, 8, 11 (16, 24, 48, 96 channels)
+    return BackboneWithFPN(
+        features,
+        return_layers={"1": "0", "3": "1", "8": "2", "11": "3"},
+        in_channels_list=[16, 24, 48, 96],
+        out_channels=fpn_channels,
+        extra_blocks=LastLevelMaxPool(),
+    )
+
+
+BACKBONES = {"resnet50": _resnet50_fpn, "mobilenet_v3_small": _mobilenet_v3_small_fpn}
+
+
+class AttentionHead(nn.Sequential):
+    def __init__(self, channels: int):
+        mid = max(channels // 2, 1)
+        super().__init__(
+            nn.Conv2d(channels, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, 1, 1, bias=False),
+            nn.BatchNorm2d(1),
+            nn.Sigmoid(),
+        )
+
+
+class Detector(nn.Module):
+    """RPN + RoI heads on attention-enhanced FPN features (torchvision parts)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c = cfg.fpn_channels
+        anchors = AnchorGenerator(ANCHOR_SIZES, ASPECT_RATIOS)
+        self.rpn = RegionProposalNetwork(
+            anchors,
+            RPNHead(c, anchors.num_anchors_per_location()[0]),
+            fg_iou_thresh=0.7,
+            bg_iou_thresh=0.3,
+            batch_size_per_image=256,
+            positive_fraction=0.5,
+            pre_nms_top_n=dict(training=2000, testing=1000),
+            post_nms_top_n=dict(training=2000, testing=1000),
+            nms_thresh=0.7,
+        )
+        pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+        self.roi_heads = RoIHeads(
+            pool,
+            TwoMLPHead(c * 7 * 7, cfg.roi_representation),
+            FastRCNNPredictor(cfg.roi_representation, cfg.num_classes + 1),
+            fg_iou_thresh=0.5,
+            bg_iou_thresh=0.5,
+            batch_size_per_image=512,
+            positive_fraction=0.25,
+            bbox_reg_weights=None,
+            score_thresh=0.05,
+            nms_thresh=0.5,
+            detections_per_img=100,
+        )
+
+    def forward(self, features: OrderedDict, image_size: tuple[int, int], targets=None):
+        """Returns (detections, losses). targets: list of {'boxes': [N,4] xyxy, 'labels': [N] >= 1}."""
+        b = next(iter(features.values())).shape[0]
+        images = ImageList(torch.empty(b, 1, *image_size, device=next(iter(features.values())).device), [image_size] * b)
+        proposals, rpn_losses = self.rpn(images, features, targets)
+        detections, roi_losses = self.roi_heads(features, proposals, [image_size] * b, targets)
+        return detections, {**rpn_losses, **roi_losses}
+
+
+def _fpn_level0(fpn, feats: list[torch.Tensor]) -> torch.Tensor:
+    """FPN output of the finest level only: the top-down path plus level 0's output conv."""
+    last = fpn.get_result_from_inner_blocks(feats[-1], -1)
+    for idx in range(len(feats) - 2, -1, -1):
+        lateral = fpn.get_result_from_inner_blocks(feats[idx], idx)
+        last = lateral + F.interpolate(last, size=lateral.shape[-2:], mode="nearest")
+    return fpn.get_result_from_layer_blocks(last, 0)
+
+
+class DetectionAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.detector not in BACKBONES:
+            raise ValueError(f"unknown detector {cfg.detector!r}; choose from {', '.join(BACKBONES)}")
+        c = cfg.fpn_channels
+        self.backbone_vis = BACKBONES[cfg.detector](c)
+        self.backbone_ir = BACKBONES[cfg.detector](c)
+        self.fusion_conv = nn.Conv2d(2 * c, c, 1)
+        self.att_vis = AttentionHead(c)
+        self.att_ir = AttentionHead(c)
+        self.det_vis = Detector(cfg)
+        self.det_ir = Detector(cfg)
+
+    def _attend(self, f_vis, f_ir):
+        shared = F.relu(self.fusion_conv(torch.cat([f_vis, f_ir], dim=1)))
+        f_vis, f_ir = f_vis + shared, f_ir + shared
+        a_vis, a_ir = self.att_vis(f_vis), self.att_ir(f_ir)
+        return f_vis * (1 + a_vis), f_ir * (1 + a_ir), a_vis, a_ir
+
+    def level0(self, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        """max(a_vis, a_ir) at stride 4 (inference path)."""
+        feats = []
+        for backbone, x in ((self.backbone_vis, vis), (self.backbone_ir, ir)):
+            body = backbone.body((x - INPUT_MEAN) / INPUT_STD)
+            feats.append(_fpn_level0(backbone.fpn, list(body.values())))
+        _, _, a_vis, a_ir = self._attend(*feats)
+        return torch.maximum(a_vis, a_ir)
+
+    def forward(self, vis, ir, targets_vis=None, targets_ir=None):
+        """All levels and both detectors: (level-0 attention, detections, losses)."""
+        size = tuple(vis.shape[-2:])
+        fv = self.backbone_vis((vis - INPUT_MEAN) / INPUT_STD)
+        fi = self.backbone_ir((ir - INPUT_MEAN) / INPUT_STD)
+        ev, ei = OrderedDict(), OrderedDict()
+        att0 = None
+        for name in fv:
+            ev[name], ei[name], a_vis, a_ir = self._attend(fv[name], fi[name])
+            if att0 is None:
+                att0 = torch.maximum(a_vis, a_ir)
+        det_v, loss_v = self.det_vis(ev, size, targets_vis)
+        det_i, loss_i = self.det_ir(ei, size, targets_ir)
+        losses = {f"vis_{k}": v for k, v in loss_v.items()}
+        losses.update({f"ir_{k}": v for k, v in loss_i.items()})
+        return att0, {"vis": det_v, "ir": det_i}, losses

@@ -1,0 +1,102 @@
+"""Top-k gating as pure functions with fixed shapes (after Shazeer et al. 2017 and fairscale).
+
+The gate of every MoE layer here is:
+
+    descriptor = resize(features, grid)            # bilinear, align_corners=True  -> [B, C*gh*gw]
+    logits     = descriptor @ w_gate                # [B, E]
+    (training) logits += N(0, 1) * (softplus(descriptor @ w_noise) + eps)
+    idx, top   = topk(logits, k)                    # [B, k], sorted descending
+    weights    = softmax(top)                       # [B, k], sums to 1
+    y          = logsumexp_j(expert_idx_j(x) + log weights_j)   # = log sum_j w_j exp(y_j)
+
+Resizing the descriptor to a fixed grid (instead of flattening features of a fixed image size)
+lets one set of weights run at any resolution; with the paper's grid at 640x480 it is exactly the
+paper's x0.25 / x0.125 bilinear downsampling.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+class Gating(NamedTuple):
+    indices: torch.Tensor  # int64 [B, k]: the chosen experts, best first
+    weights: torch.Tensor  # [B, k]: softmax over the chosen logits, sums to 1
+    gates: torch.Tensor  # [B, E]: weights scattered to all experts (exactly k non-zero per row)
+    load: torch.Tensor  # [E]: (soft, when noisy) number of samples routed to each expert
+
+
+def gate_descriptor(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Features [B, C, H, W] -> fixed-size gate descriptor [B, C*gh*gw]."""
+    if tuple(features.shape[-2:]) != tuple(grid):
+        features = F.interpolate(features, size=tuple(grid), mode="bilinear", align_corners=True)
+    return features.flatten(1)
+
+
+def _prob_in_top_k(clean, noisy, noise_std, top_values, k):
+    """Probability that each expert stays in the top k under resampled noise (differentiable load)."""
+    threshold_in = top_values[:, k : k + 1]  # the (k+1)-th value: an expert above it is in
+    threshold_out = top_values[:, k - 1 : k]  # the k-th value: an expert must beat it to get in
+    normal = torch.distributions.Normal(torch.zeros((), device=clean.device), torch.ones((), device=clean.device))
+    is_in = noisy > threshold_in
+    prob_if_in = normal.cdf((clean - threshold_in) / noise_std)
+    prob_if_out = normal.cdf((clean - threshold_out) / noise_std)
+    return torch.where(is_in, prob_if_in, prob_if_out)
+
+
+def top_k_gating(
+    descriptor: torch.Tensor,
+    w_gate: torch.Tensor,
+    k: int,
+    w_noise: torch.Tensor | None = None,
+    train: bool = False,
+    noise_epsilon: float = 1e-2,
+    generator: torch.Generator | None = None,
+) -> Gating:
+    """Noisy top-k gating. Noise (and the differentiable load) only when ``train`` and w_noise given."""
+    num_experts = w_gate.shape[1]
+    if not 1 <= k <= num_experts:
+        raise ValueError(f"k must be in 1..{num_experts}, got {k}")
+    clean = descriptor.float() @ w_gate.float()
+    noisy_mode = train and w_noise is not None
+    if noisy_mode:
+        noise_std = F.softplus(descriptor.float() @ w_noise.float()) + noise_epsilon
+        noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+        logits = clean + noise * noise_std
+    else:
+        logits = clean
+    m = min(k + 1, num_experts)
+    top_values, top_indices = logits.topk(m, dim=1)
+    indices = top_indices[:, :k]
+    weights = torch.softmax(top_values[:, :k], dim=1)
+    gates = torch.zeros_like(logits).scatter(1, indices, weights)
+    if noisy_mode and k < num_experts:
+        load = _prob_in_top_k(clean, logits, noise_std, top_values, k).sum(0)
+    else:
+        load = (gates > 0).sum(0).to(gates.dtype)
+    return Gating(indices, weights, gates, load)
+
+
+def cv_squared(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Squared coefficient of variation: var / mean^2 (0 for a single value)."""
+    x = x.float()
+    if x.numel() <= 1:
+        return x.new_zeros(())
+    return x.var() / (x.mean() ** 2 + eps)
+
+
+def balancing_loss(gating: Gating) -> torch.Tensor:
+    """cv^2(importance) + cv^2(load): pushes the batch to use the experts evenly."""
+    return cv_squared(gating.gates.sum(0)) + cv_squared(gating.load)
+
+
+def gated_logsumexp(expert_outputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """log(sum_j w_j exp(y_j)) computed stably as logsumexp(y_j + log w_j).
+
+    expert_outputs: [B, k, ...] outputs of the chosen experts; weights: [B, k] (> 0).
+    """
+    shape = weights.shape + (1,) * (expert_outputs.dim() - weights.dim())
+    log_w = torch.log(weights.to(expert_outputs.dtype)).reshape(shape)
+    return torch.logsumexp(expert_outputs + log_w, dim=1)
