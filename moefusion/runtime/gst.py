@@ -1,0 +1,310 @@
+"""GStreamer: lazy import, element checks, and the launch strings (pure functions).
+
+Every pipeline the runtime runs is a ``gst-launch-1.0``-style string built here from a parsed
+URI and its options, logged at start, and unit-tested. Frames leave source pipelines through an
+``appsink`` named ``sink`` and enter sink pipelines through an ``appsrc`` named ``src``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+
+from ..errors import UserError
+from .uri import FLIPS, StreamOptions, StreamURI, rate_fraction
+
+log = logging.getLogger("moefusion.runtime")
+
+# Element -> the package that provides it (Debian/Ubuntu names; JetPack for NVIDIA elements).
+ELEMENT_PACKAGES = {
+    "videotestsrc": "gstreamer1.0-plugins-base", "videoconvert": "gstreamer1.0-plugins-base",
+    "videoscale": "gstreamer1.0-plugins-base", "videorate": "gstreamer1.0-plugins-base",
+    "appsink": "gstreamer1.0-plugins-base", "appsrc": "gstreamer1.0-plugins-base",
+    "decodebin": "gstreamer1.0-plugins-base", "uridecodebin": "gstreamer1.0-plugins-base",
+    "filesrc": "gstreamer1.0 (core)", "filesink": "gstreamer1.0 (core)", "queue": "gstreamer1.0 (core)",
+    "udpsink": "gstreamer1.0-plugins-good", "v4l2src": "gstreamer1.0-plugins-good",
+    "videoflip": "gstreamer1.0-plugins-good", "jpegdec": "gstreamer1.0-plugins-good",
+    "rtspsrc": "gstreamer1.0-plugins-good", "rtph264pay": "gstreamer1.0-plugins-good",
+    "mp4mux": "gstreamer1.0-plugins-good", "qtmux": "gstreamer1.0-plugins-good",
+    "matroskamux": "gstreamer1.0-plugins-good", "avimux": "gstreamer1.0-plugins-good",
+    "autovideosink": "gstreamer1.0-plugins-good", "x264enc": "gstreamer1.0-plugins-ugly",
+    "openh264enc": "gstreamer1.0-plugins-bad", "h264parse": "gstreamer1.0-plugins-bad",
+    "rtspclientsink": "gstreamer1.0-rtsp", "avdec_h264": "gstreamer1.0-libav",
+    "avdec_mpeg4": "gstreamer1.0-libav",
+    "nvarguscamerasrc": "NVIDIA JetPack (nvidia-l4t-gstreamer; Jetson only)",
+    "nvvidconv": "NVIDIA JetPack (nvidia-l4t-gstreamer; Jetson only)",
+    "nvv4l2h264enc": "NVIDIA JetPack (nvidia-l4t-gstreamer; Jetson only)",
+    "nv3dsink": "NVIDIA JetPack (nvidia-l4t-gstreamer; Jetson only)",
+}
+
+_GST = None
+_GST_REASON = ""
+
+
+def gst_disabled_by_env() -> bool:
+    return os.environ.get("MOEFUSION_NO_GST", "").strip() not in ("", "0")
+
+
+def import_gst():
+    """Import and initialise GStreamer; returns the ``Gst`` module or None (reason in ``gst_reason()``)."""
+    global _GST, _GST_REASON
+    if _GST is not None:
+        return _GST
+    if gst_disabled_by_env():
+        _GST_REASON = "disabled by MOEFUSION_NO_GST"
+        return None
+    try:
+        import gi
+
+        gi.require_version("Gst", "1.0")
+        gi.require_version("GstApp", "1.0")
+        gi.require_version("GstVideo", "1.0")
+        from gi.repository import Gst, GstApp, GstVideo  # noqa: F401
+
+        if not Gst.init_check(None):
+            _GST_REASON = "Gst.init_check failed"
+            return None
+        Gst.Fraction  # the Gst overrides (GstFraction) must be there to read caps
+    except (ImportError, ValueError, AttributeError) as e:
+        _GST_REASON = f"PyGObject/GStreamer not importable ({e}); install python3-gst-1.0 and PyGObject"
+        return None
+    _GST = Gst
+    return Gst
+
+
+def gst_reason() -> str:
+    return _GST_REASON
+
+
+def have_gst() -> bool:
+    return import_gst() is not None
+
+
+def element_exists(name: str) -> bool:
+    Gst = import_gst()
+    return Gst is not None and Gst.ElementFactory.find(name) is not None
+
+
+def launch_elements(launch: str) -> list[str]:
+    """Element factory names in a launch string (caps filters and bin references skipped)."""
+    names = []
+    for part in _split_links(launch):
+        tok = part.strip().split(None, 1)
+        if not tok:
+            continue
+        first = tok[0]
+        if any(c in first for c in "/.=,("):
+            continue  # caps (video/x-raw,...), a pad reference (sink.), or a property only
+        names.append(first)
+    return names
+
+
+def _split_links(launch: str) -> list[str]:
+    """Split on '!' outside double quotes."""
+    parts, cur, quoted = [], [], False
+    for ch in launch:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "!" and not quoted:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
+
+
+def check_elements(launch: str, what: str, fix_hint: str = "") -> None:
+    """Raise a one-line UserError naming the first missing element and the package providing it."""
+    if import_gst() is None:
+        raise UserError(f"{what} needs GStreamer, which is not available: {gst_reason()}")
+    for name in launch_elements(launch):
+        if not element_exists(name):
+            pkg = ELEMENT_PACKAGES.get(name, "the GStreamer plugin package that provides it")
+            hint = f"; {fix_hint}" if fix_hint else ""
+            raise UserError(f"{what} needs the GStreamer element '{name}', which is not installed: install {pkg}{hint}")
+
+
+def quote(value) -> str:
+    """Quote a property value for a launch string when needed."""
+    s = str(value)
+    if re.fullmatch(r"[A-Za-z0-9_./:+@%-]+", s):
+        return s
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _props(params) -> str:
+    return "".join(f" {k}={quote(v)}" for k, v in params)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources
+# ----------------------------------------------------------------------------------------------
+
+def appsink_format(role: str, opts: StreamOptions) -> str:
+    """What the capture hands to Python: IR is gray (16-bit kept for radiometric cameras); VIS is BGR
+    unless the camera itself is gray."""
+    fmt = opts.format
+    if role == "ir":
+        return "GRAY16_LE" if fmt == "GRAY16_LE" else "GRAY8"
+    if fmt in ("GRAY8", "GRAY16_LE"):
+        return fmt
+    return "BGR"
+
+
+def _raw_caps(fmt: str | None, opts: StreamOptions, media: str = "video/x-raw") -> str:
+    fields = [media]
+    if fmt:
+        fields.append(f"format={fmt}")
+    if opts.width:
+        fields.append(f"width={opts.width}")
+    if opts.height:
+        fields.append(f"height={opts.height}")
+    if opts.rate:
+        fields.append(f"framerate={rate_fraction(opts.rate)}")
+    return ",".join(fields)
+
+
+def _tail(role: str, opts: StreamOptions, *, scale: bool, live: bool, sync: bool) -> str:
+    """videoconvert [! scale] [! flip] ! <appsink caps> ! appsink."""
+    parts = ["videoconvert"]
+    if scale and (opts.width or opts.height):
+        dims = ",".join(f for f in (f"width={opts.width}" if opts.width else "",
+                                    f"height={opts.height}" if opts.height else "") if f)
+        parts += ["videoscale", f"video/x-raw,{dims}"]
+    if opts.flip and opts.flip != "none":
+        parts.append(f"videoflip video-direction={FLIPS[opts.flip][0]}")
+        parts.append("videoconvert")
+    parts.append(f"video/x-raw,format={appsink_format(role, opts)}")
+    parts.append(appsink_launch(live=live, sync=sync))
+    return " ! ".join(parts)
+
+
+def appsink_launch(*, live: bool, sync: bool = False) -> str:
+    """Live sources: a short leaky appsink (drops are seen as gaps in buffer offsets and counted);
+    files: back-pressure, nothing dropped."""
+    if live:
+        return f"appsink name=sink max-buffers=2 drop=true sync={str(sync).lower()} enable-last-sample=false"
+    return f"appsink name=sink max-buffers=4 drop=false sync={str(sync).lower()} enable-last-sample=false"
+
+
+def source_launch(uri: StreamURI, opts: StreamOptions, role: str, *, sync: bool = False) -> str:
+    """The capture pipeline for a source URI (not for image sequences, which are read directly).
+
+    ``sync=True`` paces a file at its own frame rate (used when a file is paired with a live camera).
+    """
+    live = uri.is_live or sync
+    if uri.kind == "v4l2":
+        fmt = opts.format
+        if fmt == "MJPG":
+            head = f"v4l2src device={quote(uri.location)}{_props(uri.params)} ! {_raw_caps(None, opts, 'image/jpeg')} ! jpegdec"
+        else:
+            caps = _raw_caps(fmt, opts)
+            head = f"v4l2src device={quote(uri.location)}{_props(uri.params)}"
+            if caps != "video/x-raw":
+                head += f" ! {caps}"
+        return f"{head} ! {_tail(role, opts, scale=False, live=True, sync=False)}"
+    if uri.kind == "csi":
+        w, h, r = opts.width or 1280, opts.height or 720, opts.rate or 30
+        flip = FLIPS[opts.flip or "none"][1]
+        out = appsink_format(role, opts)
+        conv = "video/x-raw,format=GRAY8" if out == "GRAY8" else "video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR"
+        return (f"nvarguscamerasrc sensor-id={uri.location}{_props(uri.params)} ! "
+                f"video/x-raw(memory:NVMM),width={w},height={h},framerate={rate_fraction(r)},format=NV12 ! "
+                f"nvvidconv flip-method={flip} ! {conv} ! {appsink_launch(live=True)}")
+    if uri.kind == "rtsp":
+        params = dict(uri.params)
+        params.setdefault("latency", "200")
+        props = _props(params.items())
+        return (f"rtspsrc location={quote(uri.location)}{props} ! decodebin ! "
+                f"{_tail(role, opts, scale=True, live=True, sync=False)}")
+    if uri.kind == "file":
+        head = f"filesrc location={quote(uri.location)} ! decodebin"
+        tail = _tail(role, opts, scale=True, live=live, sync=sync)
+        if opts.rate:
+            tail = tail.replace("videoconvert", f"videorate ! video/x-raw,framerate={rate_fraction(opts.rate)} ! videoconvert", 1)
+        return f"{head} ! {tail}"
+    if uri.kind == "test":
+        params = dict(uri.params)
+        params.setdefault("is-live", "true")
+        is_live = str(params["is-live"]).lower() in ("true", "1", "yes")
+        w, h, r = opts.width or 640, opts.height or 480, opts.rate or 30
+        fmt = opts.format if opts.format not in (None, "MJPG") else None
+        caps = f"video/x-raw,{'format=' + fmt + ',' if fmt else ''}width={w},height={h},framerate={rate_fraction(r)}"
+        nocaps = StreamOptions(format=opts.format, flip=opts.flip)
+        return (f"videotestsrc pattern={uri.location}{_props(params.items())} ! {caps} ! "
+                f"{_tail(role, nocaps, scale=False, live=is_live, sync=False)}")
+    raise ValueError(f"no GStreamer source for kind {uri.kind!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sinks
+# ----------------------------------------------------------------------------------------------
+
+MUXERS = {".mp4": "mp4mux", ".mov": "qtmux", ".mkv": "matroskamux", ".avi": "avimux"}
+
+# H.264 encoder chains, best first. Each is (name, elements after the BGR appsrc, for file / stream).
+ENCODERS = {
+    "nvv4l2h264enc": ("videoconvert ! video/x-raw,format=BGRx ! nvvidconv ! video/x-raw(memory:NVMM),format=NV12 ! "
+                      "nvv4l2h264enc bitrate={bitrate} iframeinterval={gop} insert-sps-pps=true ! h264parse"),
+    "x264enc": ("videoconvert ! video/x-raw,format=I420 ! x264enc speed-preset=ultrafast tune=zerolatency "
+                "bitrate={kbitrate} key-int-max={gop} ! h264parse"),
+    "openh264enc": ("videoconvert ! video/x-raw,format=I420 ! openh264enc bitrate={bitrate} gop-size={gop} "
+                    "complexity=low ! h264parse"),
+}
+
+
+def appsrc_launch(width: int, height: int, fps: float, fmt: str = "BGR") -> str:
+    """Frames in: timestamps set by the writer; blocking with a small queue so a slow sink
+    back-pressures the loop (where drops are counted) rather than dropping silently here."""
+    return (f"appsrc name=src is-live=false format=time block=true max-bytes={width * height * 3 * 3} "
+            f"caps=video/x-raw,format={fmt},width={width},height={height},framerate={rate_fraction(fps)}")
+
+
+def pick_encoder(preferred: str | None = None) -> str | None:
+    """The first H.264 encoder chain whose elements all exist (None if none does)."""
+    names = [preferred] if preferred else list(ENCODERS)
+    for name in names:
+        chain = ENCODERS.get(name)
+        if chain and all(element_exists(e) for e in launch_elements(chain.format(bitrate=1, kbitrate=1, gop=1))):
+            return name
+    return None
+
+
+def encoder_chain(name: str, *, width: int, height: int, fps: float) -> str:
+    bitrate = int(min(20e6, max(2e6, width * height * fps * 0.15)))  # ~0.15 bit/pixel, 2 Mbit/s at least
+    gop = max(1, int(round(fps)))
+    return ENCODERS[name].format(bitrate=bitrate, kbitrate=bitrate // 1000, gop=gop)
+
+
+def file_sink_launch(path: str, width: int, height: int, fps: float, encoder: str) -> str:
+    ext = os.path.splitext(path)[1].lower()
+    mux = MUXERS.get(ext, "mp4mux")
+    return (f"{appsrc_launch(width, height, fps)} ! {encoder_chain(encoder, width=width, height=height, fps=fps)} ! "
+            f"{mux} ! filesink location={quote(path)}")
+
+
+def udp_sink_launch(host: str, port: int, width: int, height: int, fps: float, encoder: str) -> str:
+    return (f"{appsrc_launch(width, height, fps)} ! {encoder_chain(encoder, width=width, height=height, fps=fps)} ! "
+            f"rtph264pay config-interval=1 pt=96 ! udpsink host={quote(host)} port={port} sync=false async=false")
+
+
+def rtsp_sink_launch(location: str, width: int, height: int, fps: float, encoder: str) -> str:
+    return (f"{appsrc_launch(width, height, fps)} ! {encoder_chain(encoder, width=width, height=height, fps=fps)} ! "
+            f"rtspclientsink location={quote(location)}")
+
+
+def display_sink_launch(width: int, height: int, fps: float) -> str:
+    sink = "nv3dsink" if element_exists("nv3dsink") else "autovideosink"
+    return f"{appsrc_launch(width, height, fps)} ! videoconvert ! {sink} sync=false"
+
+
+def udp_receiver_hint(port: int) -> str:
+    return (f"gst-launch-1.0 udpsrc port={port} caps=\"application/x-rtp,media=video,encoding-name=H264,payload=96\" "
+            f"! rtph264depay ! avdec_h264 ! videoconvert ! autovideosink sync=false")
+
+
+def pretty(launch: str) -> str:
+    """The launch string as one could paste it after ``gst-launch-1.0``."""
+    return " ".join(shlex.quote(p) if "(" in p else p for p in launch.split(" "))

@@ -1,0 +1,214 @@
+"""URI parsing, per-stream options and the GStreamer launch-string builders (pure functions)."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from moefusion.errors import UserError
+from moefusion.runtime import gst
+from moefusion.runtime.uri import (
+    StreamOptions,
+    add_stream_args,
+    expand_images,
+    normalize_format,
+    parse_input_uri,
+    parse_output_uri,
+    rate_fraction,
+)
+
+INPUTS = [
+    ("/dev/video0", "v4l2", "/dev/video0", True),
+    ("v4l2:///dev/video2", "v4l2", "/dev/video2", True),
+    ("v4l2://1", "v4l2", "/dev/video1", True),
+    ("csi://0", "csi", "0", True),
+    ("rtsp://192.168.1.10:554/stream1", "rtsp", "rtsp://192.168.1.10:554/stream1", True),
+    ("rtsps://cam.local/live", "rtsp", "rtsps://cam.local/live", True),
+    ("file:///data/clip.mp4", "file", "/data/clip.mp4", False),
+    ("file://clip.mkv", "file", "clip.mkv", False),
+    ("clip.mp4", "file", "clip.mp4", False),
+    ("/data/frames/", "images", "/data/frames/", False),
+    ("file:///data/frames/*.png", "images", "/data/frames/*.png", False),
+    ("frames/img_*.bmp", "images", "frames/img_*.bmp", False),
+    ("one.png", "images", "one.png", False),
+    ("test://ball", "test", "ball", True),
+    ("test://", "test", "smpte", True),
+]
+
+
+@pytest.mark.parametrize("uri,kind,location,live", INPUTS)
+def test_input_uri_table(uri, kind, location, live):
+    u = parse_input_uri(uri, "--ir")
+    assert (u.kind, u.location, u.is_live) == (kind, location, live)
+    assert u.raw == uri
+    assert u.is_finite == (kind in ("file", "images"))
+
+
+def test_query_params_become_properties():
+    u = parse_input_uri("test://ball?num-buffers=30&is-live=false", "--ir")
+    assert dict(u.params) == {"num-buffers": "30", "is-live": "false"}
+    assert not u.is_live and u.is_finite  # a non-live test pattern behaves like a file
+    u = parse_input_uri("/dev/video0?io-mode=2", "--vis")
+    assert u.location == "/dev/video0" and dict(u.params) == {"io-mode": "2"}
+
+
+@pytest.mark.parametrize("uri,needle", [
+    ("foo://bar", "unknown URI scheme 'foo://'"),
+    ("http://x/y.mp4", "unknown URI scheme 'http://'"),
+    ("csi://front", "csi://N"),
+    ("rtsp:///nohost", "needs a host"),
+    ("test://nosuchpattern", "unknown test pattern"),
+    ("v4l2://camera", "v4l2:///dev/videoN"),
+    ("", "--ir is missing"),
+    ("test://ball?Bad_Prop=1", "bad property name"),
+])
+def test_bad_input_uris(uri, needle):
+    with pytest.raises(UserError) as e:
+        parse_input_uri(uri, "--ir")
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+OUTPUTS = [
+    ("display://0", "display", "0"),
+    ("display", "display", "0"),
+    ("file://out.mp4", "file", "out.mp4"),
+    ("out/fused.mkv", "file", "out/fused.mkv"),
+    ("rtsp://localhost:8554/fused", "rtsp", "rtsp://localhost:8554/fused"),
+    ("udp://192.168.1.20:5000", "udp", "192.168.1.20:5000"),
+    ("none", "none", ""),
+    (None, "none", ""),
+]
+
+
+@pytest.mark.parametrize("uri,kind,location", OUTPUTS)
+def test_output_uri_table(uri, kind, location):
+    u = parse_output_uri(uri)
+    assert (u.kind, u.location) == (kind, location)
+
+
+@pytest.mark.parametrize("uri,needle", [
+    ("out.gif", "must end in one of"),
+    ("udp://host", "udp://HOST:PORT"),
+    ("ftp://x/y.mp4", "unknown output scheme"),
+    ("display://left", "display://N"),
+])
+def test_bad_output_uris(uri, needle):
+    with pytest.raises(UserError) as e:
+        parse_output_uri(uri)
+    assert needle in str(e.value)
+
+
+def test_udp_host_port():
+    u = parse_output_uri("udp://10.0.0.5:5600")
+    assert (u.host, u.port) == ("10.0.0.5", 5600)
+
+
+def test_stream_options_from_prefixed_flags():
+    p = argparse.ArgumentParser()
+    add_stream_args(p, "ir", "IR")
+    add_stream_args(p, "vis", "VIS")
+    a = p.parse_args(["--ir", "/dev/video1", "--ir-width", "640", "--ir-height", "512", "--ir-rate", "9",
+                      "--ir-format", "y16", "--ir-flip", "rotate-180", "--vis-loop"])
+    ir, vis = StreamOptions.from_args(a, "ir"), StreamOptions.from_args(a, "vis")
+    assert (ir.width, ir.height, ir.rate, ir.format, ir.flip, ir.loop) == (640, 512, 9.0, "GRAY16_LE", "rotate-180", 0)
+    assert vis.loop == -1 and vis.flip == "none"
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"width": 0}, "--ir-width"), ({"rate": -1}, "--ir-rate"), ({"format": "H265"}, "--ir-format"),
+    ({"flip": "sideways"}, "--ir-flip"), ({"loop": -5}, "--ir-loop"),
+])
+def test_bad_stream_options(kw, needle):
+    with pytest.raises(UserError) as e:
+        StreamOptions(**kw).validate("ir")
+    assert needle in str(e.value)
+
+
+def test_formats_and_rates():
+    assert normalize_format("YUYV") == "YUY2" and normalize_format("mjpeg") == "MJPG" and normalize_format("Y16") == "GRAY16_LE"
+    assert rate_fraction(30) == "30/1" and rate_fraction(7.5) == "15/2" and rate_fraction(29.97) == "30000/1001"
+    assert rate_fraction(8.7) == "87/10"
+
+
+def test_expand_images_natural_order(tmp_path):
+    import cv2
+    import numpy as np
+
+    for i in (10, 2, 1):
+        cv2.imwrite(str(tmp_path / f"f_{i}.png"), np.zeros((4, 4), np.uint8))
+    (tmp_path / "notes.txt").write_text("x")
+    u = parse_input_uri(str(tmp_path), "--ir")
+    assert [p.rsplit("/", 1)[1] for p in expand_images(u, "--ir")] == ["f_1.png", "f_2.png", "f_10.png"]
+    with pytest.raises(UserError, match="no such file or folder"):
+        expand_images(parse_input_uri(str(tmp_path / "nope.png"), "--ir"), "--ir")
+
+
+# -- launch strings -------------------------------------------------------------------------
+
+def L(uri, role="ir", **kw):
+    return gst.source_launch(parse_input_uri(uri, f"--{role}"), StreamOptions(**kw).validate(role), role)
+
+
+def test_v4l2_launch_thermal_y16():
+    s = L("/dev/video1", "ir", width=640, height=512, rate=30, format="Y16")
+    assert s.startswith("v4l2src device=/dev/video1 ! video/x-raw,format=GRAY16_LE,width=640,height=512,framerate=30/1 ! ")
+    assert s.endswith("video/x-raw,format=GRAY16_LE ! appsink name=sink max-buffers=2 drop=true sync=false enable-last-sample=false")
+
+
+def test_v4l2_launch_mjpg_and_yuyv_vis():
+    s = L("v4l2:///dev/video0", "vis", width=1280, height=720, rate=30, format="MJPG", flip="horizontal")
+    assert "image/jpeg,width=1280,height=720,framerate=30/1 ! jpegdec ! videoconvert ! videoflip video-direction=horiz" in s
+    assert "video/x-raw,format=BGR ! appsink" in s
+    s = L("/dev/video0?io-mode=2", "vis", format="YUYV")
+    assert s.startswith("v4l2src device=/dev/video0 io-mode=2 ! video/x-raw,format=YUY2 ! videoconvert")
+    assert L("/dev/video0", "vis").startswith("v4l2src device=/dev/video0 ! videoconvert")
+
+
+def test_v4l2_gray8_ir_default_format():
+    assert L("/dev/video3", "ir", format="GRAY8").endswith(
+        "video/x-raw,format=GRAY8 ! appsink name=sink max-buffers=2 drop=true sync=false enable-last-sample=false")
+
+
+def test_csi_launch():
+    s = L("csi://1", "vis", width=1920, height=1080, rate=30, flip="rotate-180")
+    assert s.startswith("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),width=1920,height=1080,framerate=30/1,format=NV12 ! nvvidconv flip-method=2 ! ")
+    assert "video/x-raw,format=BGR ! appsink" in s
+    assert "video/x-raw,format=GRAY8 ! appsink" in L("csi://0", "ir")
+
+
+def test_rtsp_launch():
+    s = L("rtsp://10.0.0.2:554/thermal", "ir")
+    assert s.startswith("rtspsrc location=rtsp://10.0.0.2:554/thermal latency=200 ! decodebin ! videoconvert ! ")
+
+
+def test_file_launch_scale_rate_and_pacing():
+    s = L("file:///v/clip one.mp4", "vis", width=320, height=240, rate=10)
+    assert s.startswith('filesrc location="/v/clip one.mp4" ! decodebin ! videorate ! video/x-raw,framerate=10/1 ! videoconvert ! videoscale ! video/x-raw,width=320,height=240')
+    assert "drop=false sync=false" in s  # files: back-pressure, as fast as consumed
+    paced = gst.source_launch(parse_input_uri("a.mp4"), StreamOptions(), "vis", sync=True)
+    assert "drop=true sync=true" in paced
+
+
+def test_test_launch():
+    s = L("test://ball?num-buffers=5", "ir", width=64, height=48, rate=9, format="GRAY16_LE")
+    assert s.startswith("videotestsrc pattern=ball num-buffers=5 is-live=true ! video/x-raw,format=GRAY16_LE,width=64,height=48,framerate=9/1 ! videoconvert")
+    assert "drop=true" in s
+    s = L("test://smpte?is-live=false", "vis")
+    assert "width=640,height=480,framerate=30/1" in s and "drop=false" in s
+
+
+def test_launch_elements_and_sinks():
+    s = gst.file_sink_launch("/o/out.mp4", 640, 480, 30, "x264enc")
+    assert gst.launch_elements(s) == ["appsrc", "videoconvert", "x264enc", "h264parse", "mp4mux", "filesink"]
+    assert "x264enc speed-preset=ultrafast tune=zerolatency bitrate=2000 key-int-max=30" in s
+    assert gst.file_sink_launch("a.mkv", 64, 48, 30, "openh264enc").split(" ! ")[-2] == "matroskamux"
+    u = gst.udp_sink_launch("10.0.0.9", 5000, 64, 48, 30, "x264enc")
+    assert u.endswith("rtph264pay config-interval=1 pt=96 ! udpsink host=10.0.0.9 port=5000 sync=false async=false")
+    assert gst.launch_elements(gst.source_launch(parse_input_uri("csi://0"), StreamOptions(), "vis"))[:2] == [
+        "nvarguscamerasrc", "nvvidconv"]
+
+
+def test_quote():
+    assert gst.quote("/a/b.mp4") == "/a/b.mp4"
+    assert gst.quote('a "b" c') == '"a \\"b\\" c"'
