@@ -1,0 +1,215 @@
+"""Inference backends: the classical average, torch (a real tiny module with forward_unit),
+ONNX Runtime (a real .onnx exported here with the export contract's names) and TensorRT
+(needs full TensorRT and a GPU: skipped here with a reason)."""
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import numpy as np
+import pytest
+
+from moefusion.errors import UserError
+from moefusion.runtime.backends import (
+    AverageBackend,
+    OnnxRuntimeBackend,
+    TensorRTBackend,
+    TorchBackend,
+    model_kind,
+    plugin_libraries,
+    select_backend,
+)
+
+HAVE_ORT = importlib.util.find_spec("onnxruntime") is not None
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def inputs(h=30, w=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((1, 1, h, w), dtype=np.float32), rng.random((1, 1, h, w), dtype=np.float32)
+
+
+def test_average_backend():
+    b = AverageBackend()
+    ir, vis = inputs()
+    fused, att = b.infer(ir, vis)
+    np.testing.assert_allclose(fused, (ir + vis) / 2, rtol=1e-6)
+    assert att is None and fused.shape == ir.shape and fused.dtype == np.float32
+    assert b.warmup(8, 8) >= 0
+    with pytest.raises(ValueError):
+        b.infer(ir, vis[:, :, :10])
+
+
+def _tiny_module():
+    import torch
+    from torch import nn
+
+    class Tiny(nn.Module):
+        """A small attention-weighted fuser with the runtime's contract (not MoE-Fusion)."""
+
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.att = nn.Conv2d(2, 1, 3, padding=1)
+
+        def forward(self, ir, vis):
+            a = torch.sigmoid(self.att(torch.cat([ir, vis], 1)))
+            return a * ir + (1 - a) * vis, a
+
+        def forward_unit(self, ir, vis):
+            return self.forward(ir, vis)
+
+    return Tiny().eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    if not (HAVE_TORCH and HAVE_ORT):
+        pytest.skip("needs torch and onnxruntime")
+    import torch
+
+    m = _tiny_module()
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    ir, vis = inputs(16, 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (torch.from_numpy(ir), torch.from_numpy(vis)), str(path), input_names=["ir", "vis"],
+                          output_names=["fused", "attention"], opset_version=17, dynamo=False,
+                          dynamic_axes={n: {2: "h", 3: "w"} for n in ("ir", "vis", "fused", "attention")})
+    return path, m
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed")
+def test_torch_backend_with_a_module_exposing_forward_unit():
+    import torch
+
+    m = _tiny_module()
+    b = TorchBackend(model=m, device="cpu")
+    ir, vis = inputs()
+    fused, att = b.infer(ir, vis)
+    with torch.no_grad():
+        ref_f, ref_a = m(torch.from_numpy(ir), torch.from_numpy(vis))
+    np.testing.assert_allclose(fused, ref_f.numpy(), atol=1e-6)
+    np.testing.assert_allclose(att, ref_a.numpy(), atol=1e-6)
+    assert "cpu, fp32" in b.describe()
+
+    class Wrapper:  # what moefusion.load may return: an object holding the torch model
+        def __init__(self, model):
+            self.model = model
+
+    f2, _ = TorchBackend(model=Wrapper(m), device="cpu").infer(ir, vis)
+    np.testing.assert_allclose(f2, fused)
+    with pytest.raises(UserError, match="no forward_unit"):
+        TorchBackend(model=object(), device="cpu").load()
+    with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
+        TorchBackend(model=m, device="cpu", precision="fp16").load()
+
+
+def test_onnxruntime_backend_runs_the_exported_model(tiny_onnx):
+    import torch
+
+    path, m = tiny_onnx
+    b = OnnxRuntimeBackend(str(path))
+    assert b.providers[-1] == "CPUExecutionProvider" and b.out_names == ["fused", "attention"]
+    for h, w in ((30, 40), (48, 64)):  # dynamic H/W
+        ir, vis = inputs(h, w, seed=h)
+        fused, att = b.infer(ir, vis)
+        with torch.no_grad():
+            rf, ra = m(torch.from_numpy(ir), torch.from_numpy(vis))
+        np.testing.assert_allclose(fused, rf.numpy(), atol=1e-5)
+        np.testing.assert_allclose(att, ra.numpy(), atol=1e-5)
+    assert "onnxruntime (CPU" in b.describe()
+    sel, why = select_backend("auto", str(path), device="cpu")
+    assert isinstance(sel, OnnxRuntimeBackend) and "onnxruntime" in why
+
+
+def test_onnxruntime_backend_rejects_a_model_with_other_names(tiny_onnx, tmp_path):
+    import onnx
+
+    path, _ = tiny_onnx
+    model = onnx.load(str(path))
+    model.graph.input[0].name = "x"
+    for node in model.graph.node:
+        node.input[:] = ["x" if i == "ir" else i for i in node.input]
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    with pytest.raises(UserError) as e:
+        OnnxRuntimeBackend(str(bad))
+    assert "expected inputs ir, vis" in str(e.value) and "'x'" in str(e.value)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("onnxruntime", None), "needs an .onnx"),
+    (("tensorrt", None), "needs an engine file"),
+    (("nope", None), "unknown"),
+    (("auto", "/no/such/model.onnx"), "no such file"),
+])
+def test_backend_selection_errors(args, needle):
+    with pytest.raises(UserError) as e:
+        select_backend(*args)
+    assert needle in str(e.value)
+
+
+def test_model_kinds_and_average_choice(tmp_path):
+    assert model_kind("a.engine") == "engine" and model_kind("a.plan") == "engine"
+    assert model_kind("a.onnx") == "onnx" and model_kind("a.pt") == "checkpoint" and model_kind(None) == "checkpoint"
+    b, why = select_backend("average")
+    assert isinstance(b, AverageBackend) and "average" in why
+
+
+def test_engine_that_cannot_load_is_a_user_error(tmp_path):
+    eng = tmp_path / "model.engine"
+    eng.write_bytes(b"\0" * 64)
+    with pytest.raises(UserError) as e:
+        select_backend("auto", str(eng))
+    assert str(eng) in str(e.value) or "TensorRT" in str(e.value)
+
+
+def test_plugin_libraries_from_sidecar(tmp_path, monkeypatch):
+    eng = tmp_path / "m.engine"
+    eng.write_bytes(b"")
+    (tmp_path / "m.engine.json").write_text('{"plugin_libraries": ["libmoe_plugins.so"]}')
+    assert plugin_libraries(str(eng), None) == [str(tmp_path / "libmoe_plugins.so")]
+    assert plugin_libraries(str(eng), ["/x/lib.so"]) == ["/x/lib.so"]
+    (tmp_path / "m.engine.json").unlink()
+    monkeypatch.setenv("MOEFUSION_TRT_PLUGINS", "/a.so:/b.so")
+    assert plugin_libraries(str(eng), None) == ["/a.so", "/b.so"]
+
+
+def _tensorrt_and_gpu():
+    try:
+        import tensorrt  # noqa: F401  (full TensorRT; TensorRT-RTX engines cannot run on the GPUs here)
+    except ImportError:
+        return "full TensorRT (module tensorrt) is not installed"
+    from moefusion.runtime.backends import _cuda_device_count_no_torch
+
+    if _cuda_device_count_no_torch() == 0:
+        return "no CUDA GPU"
+    return ""
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(bool(_tensorrt_and_gpu()), reason=f"TensorRT engine run: {_tensorrt_and_gpu()}")
+def test_tensorrt_backend_matches_onnxruntime(tiny_onnx, tmp_path):
+    import tensorrt as trt
+
+    path, _ = tiny_onnx
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    net = builder.create_network(0)
+    parser = trt.OnnxParser(net, logger)
+    assert parser.parse(path.read_bytes())
+    cfg = builder.create_builder_config()
+    prof = builder.create_optimization_profile()
+    for n in ("ir", "vis"):
+        prof.set_shape(n, (1, 1, 16, 16), (1, 1, 48, 64), (1, 1, 64, 64))
+    cfg.add_optimization_profile(prof)
+    eng = tmp_path / "tiny.engine"
+    eng.write_bytes(bytes(builder.build_serialized_network(net, cfg)))
+    b = TensorRTBackend(str(eng))
+    ir, vis = inputs(48, 64)
+    f_trt, a_trt = b.infer(ir, vis)
+    f_ort, a_ort = OnnxRuntimeBackend(str(path), device="cpu").infer(ir, vis)
+    np.testing.assert_allclose(f_trt, f_ort, atol=1e-3)
+    np.testing.assert_allclose(a_trt, a_ort, atol=1e-3)
+    b.close()
