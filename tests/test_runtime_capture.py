@@ -220,3 +220,17 @@ def test_opencv_fallback_reads_files_and_says_so_once(tmp_path, monkeypatch, cap
     assert [f.ts_ns for f in frames] == [i * 100_000_000 for i in range(7)]
     with pytest.raises(UserError, match="test:// needs GStreamer"):
         make_capture(parse_input_uri("test://ball"), StreamOptions(), "ir")
+
+
+@gst_test
+def test_torch_cpp_exceptions_survive_gstreamer_init():
+    """libgstreamer pulls in libunwind; without libgcc_s first in the global scope, PyTorch's C++
+    exceptions unwind through libunwind and abort (torch.jit.trace/onnx.export after cv2 + Gst)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    code = ("import cv2\nfrom moefusion.runtime import gst\nassert gst.have_gst()\nimport torch\n"
+            "torch.jit.trace(torch.nn.Conv2d(2, 1, 3), torch.rand(1, 2, 8, 8))\nprint('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]

@@ -148,6 +148,9 @@ class Capture:
     def _read(self, timeout: float) -> tuple[Status, Frame | None]:
         raise NotImplementedError
 
+    def precheck(self) -> None:
+        """Cheap checks before anything starts (path/device exists, GStreamer elements installed)."""
+
     def close(self) -> None:
         pass
 
@@ -167,6 +170,9 @@ class ImageSequenceCapture(Capture):
         self._pos = 0
         self._loops_left = opts.loop
         self._loop_offset = 0
+
+    def precheck(self) -> None:
+        expand_images(self.uri, _flag(self.role))
 
     def open(self) -> None:
         self.files = expand_images(self.uri, _flag(self.role))
@@ -218,7 +224,7 @@ class GstCapture(Capture):
         self._frame_dur = 0
         self._fmt_cache = (None, None)
 
-    def _precheck(self):
+    def precheck(self):
         loc = os.path.expanduser(self.uri.location)
         if self.uri.kind == "v4l2" and not os.path.exists(loc):
             raise SourceError(f"{self.what}: no such device {loc}; check the camera is plugged in "
@@ -232,7 +238,7 @@ class GstCapture(Capture):
 
     def open(self) -> None:
         Gst = gstmod.import_gst()
-        self._precheck()
+        self.precheck()
         from gi.repository import GLib
 
         try:
@@ -403,6 +409,13 @@ class OpenCVCapture(Capture):
         self._last_ts = 0
         self._frame_dur = 33_333_333
         self.launch = f"OpenCV VideoCapture({uri.location})"
+
+    def precheck(self) -> None:
+        loc = os.path.expanduser(self.uri.location)
+        if self.uri.kind == "v4l2" and not os.path.exists(loc):
+            raise SourceError(f"{self.what}: no such device {loc}; check the camera is plugged in (ls /dev/video*)")
+        if self.uri.kind == "file" and not os.path.isfile(loc):
+            raise SourceError(f"{self.what}: no such file {loc}; check the path given to {_flag(self.role)}")
 
     def open(self) -> None:
         loc = os.path.expanduser(self.uri.location)

@@ -54,6 +54,7 @@ def import_gst():
     if gst_disabled_by_env():
         _GST_REASON = "disabled by MOEFUSION_NO_GST"
         return None
+    _preload_libgcc_s()
     try:
         import gi
 
@@ -71,6 +72,25 @@ def import_gst():
         return None
     _GST = Gst
     return Gst
+
+
+def _preload_libgcc_s() -> None:
+    """Put libgcc_s in the global symbol scope before GStreamer loads libunwind.
+
+    libgstreamer links libunwind, which also exports ``_Unwind_Resume``; once gi has loaded it
+    (RTLD_GLOBAL), C++ libraries loaded later (PyTorch) can bind their exception unwinding to
+    libunwind's and abort on the first C++ exception (seen here: ``torch.jit.trace`` and
+    ``torch.onnx.export`` crash after ``cv2`` + ``Gst.init``). With libgcc_s first in the global
+    scope, those symbols resolve to it.
+    """
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libgcc_s.so.1", mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            pass
 
 
 def gst_reason() -> str:
