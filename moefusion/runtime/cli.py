@@ -1,0 +1,214 @@
+"""``run_pipeline``: live IR + VIS fusion from two cameras (or files) to a window, file or stream.
+
+    run_pipeline --ir /dev/video1 --vis /dev/video0                 # window (when a display exists)
+    run_pipeline --ir /dev/video1 --ir-format GRAY16_LE --vis csi://0 --output file://fused.mp4
+    run_pipeline --ir thermal.mp4 --vis rgb.mp4 --registration reg.yaml --output out.mp4 --view grid
+    run_pipeline --demo                                              # no camera needed
+
+Exit status: 0 after a normal end (end of the files, --max-frames, SIGINT/SIGTERM, window
+closed); 2 for a user mistake (one line naming the flag/device/element and the fix); 1 when
+the run failed mid-way (a camera lost for longer than --reconnect-timeout, an output error).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+
+from ..errors import UserError, cli_entry
+from .backends import BACKENDS, select_backend
+from .pipeline import Pipeline, PipelineConfig
+from .process import VIEWS
+from .sinks import ENCODER_CHOICES, display_available
+from .uri import OUTPUT_HELP, StreamOptions, add_stream_args, parse_input_uri, parse_output_uri
+
+log = logging.getLogger("moefusion.runtime")
+
+DEMO_OUTPUT = "out/run_pipeline_demo.mp4"
+DEMO_STATS = "out/run_pipeline_demo.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_pipeline",
+        description="Fuse a thermal (IR) and a visible (VIS) video stream live with MoE-Fusion.",
+        epilog="Sources and outputs are URIs (after jetson-utils). See docs/runtime.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--demo", action="store_true",
+                   help=f"run on the bundled synthetic clips (no camera): writes {DEMO_OUTPUT}, prints statistics, "
+                        "opens a window when a display exists")
+    add_stream_args(p, "ir", "thermal (IR)")
+    add_stream_args(p, "vis", "visible (VIS)")
+    m = p.add_argument_group("model")
+    m.add_argument("--model", metavar="PATH", help="a checkpoint (.pt), an .onnx or an .engine (default: bundled weights)")
+    m.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="inference backend (default auto: the fastest that can run; the choice is logged)")
+    m.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    m.add_argument("--precision", choices=("auto", "fp16", "fp32"), default="auto",
+                   help="torch backend: auto = fp16 on a GPU, fp32 on the CPU")
+    m.add_argument("--no-cuda-graphs", action="store_true", help="torch backend: do not capture CUDA graphs")
+    m.add_argument("--trt-plugins", action="append", metavar="LIB",
+                   help="TensorRT plugin library to load (default: from <engine>.json or MOEFUSION_TRT_PLUGINS)")
+    s = p.add_argument_group("synchronisation and registration")
+    s.add_argument("--sync-tolerance", type=float, default=25.0, metavar="MS",
+                   help="pair frames whose timestamps differ by at most this (default 25 ms)")
+    s.add_argument("--sync-offset", type=float, default=0.0, metavar="MS",
+                   help="added to IR timestamps before pairing (a thermal camera that delivers late: negative)")
+    s.add_argument("--registration", metavar="FILE",
+                   help="IR-to-VIS homography (YAML/JSON from moefusion-calibrate register): warp IR into VIS, crop "
+                        "to the common field of view")
+    o = p.add_argument_group("output")
+    o.add_argument("--output", action="append", metavar="URI",
+                   help=f"{OUTPUT_HELP}; repeat for several (default: display://0 when a display exists)")
+    o.add_argument("--view", choices=VIEWS, default=None, help="fused (default), side-by-side (IR|VIS|fused) or "
+                   "grid (IR, VIS, fused, attention)")
+    o.add_argument("--overlay", action="store_true", help="draw FPS and latency on the output")
+    o.add_argument("--encoder", choices=ENCODER_CHOICES, default="auto",
+                   help="H.264 encoder for file/stream outputs (auto: nvv4l2h264enc, x264enc, openh264enc; "
+                        "files fall back to OpenCV mp4v)")
+    o.add_argument("--output-rate", type=float, metavar="HZ", help="output frame rate (default: the slower source)")
+    r = p.add_argument_group("run")
+    r.add_argument("--stats-json", metavar="FILE", help="write the statistics as JSON at exit ('-': stdout)")
+    r.add_argument("--stats-interval", type=float, default=5.0, metavar="S", help="print statistics every S s (0: off)")
+    r.add_argument("--max-frames", type=int, default=0, metavar="N", help="stop after N output frames")
+    r.add_argument("--realtime", action="store_true", help="play file sources at their frame rate (like cameras)")
+    r.add_argument("--queue-size", type=int, default=2, metavar="N", help="frames queued between stages (default 2)")
+    r.add_argument("--stall-timeout", type=float, default=3.0, metavar="S",
+                   help="a live source silent this long is reconnected (default 3 s)")
+    r.add_argument("--reconnect-timeout", type=float, default=-1.0, metavar="S",
+                   help="give up on a lost camera after S s (default: retry forever; 0: never retry)")
+    r.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return p
+
+
+def _setup_logging(level: str):
+    root = logging.getLogger("moefusion")
+    if not root.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("[run_pipeline] %(message)s"))
+        root.addHandler(h)
+    root.setLevel(getattr(logging, level.upper()))
+    root.propagate = False
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """Validate the flags and build the configuration (UserError on any mistake)."""
+    if args.demo:
+        from .samplegen import ensure_demo_clips
+
+        d = ensure_demo_clips()
+        args.ir = args.ir or str(d / "ir.mp4")
+        args.vis = args.vis or str(d / "vis.mp4")
+        if args.registration is None:
+            args.registration = str(d / "registration.yaml")
+        if args.output is None:
+            args.output = [DEMO_OUTPUT] + (["display://0"] if display_available() else [])
+        args.view = args.view or "grid"
+        args.overlay = True
+        if args.stats_json is None:
+            args.stats_json = DEMO_STATS
+    ir = parse_input_uri(args.ir, "--ir")
+    vis = parse_input_uri(args.vis, "--vis")
+    if ir.kind == vis.kind and ir.location == vis.location and ir.kind in ("v4l2", "csi"):
+        raise UserError(f"--ir and --vis are the same device ({ir.location}); give the thermal and the visible camera")
+    if args.output is None:
+        if not display_available():
+            raise UserError("no --output given and no display (DISPLAY is not set): use --output file://out.mp4, "
+                            "udp://HOST:PORT or none")
+        args.output = ["display://0"]
+    outputs = [parse_output_uri(o, "--output") for o in args.output]
+    if len(outputs) > 1 and any(o.kind == "none" for o in outputs):
+        outputs = [o for o in outputs if o.kind != "none"]
+    if args.sync_tolerance <= 0:
+        raise UserError(f"--sync-tolerance must be positive (milliseconds), got {args.sync_tolerance}")
+    if args.queue_size < 1:
+        raise UserError(f"--queue-size must be at least 1, got {args.queue_size}")
+    if args.max_frames < 0:
+        raise UserError(f"--max-frames must be 0 (no limit) or positive, got {args.max_frames}")
+    if args.output_rate is not None and args.output_rate <= 0:
+        raise UserError(f"--output-rate must be positive, got {args.output_rate}")
+    return PipelineConfig(
+        ir=ir, vis=vis,
+        ir_opts=StreamOptions.from_args(args, "ir"), vis_opts=StreamOptions.from_args(args, "vis"),
+        outputs=outputs, view=args.view or "fused", overlay=args.overlay,
+        sync_tolerance_ms=args.sync_tolerance, sync_offset_ms=args.sync_offset,
+        registration=args.registration, max_frames=args.max_frames, queue_size=args.queue_size,
+        realtime=args.realtime, stats_interval=args.stats_interval, stall_timeout=args.stall_timeout,
+        reconnect_timeout=args.reconnect_timeout, encoder=args.encoder, output_fps=args.output_rate)
+
+
+def write_json(d: dict, path: str) -> None:
+    """Atomically (temp file + rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(d, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def format_summary(d: dict) -> str:
+    lat, skew = d.get("latency_ms") or {}, (d.get("skew_ms") or {}).get("abs") or {}
+    drops = ", ".join(f"{k} {v}" for k, v in d.get("drops", {}).items() if v) or "none"
+
+    def ms(v):
+        return "-" if v is None else f"{v:.1f}"
+
+    lines = [
+        f"frames: IR {d['frames_in'].get('ir', 0)}, VIS {d['frames_in'].get('vis', 0)}, pairs {d['pairs']}, "
+        f"output {d['frames_out']} in {d['duration_s']:.1f} s ({d['fps']:.1f} FPS)",
+        f"latency (capture to output) p50 {ms(lat.get('p50'))} / p95 {ms(lat.get('p95'))} / p99 {ms(lat.get('p99'))} ms",
+        f"|skew| IR-VIS p50 {ms(skew.get('p50'))} / p95 {ms(skew.get('p95'))} / max {ms(skew.get('max'))} ms",
+        f"drops: {drops}",
+        "stage ms (p50): " + ", ".join(f"{k} {v['p50']:.2f}" for k, v in d.get("stage_ms", {}).items()),
+        f"backend: {d.get('backend_detail', d.get('backend'))}",
+    ]
+    if d.get("output_file"):
+        lines.append(f"output: {d['output_file']}")
+    if any(d.get("reconnects", {}).values()):
+        lines.append("reconnects: " + ", ".join(f"{k} {v}" for k, v in d["reconnects"].items()))
+    return "\n".join(lines)
+
+
+@cli_entry
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    cfg = config_from_args(args)
+    pipe = Pipeline(cfg)
+    pipe.precheck()  # outputs, files, devices, GStreamer elements: before a model is loaded
+    backend, reason = select_backend(args.backend, args.model, device=args.device, precision=args.precision,
+                                     cuda_graphs=not args.no_cuda_graphs, trt_plugins=args.trt_plugins)
+    log.info("backend choice: %s", reason)
+    pipe.backend, pipe.backend_reason = backend, reason
+
+    def on_signal(signum, frame):
+        name = signal.Signals(signum).name
+        pipe.stop(name)
+        signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        summary = pipe.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        backend.close()
+    print(format_summary(summary), flush=True)
+    if args.stats_json:
+        if args.stats_json == "-":
+            print(json.dumps(summary, indent=2))
+        else:
+            write_json(summary, args.stats_json)
+            log.info("statistics written to %s", args.stats_json)
+    if summary["errors"]:
+        print(f"error: {summary['errors'][0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

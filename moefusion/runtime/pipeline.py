@@ -1,0 +1,465 @@
+"""The main loop: capture -> sync -> preprocess -> infer -> postprocess -> sink.
+
+Threads and queues::
+
+    capture IR  --\\                                  (bounded)          (bounded)
+                   >-- inbox --> sync + preprocess --> infer queue --> infer --> output queue --> post + sink
+    capture VIS --/
+
+Live sources never build up latency: every queue is short and a full queue drops its oldest
+item, counted by cause (``queue_full_ir``, ``busy_infer``, ``busy_output``; camera-side losses
+as ``source_gap_*``; pairing as ``unpaired_*``). File sources are processed completely: the
+queues block instead of dropping, and the run ends at the end of the first file to end (or
+loops with ``--*-loop``). When a file is paired with a live camera it is played at its own rate
+and treated like a live source.
+
+Stopping (``stop()``, SIGINT/SIGTERM, ``--max-frames``, window closed): the captures stop,
+what is already queued is finished, and the sink is finalised (EOS through the muxer), so the
+output file is complete and playable.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import UserError
+from .backends import Backend
+from .capture import ROLE_NAMES, SourceError, SourceThread, Status, make_capture
+from .process import Preprocessor, compose, draw_overlay, postprocess
+from .registration import Registrar
+from .sinks import MultiSink, Sink, make_sink
+from .stats import Stats
+from .sync import Pairer
+from .uri import StreamOptions, StreamURI, parse_output_uri
+
+log = logging.getLogger("moefusion.runtime")
+
+_END = object()
+
+
+@dataclass
+class PipelineConfig:
+    ir: StreamURI
+    vis: StreamURI
+    ir_opts: StreamOptions = field(default_factory=StreamOptions)
+    vis_opts: StreamOptions = field(default_factory=StreamOptions)
+    outputs: list = field(default_factory=lambda: [parse_output_uri("none")])
+    view: str = "fused"
+    overlay: bool = False
+    sync_tolerance_ms: float = 25.0
+    sync_offset_ms: float = 0.0
+    max_wait_ms: float = 150.0
+    registration: str | None = None
+    max_frames: int = 0
+    queue_size: int = 2
+    realtime: bool = False
+    stats_interval: float = 5.0
+    stall_timeout: float = 3.0
+    reconnect_timeout: float = -1.0
+    encoder: str = "auto"
+    output_fps: float | None = None
+
+
+class BoundedQueue:
+    """Bounded FIFO. ``drop_oldest``: a put into a full queue evicts the oldest (counted);
+    otherwise it blocks until there is room or the pipeline stops."""
+
+    def __init__(self, maxsize: int, drop_oldest: bool, on_drop, stop_event: threading.Event):
+        self.maxsize, self.drop_oldest, self.on_drop, self.stop = max(1, maxsize), drop_oldest, on_drop, stop_event
+        self.q = deque()
+        self.cond = threading.Condition()
+        self.closed = False
+
+    def put(self, item) -> bool:
+        with self.cond:
+            while len(self.q) >= self.maxsize:
+                if self.drop_oldest:
+                    self.q.popleft()
+                    self.on_drop()
+                    break
+                if self.stop.is_set():
+                    break  # stopping: what is already prepared still goes through
+                self.cond.wait(0.05)
+            self.q.append(item)
+            self.cond.notify_all()
+            return True
+
+    def close(self):
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def get(self):
+        """Next item, or _END once closed and empty."""
+        with self.cond:
+            while not self.q:
+                if self.closed:
+                    return _END
+                self.cond.wait(0.1)
+            item = self.q.popleft()
+            self.cond.notify_all()
+            return item
+
+
+class Inbox:
+    """Where capture threads leave frames for the sync thread."""
+
+    def __init__(self, live: dict, cap: int, stats: Stats, stop_event: threading.Event):
+        self.live, self.cap, self.stats, self.stop = live, cap, stats, stop_event
+        self.q = {"ir": deque(), "vis": deque()}
+        self.cond = threading.Condition()
+
+    def put(self, role: str, frame) -> bool:
+        with self.cond:
+            q = self.q[role]
+            if self.live[role]:
+                if len(q) >= self.cap:
+                    q.popleft()
+                    self.stats.drop(f"queue_full_{role}")
+            else:
+                while len(q) >= self.cap:
+                    if self.stop.is_set():
+                        return False
+                    self.cond.wait(0.05)
+            q.append(frame)
+            self.stats.count_in(role)
+            self.cond.notify_all()
+        return True
+
+    def take(self, timeout: float) -> dict:
+        with self.cond:
+            if not self.q["ir"] and not self.q["vis"]:
+                self.cond.wait(timeout)
+            out = {r: list(q) for r, q in self.q.items()}
+            for q in self.q.values():
+                q.clear()
+            self.cond.notify_all()
+            return out
+
+
+@dataclass
+class Item:
+    prep: object
+    capture_ns: int
+    ts_ns: int
+    fused: np.ndarray | None = None
+    attention: np.ndarray | None = None
+
+
+class Pipeline:
+    def __init__(self, cfg: PipelineConfig, backend: Backend | None = None, *, stats: Stats | None = None,
+                 backend_reason: str = ""):
+        self.cfg = cfg
+        self.backend = backend
+        self.backend_reason = backend_reason
+        self.stats = stats or Stats()
+        self.stop_event = threading.Event()
+        self.stop_reason = ""
+        self.errors: list[str] = []
+        self.output_path: str | None = None
+        self.sink: Sink | None = None
+        self._threads: list[threading.Thread] = []
+        self.sources: dict[str, SourceThread] = {}
+
+    # -- control ---------------------------------------------------------------------------
+    def stop(self, reason: str = "stop requested") -> None:
+        if not self.stop_event.is_set():
+            self.stop_reason = reason
+            log.info("stopping: %s", reason)
+        self.stop_event.set()
+
+    def _fail(self, msg: str) -> None:
+        if msg not in self.errors:
+            self.errors.append(msg)
+            log.error("%s", msg)
+        self.stop(f"error: {msg}")
+
+    def _guard(self, fn, name):
+        def run():
+            try:
+                fn()
+            except UserError as e:
+                self._fail(str(e))
+            except BaseException as e:  # noqa: BLE001 - surfaced as a run error with its traceback logged
+                log.exception("%s thread failed", name)
+                self._fail(f"{name}: {type(e).__name__}: {e}")
+        return run
+
+    # -- set-up ----------------------------------------------------------------------------
+    def _open_sources(self):
+        cfg = self.cfg
+        any_live = cfg.ir.is_live or cfg.vis.is_live
+        mixed = any_live and (cfg.ir.is_finite or cfg.vis.is_finite)
+        self.paced = cfg.realtime or mixed
+        if mixed:
+            log.info("a file is paired with a live source: the file is played at its own rate")
+        caps = {}
+        for role, uri, opts in (("ir", cfg.ir, cfg.ir_opts), ("vis", cfg.vis, cfg.vis_opts)):
+            def factory(uri=uri, opts=opts, role=role):
+                return make_capture(uri, opts, role, paced=self.paced and uri.is_finite)
+            cap = factory()
+            if cap.launch:
+                log.info("%s source %s: %s", ROLE_NAMES[role], uri.raw, cap.describe())
+            try:
+                cap.open()
+            except SourceError as e:
+                for c, _ in caps.values():
+                    c.close()
+                raise UserError(str(e))
+            except BaseException:
+                for c, _ in caps.values():
+                    c.close()
+                raise
+            if cap.kind == "images":
+                log.info("%s source %s: %s", ROLE_NAMES[role], uri.raw, cap.describe())
+            caps[role] = (cap, factory)
+        return caps
+
+    def precheck(self) -> None:
+        """Everything that can be checked before loading a model or starting a camera: the
+        registration file, the outputs, the source paths/devices and GStreamer elements."""
+        cfg = self.cfg
+        self._registrar = Registrar.from_file(cfg.registration) if cfg.registration else None
+        sinks = [make_sink(o, cfg.output_fps or 30.0, cfg.encoder) for o in cfg.outputs]
+        self.sink = sinks[0] if len(sinks) == 1 else MultiSink(sinks)
+        for role, uri, opts in (("ir", cfg.ir, cfg.ir_opts), ("vis", cfg.vis, cfg.vis_opts)):
+            try:
+                make_capture(uri, opts, role).precheck()
+            except SourceError as e:
+                raise UserError(str(e))
+        self._prechecked = True
+
+    def run(self) -> dict:
+        cfg, stats = self.cfg, self.stats
+        if not getattr(self, "_prechecked", False):
+            self.precheck()
+        registrar = self._registrar
+        caps = self._open_sources()
+        try:
+            first = {}
+            for role, (cap, _) in caps.items():
+                st, fr = cap.peek(10.0)
+                if st is not Status.OK:
+                    raise UserError(f"{cap.what}: no first frame ({st.value}{': ' + cap.error if cap.error else ''})")
+                first[role] = fr
+            ir0, vis0 = first["ir"].image, first["vis"].image
+            if registrar is not None:
+                ir0, vis0 = registrar.apply(ir0, vis0)
+            h, w = vis0.shape[:2]
+            t0 = time.perf_counter()
+            warm = self.backend.warmup(h, w, iters=2)
+            log.info("backend: %s (%s); warm-up %.0f ms, then %.1f ms per frame at %dx%d", self.backend.describe(),
+                     self.backend_reason or self.backend.name, (time.perf_counter() - t0) * 1000, warm, w, h)
+        except BaseException:
+            for cap, _ in caps.values():
+                cap.close()
+            raise
+        rates = [c.fps for c, _ in caps.values() if c.fps]
+        fps = cfg.output_fps or (min(rates) if rates else 30.0)
+        self.sink.fps = fps
+        stats.info.update({
+            "backend": self.backend.name, "backend_detail": self.backend.describe(), "backend_reason": self.backend_reason,
+            "ir": cfg.ir.raw, "vis": cfg.vis.raw, "output": [o.raw for o in cfg.outputs], "view": cfg.view,
+            "size": [w, h], "registration": cfg.registration, "sync_tolerance_ms": cfg.sync_tolerance_ms,
+            "mode": "files (lockstep)" if not (cfg.ir.is_live or cfg.vis.is_live or cfg.realtime) else "live",
+        })
+        live = {}
+        for role, (cap, _) in caps.items():
+            live[role] = cap.live
+            if cap.live:  # the peeked frame is stale after warm-up
+                cap.discard_peeked()
+                cap.restart_counting()
+        self.live = live
+        any_live = any(live.values())
+        inbox = Inbox(live, cap=4, stats=stats, stop_event=self.stop_event)
+        for role, (cap, factory) in caps.items():
+            stall = max(self.cfg.stall_timeout, 5.0 / cap.fps if cap.fps else 0)
+            self.sources[role] = SourceThread(cap, lambda f, r=role: inbox.put(r, f), self.stop_event,
+                                              factory=factory, stall_timeout=stall,
+                                              reconnect_timeout=cfg.reconnect_timeout)
+        infer_q = BoundedQueue(cfg.queue_size, any_live, lambda: stats.drop("busy_infer"), self.stop_event)
+        out_q = BoundedQueue(cfg.queue_size, any_live, lambda: stats.drop("busy_output"), self.stop_event)
+        self._threads = [
+            threading.Thread(target=self._guard(lambda: self._sync_loop(inbox, infer_q, registrar, any_live), "sync"),
+                             name="sync", daemon=True),
+            threading.Thread(target=self._guard(lambda: self._infer_loop(infer_q, out_q), "infer"), name="infer", daemon=True),
+            threading.Thread(target=self._guard(lambda: self._output_loop(out_q, fps, any_live), "output"),
+                             name="output", daemon=True),
+        ]
+        for t in list(self.sources.values()) + self._threads:
+            t.start()
+        self._supervise()
+        return self.summary()
+
+    # -- threads ---------------------------------------------------------------------------
+    def _sync_loop(self, inbox: Inbox, infer_q: BoundedQueue, registrar, any_live: bool):
+        cfg, stats = self.cfg, self.stats
+        pairer = Pairer(int(cfg.sync_tolerance_ms * 1e6), finite=not any_live,
+                        offset_ns=int(cfg.sync_offset_ms * 1e6), max_wait_ns=int(cfg.max_wait_ms * 1e6))
+        pre = Preprocessor()
+        ended = {"ir": False, "vis": False}
+        reconnects = {"ir": 0, "vis": 0}
+        try:
+            while not self.stop_event.is_set():
+                eos_seen = {r: s.eos.is_set() for r, s in self.sources.items()}
+                t0 = time.perf_counter()
+                batch = inbox.take(0.02 if any_live else 0.1)
+                for role, src in self.sources.items():
+                    if src.counters.reconnects != reconnects[role]:  # timestamps restart after a reconnect
+                        reconnects[role] = src.counters.reconnects
+                        pairer.reset_stream(role)
+                for role in ("ir", "vis"):
+                    for f in batch[role]:
+                        for cause, _ in pairer.push(role, f):
+                            stats.drop(cause)
+                for role, seen in eos_seen.items():
+                    if seen and not ended[role]:
+                        src = self.sources[role]
+                        if src.fatal:
+                            self._fail(src.fatal)
+                            return
+                        ended[role] = True
+                        pairer.end(role)
+                        log.info("%s source ended after %d frames", ROLE_NAMES[role], src.counters.frames)
+                events = pairer.poll(time.monotonic_ns())
+                if events:
+                    stats.stage_time("sync", time.perf_counter() - t0)
+                for ev in events:
+                    if ev[0] == "drop":
+                        stats.drop(ev[1])
+                        continue
+                    p = ev[1]
+                    stats.pair(p.skew_ns)
+                    t1 = time.perf_counter()
+                    ir, vis = p.ir.image, p.vis.image
+                    if registrar is not None:
+                        ir, vis = registrar.apply(ir, vis)
+                    prep = pre(ir, vis)
+                    stats.stage_time("preprocess", time.perf_counter() - t1)
+                    item = Item(prep, min(p.ir.capture_ns, p.vis.capture_ns), p.vis.ts_ns)
+                    if not infer_q.put(item):
+                        break
+                if (ended["ir"] and pairer.pending("ir") == 0) or (ended["vis"] and pairer.pending("vis") == 0):
+                    # a file ended: the run ends (the other stream's last frames have no partner)
+                    for ev in pairer.finish():
+                        if ev[0] == "drop":
+                            stats.drop(ev[1])
+                    self.stop("end of input")
+                    return
+        finally:
+            rest = inbox.take(0)
+            for role in ("ir", "vis"):
+                left = pairer.pending(role) + len(rest[role])
+                if self.stop_reason == "end of input":
+                    stats.drop(f"unpaired_{role}", left)  # the other file ended: no partner can come
+                else:
+                    stats.drop("unprocessed_at_stop", left)
+            infer_q.close()
+
+    def _infer_loop(self, infer_q: BoundedQueue, out_q: BoundedQueue):
+        stats, backend = self.stats, self.backend
+        try:
+            while True:
+                item = infer_q.get()
+                if item is _END:
+                    return
+                t0 = time.perf_counter()
+                fused, att = backend.infer(item.prep.ir_unit, item.prep.vis_y)
+                stats.stage_time("infer", time.perf_counter() - t0)
+                item.fused = fused[0, 0]
+                item.attention = att[0, 0] if att is not None else None
+                out_q.put(item)
+        finally:
+            out_q.close()
+
+    def _output_loop(self, out_q: BoundedQueue, fps: float, any_live: bool):
+        cfg, stats, sink = self.cfg, self.stats, self.sink
+        first_ns = None
+        n = 0
+        overlay_lines: list[str] = []
+        try:
+            while True:
+                item = out_q.get()
+                if item is _END:
+                    return
+                if cfg.max_frames and n >= cfg.max_frames:
+                    stats.drop("unprocessed_at_stop")
+                    continue
+                t0 = time.perf_counter()
+                out = postprocess(item.fused, item.prep)
+                frame = compose(cfg.view, out, item.prep, item.attention)
+                if cfg.overlay:
+                    if n % 10 == 0:
+                        lat = stats.latency_window()
+                        overlay_lines = [f"{stats.fps_window():.1f} FPS  latency {lat['p50'] or 0:.0f} ms",
+                                         f"{self.backend.name}"]
+                    if frame is out:
+                        frame = frame.copy()
+                    draw_overlay(frame, overlay_lines)
+                t1 = time.perf_counter()
+                stats.stage_time("postprocess", t1 - t0)
+                if any_live:
+                    first_ns = item.capture_ns if first_ns is None else first_ns
+                    pts = item.capture_ns - first_ns
+                else:
+                    pts = int(round(n * 1e9 / fps))
+                ok = sink.write(frame, pts)
+                stats.stage_time("sink", time.perf_counter() - t1)
+                if not ok:
+                    if sink.closed_by_user:
+                        self.stop("the window was closed")
+                    else:
+                        self._fail(sink.error or "the output failed")
+                    continue
+                stats.output(item.capture_ns)
+                n += 1
+                if cfg.max_frames and n >= cfg.max_frames:
+                    self.stop(f"--max-frames {cfg.max_frames} reached")
+        finally:
+            try:
+                self.output_path = sink.close()
+            except Exception as e:  # noqa: BLE001
+                self._fail(f"finalising the output: {e}")
+            if sink.error and not sink.closed_by_user and sink.error not in self.errors:
+                self._fail(sink.error)
+
+    def _supervise(self):
+        cfg, stats = self.cfg, self.stats
+        out_thread = self._threads[-1]
+        next_line = time.monotonic() + cfg.stats_interval
+        while out_thread.is_alive():
+            out_thread.join(0.1)
+            for role, src in self.sources.items():
+                if src.fatal and src.live and not src.finite:
+                    self._fail(src.fatal)
+            if cfg.stats_interval > 0 and time.monotonic() >= next_line:
+                next_line += cfg.stats_interval
+                self._sync_counters()
+                log.info("%s", stats.line())
+        self.stop_event.set()
+        for t in list(self.sources.values()) + self._threads:
+            t.join(5.0)
+        self._sync_counters()
+        for role, src in self.sources.items():
+            if src.fatal and src.fatal not in self.errors and not src.finite:
+                self.errors.append(src.fatal)
+            if src.fatal and src.finite and src.fatal not in self.errors:
+                self.errors.append(src.fatal)
+
+    def _sync_counters(self):
+        for role, src in self.sources.items():
+            self.stats.set_drop(f"source_gap_{role}", src.counters.gaps)
+            self.stats.reconnects[role] = src.counters.reconnects
+
+    def summary(self) -> dict:
+        d = self.stats.summary()
+        d["output_file"] = self.output_path
+        d["stop_reason"] = self.stop_reason
+        d["errors"] = list(self.errors)
+        d["ok"] = not self.errors
+        return d

@@ -1,0 +1,333 @@
+"""Outputs: display window, video file, RTSP/UDP stream, none.
+
+Each sink opens on its first frame (it needs the frame size), takes BGR uint8 frames with a
+presentation timestamp, and is finalised by ``close()``. A video file is written under a
+temporary name (``NAME.partial.EXT``) and renamed only after EOS went through the muxer and the
+pipeline stopped, so a file at the final name is always complete and playable; if finalising
+fails, the partial file is left and reported.
+
+Encoder: the first available of nvv4l2h264enc (Jetson), x264enc, openh264enc; without any (or
+without GStreamer) files are written by OpenCV's mp4v writer, and that is logged once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import cv2
+import numpy as np
+
+from ..errors import UserError
+from . import gst as gstmod
+from .uri import StreamURI
+
+log = logging.getLogger("moefusion.runtime")
+
+ENCODER_CHOICES = ("auto", "nvv4l2h264enc", "x264enc", "openh264enc", "opencv")
+
+
+def display_available() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def partial_path(path: str) -> str:
+    root, ext = os.path.splitext(path)
+    return f"{root}.partial{ext}"
+
+
+class Sink:
+    kind = "none"
+
+    def __init__(self):
+        self.error = ""
+        self.closed_by_user = False
+        self.frames = 0
+        self.size = None
+
+    def describe(self) -> str:
+        return self.kind
+
+    def write(self, frame: np.ndarray, pts_ns: int) -> bool:
+        """Returns False when the sink cannot take more (error, or the window was closed)."""
+        self.frames += 1
+        return True
+
+    def close(self) -> str | None:
+        return None
+
+    def _fit(self, frame: np.ndarray) -> np.ndarray:
+        """Even width/height for 4:2:0 encoders; one size for the whole output."""
+        if self.size is None:
+            h, w = frame.shape[:2]
+            self.size = (w - w % 2, h - h % 2)
+        w, h = self.size
+        if frame.shape[1] != w or frame.shape[0] != h:
+            if frame.shape[1] in (w, w + 1) and frame.shape[0] in (h, h + 1):
+                frame = frame[:h, :w]
+            else:
+                frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+        if frame.ndim == 2:
+            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        return np.ascontiguousarray(frame)
+
+
+class NullSink(Sink):
+    kind = "none"
+
+
+class GstSink(Sink):
+    """appsrc-fed pipeline; ``build(w, h)`` returns the launch string."""
+
+    kind = "gstreamer"
+
+    def __init__(self, what: str, fps: float, build):
+        super().__init__()
+        self.what, self.fps, self.build = what, fps, build
+        self.launch = None
+        self._pipe = None
+        self._src = None
+        self._last_pts = -1
+
+    def describe(self) -> str:
+        return self.launch or self.what
+
+    def _open(self, w: int, h: int):
+        Gst = gstmod.import_gst()
+        from gi.repository import GLib
+
+        self.launch = self.build(w, h)
+        log.info("output pipeline: %s", self.launch)
+        gstmod.check_elements(self.launch, self.what)
+        try:
+            self._pipe = Gst.parse_launch(self.launch)
+        except GLib.Error as e:
+            raise UserError(f"{self.what}: cannot build the output pipeline: {e.message}")
+        self._src = self._pipe.get_by_name("src")
+        if self._pipe.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
+            err = self._bus_error() or "cannot start"
+            self._pipe.set_state(Gst.State.NULL)
+            self._pipe = None
+            raise UserError(f"{self.what}: {err}")
+
+    def _bus_error(self) -> str:
+        Gst = gstmod.import_gst()
+        msg = self._pipe.get_bus().pop_filtered(Gst.MessageType.ERROR) if self._pipe else None
+        if msg is None:
+            return ""
+        err, debug = msg.parse_error()
+        text = f"{err.message} ({msg.src.get_name() if msg.src else '?'})"
+        if "window" in (err.message or "").lower() and "closed" in (err.message or "").lower():
+            self.closed_by_user = True
+        return text
+
+    def write(self, frame, pts_ns) -> bool:
+        Gst = gstmod.import_gst()
+        frame = self._fit(frame)
+        if self._pipe is None:
+            self._open(*self.size)
+        pts = max(int(pts_ns), self._last_pts + 1)
+        self._last_pts = pts
+        buf = Gst.Buffer.new_wrapped(frame.tobytes())
+        buf.pts = pts
+        buf.duration = int(1e9 / self.fps) if self.fps else Gst.CLOCK_TIME_NONE
+        ret = self._src.emit("push-buffer", buf)
+        err = self._bus_error()
+        if ret != Gst.FlowReturn.OK or err:
+            self.error = err or f"{self.what}: the output refused a frame ({ret.value_nick})"
+            return False
+        self.frames += 1
+        return True
+
+    def _finish(self, timeout_s: float) -> bool:
+        """Send EOS through the pipeline (the muxer writes its index) and stop it."""
+        if self._pipe is None:
+            return True
+        Gst = gstmod.import_gst()
+        ok = True
+        if not self.error:
+            self._src.emit("end-of-stream")
+            msg = self._pipe.get_bus().timed_pop_filtered(int(timeout_s * Gst.SECOND),
+                                                          Gst.MessageType.EOS | Gst.MessageType.ERROR)
+            if msg is None:
+                ok = False
+                self.error = self.error or f"{self.what}: EOS did not get through in {timeout_s:g} s"
+            elif msg.type == Gst.MessageType.ERROR:
+                ok = False
+                err, _ = msg.parse_error()
+                self.error = self.error or f"{self.what}: {err.message}"
+        else:
+            ok = False
+        self._pipe.set_state(Gst.State.NULL)
+        self._pipe = None
+        return ok
+
+    def close(self):
+        self._finish(10.0)
+        return None
+
+
+class GstFileSink(GstSink):
+    kind = "file"
+
+    def __init__(self, path: str, fps: float, encoder: str):
+        self.path = path
+        self.tmp = partial_path(path)
+        self.encoder = encoder
+        super().__init__(f"--output {path}", fps,
+                         lambda w, h: gstmod.file_sink_launch(self.tmp, w, h, self.fps, self.encoder))
+
+    def describe(self):
+        return f"file {self.path} ({self.encoder}, written as {os.path.basename(self.tmp)} until finalised)"
+
+    def close(self):
+        if self._pipe is None and self.frames == 0:
+            return None
+        ok = self._finish(max(10.0, self.frames / 50))
+        if ok and os.path.isfile(self.tmp):
+            os.replace(self.tmp, self.path)
+            return self.path
+        log.error("%s: not finalised (%s); the partial file is %s", self.what, self.error, self.tmp)
+        return None
+
+
+class OpenCVFileSink(Sink):
+    kind = "file"
+
+    def __init__(self, path: str, fps: float):
+        super().__init__()
+        self.path, self.fps = path, fps
+        self.tmp = partial_path(path)
+        self._w = None
+        self.fourcc = "MJPG" if path.lower().endswith(".avi") else "mp4v"
+
+    def describe(self):
+        return f"file {self.path} (OpenCV {self.fourcc} writer, written as {os.path.basename(self.tmp)} until finalised)"
+
+    def write(self, frame, pts_ns) -> bool:
+        frame = self._fit(frame)
+        if self._w is None:
+            self._w = cv2.VideoWriter(self.tmp, cv2.VideoWriter_fourcc(*self.fourcc), float(self.fps or 30), self.size)
+            if not self._w.isOpened():
+                raise UserError(f"--output {self.path}: OpenCV cannot open a {self.fourcc} writer for it; "
+                                "use a .mp4 or .avi name, or install GStreamer for H.264")
+        self._w.write(frame)
+        self.frames += 1
+        return True
+
+    def close(self):
+        if self._w is None:
+            return None
+        self._w.release()
+        self._w = None
+        if os.path.isfile(self.tmp) and os.path.getsize(self.tmp) > 0:
+            os.replace(self.tmp, self.path)
+            return self.path
+        return None
+
+
+def check_output_path(path: str) -> None:
+    """Fail before capturing anything if the output file cannot be written."""
+    d = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(d, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--output {path}: cannot create folder {d} ({e.strerror})")
+    if not os.access(d, os.W_OK):
+        raise UserError(f"--output {path}: folder {d} is not writable")
+    if os.path.isdir(path):
+        raise UserError(f"--output {path}: is a folder; give a file name such as {os.path.join(path, 'fused.mp4')}")
+
+
+_SAID_OPENCV = False
+
+
+def make_sink(uri: StreamURI, fps: float, encoder: str = "auto") -> Sink:
+    """The sink for an output URI. Checks what can be checked before any frame exists."""
+    global _SAID_OPENCV
+    if encoder not in ENCODER_CHOICES:
+        raise UserError(f"--encoder {encoder}: use one of {', '.join(ENCODER_CHOICES)}")
+    if uri.kind == "none":
+        return NullSink()
+    gst_ok = gstmod.have_gst()
+    if uri.kind == "file":
+        check_output_path(uri.location)
+        if encoder == "opencv":
+            return OpenCVFileSink(uri.location, fps)
+        enc = gstmod.pick_encoder(None if encoder == "auto" else encoder) if gst_ok else None
+        if enc is None:
+            if encoder not in ("auto", "opencv"):
+                if not gst_ok:
+                    raise UserError(f"--encoder {encoder} needs GStreamer ({gstmod.gst_reason()}); use --encoder auto")
+                raise UserError(f"--encoder {encoder}: the GStreamer element is not installed "
+                                f"({gstmod.ELEMENT_PACKAGES.get(encoder, 'its plugin package')}); use --encoder auto")
+            if not _SAID_OPENCV:
+                why = gstmod.gst_reason() if not gst_ok else "no H.264 encoder element (x264enc, openh264enc, nvv4l2h264enc)"
+                log.warning("writing %s with OpenCV's mp4v writer: %s", uri.location, why)
+                _SAID_OPENCV = True
+            return OpenCVFileSink(uri.location, fps)
+        return GstFileSink(uri.location, fps, enc)
+    if not gst_ok:
+        raise UserError(f"--output {uri.raw} needs GStreamer ({gstmod.gst_reason()}); install python3-gst-1.0 and "
+                        "PyGObject, or write a file (--output file://out.mp4)")
+    if uri.kind == "display":
+        if not display_available():
+            raise UserError(f"--output {uri.raw}: no display (DISPLAY/WAYLAND_DISPLAY not set); use --output "
+                            "file://out.mp4, udp://HOST:PORT or none")
+        gstmod.check_elements(gstmod.display_sink_launch(64, 64, fps), f"--output {uri.raw}")
+        return GstSink(f"--output {uri.raw}", fps, lambda w, h: gstmod.display_sink_launch(w, h, fps))
+    enc = gstmod.pick_encoder(None if encoder in ("auto", "opencv") else encoder)
+    if enc is None:
+        raise UserError(f"--output {uri.raw} needs an H.264 encoder: install gstreamer1.0-plugins-ugly (x264enc) "
+                        "or gstreamer1.0-plugins-bad (openh264enc)")
+    if uri.kind == "udp":
+        build = lambda w, h: gstmod.udp_sink_launch(uri.host, uri.port, w, h, fps, enc)  # noqa: E731
+        gstmod.check_elements(build(64, 64), f"--output {uri.raw}")
+        log.info("streaming RTP/H.264 to %s:%d; receive with: %s", uri.host, uri.port, gstmod.udp_receiver_hint(uri.port))
+        return GstSink(f"--output {uri.raw}", fps, build)
+    if uri.kind == "rtsp":
+        build = lambda w, h: gstmod.rtsp_sink_launch(uri.location, w, h, fps, enc)  # noqa: E731
+        gstmod.check_elements(build(64, 64), f"--output {uri.raw}",
+                              "rtsp:// output publishes to an RTSP server (e.g. mediamtx); or use udp://HOST:PORT")
+        return GstSink(f"--output {uri.raw}", fps, build)
+    raise UserError(f"--output {uri.raw}: unsupported output")
+
+
+class MultiSink(Sink):
+    """Several outputs at once (``--output`` given more than once; the demo's file + window)."""
+
+    kind = "multi"
+
+    def __init__(self, sinks: list[Sink]):
+        super().__init__()
+        self.sinks = sinks
+
+    @property
+    def fps(self):
+        return self.sinks[0].fps if self.sinks and hasattr(self.sinks[0], "fps") else None
+
+    @fps.setter
+    def fps(self, value):
+        for s in self.sinks:
+            s.fps = value
+
+    def describe(self):
+        return " + ".join(s.describe() for s in self.sinks)
+
+    def write(self, frame, pts_ns) -> bool:
+        ok = True
+        for s in self.sinks:
+            if not s.write(frame, pts_ns):
+                ok = False
+                self.error = self.error or s.error
+                self.closed_by_user = self.closed_by_user or s.closed_by_user
+        self.frames += 1
+        return ok
+
+    def close(self):
+        paths = [s.close() for s in self.sinks]
+        for s in self.sinks:
+            if s.error and not self.error:
+                self.error = s.error
+        files = [p for p in paths if p]
+        return files[0] if files else None

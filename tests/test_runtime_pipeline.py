@@ -1,0 +1,231 @@
+"""run_pipeline end to end on real pipelines: the TNO sequences (../shared/data), files at
+different rates, live test sources at 9 and 30 Hz, SIGINT mid-run, a source that ends
+mid-stream and is reconnected, the demo, and the one-line user errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from moefusion.runtime import gst as gstmod
+from moefusion.runtime.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_gst = [pytest.mark.gstreamer,
+             pytest.mark.skipif(not gstmod.have_gst(), reason=f"GStreamer/PyGObject not available: {gstmod.gst_reason()}")]
+
+
+def gst_test(fn):
+    for m in needs_gst:
+        fn = m(fn)
+    return fn
+
+
+def run(argv, tmp_path):
+    """main() in-process; returns (exit code, stats dict)."""
+    sj = tmp_path / f"stats_{len(list(tmp_path.iterdir()))}.json"
+    rc = main(list(argv) + ["--stats-json", str(sj), "--stats-interval", "0", "--log-level", "warning"])
+    return rc, (json.loads(sj.read_text()) if sj.exists() else None)
+
+
+def read_video(path):
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), f"cannot open {path}"
+    out = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            return out
+        out.append(f)
+
+
+def write_clip(path, n, fps, size=(64, 48)):
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for i in range(n):
+        img = np.full((size[1], size[0], 3), 30 + 6 * i, np.uint8)
+        cv2.circle(img, (4 + 2 * i, size[1] // 2), 5, (255, 255, 255), -1)
+        w.write(img)
+    w.release()
+
+
+def test_tno_sequences_end_to_end(shared_data, tmp_path):
+    seq = shared_data("tno_seq_nato_camp")
+    n = len(list((seq / "ir").glob("*.bmp")))
+    out = tmp_path / "fused.mp4"
+    rc, st = run(["--ir", str(seq / "ir"), "--vis", str(seq / "vis"), "--output", str(out), "--backend", "average"],
+                 tmp_path)
+    assert rc == 0 and st["ok"] and st["output_file"] == str(out)
+    frames = read_video(out)
+    assert len(frames) == n == st["frames_out"] == st["pairs"] == 32
+    assert frames[0].shape == (270, 360, 3)
+    assert st["drops_total"] == 0 and st["frames_in"] == {"ir": n, "vis": n}
+    assert st["skew_ms"]["abs"]["max"] == 0.0  # lockstep: same timestamps
+    lat = st["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"] < 10_000
+    assert st["fps"] > 1 and st["mode"].startswith("files")
+    # the output is the fusion of the real frames: the average of IR and VIS luminance
+    ir0 = cv2.imread(str(sorted((seq / "ir").glob("*.bmp"))[0]), cv2.IMREAD_GRAYSCALE).astype(float)
+    vis0 = cv2.imread(str(sorted((seq / "vis").glob("*.bmp"))[0]), cv2.IMREAD_GRAYSCALE).astype(float)
+    assert np.abs(frames[0][:, :, 1].astype(float) - (ir0 + vis0) / 2).mean() < 3.0  # H.264 is lossy
+
+
+def test_tno_grid_view_with_registration(shared_data, tmp_path):
+    seq = shared_data("tno_seq_tree")
+    reg = tmp_path / "reg.yaml"
+    reg.write_text("H: [[1, 0, 0], [0, 1, 0], [0, 0, 1]]\nir_size: [360, 270]\nvis_size: [360, 270]\n")
+    out = tmp_path / "grid.mkv"
+    rc, st = run(["--ir", f"file://{seq / 'ir'}", "--vis", str(seq / "vis" / "*.bmp"), "--output", str(out),
+                  "--backend", "average", "--view", "grid", "--overlay", "--registration", str(reg)], tmp_path)
+    assert rc == 0
+    frames = read_video(out)
+    assert len(frames) == 19 and frames[0].shape[0] % 2 == 0 and frames[0].shape[0] > 500
+
+
+@gst_test
+def test_files_at_different_rates_pair_by_time_and_reproducibly(tmp_path):
+    write_clip(tmp_path / "ir.mp4", 10, 10.0)  # a 10 Hz thermal clip
+    write_clip(tmp_path / "vis.mp4", 20, 20.0)  # a 20 Hz visible clip over the same second
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"out{k}.mp4"
+        rc, st = run(["--ir", str(tmp_path / "ir.mp4"), "--vis", str(tmp_path / "vis.mp4"), "--output", str(out),
+                      "--backend", "average"], tmp_path)
+        assert rc == 0 and st["pairs"] == 10 and st["frames_out"] == 10
+        # the VIS frames between IR frames have no partner: dropped and counted, nothing else dropped
+        # (how many VIS frames past the end of the IR clip were read before the run stopped varies)
+        assert st["drops"].get("unpaired_vis", 0) >= 9 and set(st["drops"]) <= {"unpaired_vis"}
+        assert st["frames_in"]["vis"] == st["pairs"] + st["drops"]["unpaired_vis"]
+        outs.append(read_video(out))
+    assert len(outs[0]) == len(outs[1]) == 10
+    assert all(np.array_equal(a, b) for a, b in zip(*outs))
+
+
+@gst_test
+def test_live_9hz_thermal_and_30hz_rgb(tmp_path):
+    rc, st = run(["--ir", "test://ball", "--ir-rate", "9", "--ir-width", "64", "--ir-height", "48",
+                  "--vis", "test://smpte", "--vis-rate", "30", "--vis-width", "80", "--vis-height", "60",
+                  "--output", "none", "--backend", "average", "--max-frames", "12", "--sync-tolerance", "20"], tmp_path)
+    assert rc == 0 and st["frames_out"] == 12 and st["mode"] == "live"
+    assert st["drops"].get("unpaired_vis", 0) >= 12  # about 2 VIS frames in 3 have no IR partner
+    assert st["drops"].get("unpaired_ir", 0) <= 1
+    assert st["skew_ms"]["abs"]["p95"] <= 1000 / 30 / 2 + 5  # nearest VIS frame: within half a period
+    assert 6 < st["fps"] < 12  # paced by the 9 Hz camera
+
+
+@gst_test
+def test_live_source_that_ends_is_reconnected_and_the_run_continues(tmp_path):
+    rc, st = run(["--ir", "test://ball?num-buffers=15", "--ir-width", "48", "--ir-height", "32",
+                  "--vis", "test://smpte", "--vis-width", "48", "--vis-height", "32",
+                  "--output", str(tmp_path / "o.mp4"), "--backend", "average", "--max-frames", "40"], tmp_path)
+    assert rc == 0 and st["frames_out"] == 40 and st["ok"]
+    assert st["reconnects"]["ir"] >= 2 and st["reconnects"]["vis"] == 0
+    assert len(read_video(tmp_path / "o.mp4")) == 40
+
+
+@gst_test
+def test_live_source_gone_for_good_fails_with_one_line(tmp_path, capsys):
+    rc, st = run(["--ir", "test://ball?num-buffers=5", "--vis", "test://smpte", "--ir-width", "32", "--ir-height", "24",
+                  "--vis-width", "32", "--vis-height", "24", "--output", "none", "--backend", "average",
+                  "--reconnect-timeout", "0"], tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and not st["ok"] and err[-1].startswith("error: IR source test://ball?num-buffers=5 (--ir)")
+    assert "Traceback" not in "\n".join(err)
+
+
+@gst_test
+def test_file_paired_with_live_camera_is_paced_and_ends_the_run(tmp_path):
+    write_clip(tmp_path / "vis.mp4", 12, 30.0)
+    rc, st = run(["--ir", "test://ball", "--ir-width", "64", "--ir-height", "48", "--vis", str(tmp_path / "vis.mp4"),
+                  "--output", "none", "--backend", "average"], tmp_path)
+    assert rc == 0 and st["stop_reason"] == "end of input"
+    assert 8 <= st["frames_out"] <= 12 and st["duration_s"] >= 0.3  # played at 30 Hz, not as fast as possible
+
+
+@gst_test
+def test_sigint_mid_run_leaves_a_playable_file(tmp_path):
+    out, sj = tmp_path / "live.mp4", tmp_path / "stats.json"
+    cmd = [sys.executable, "-m", "moefusion.runtime.cli", "--ir", "test://ball", "--vis", "test://smpte",
+           "--ir-width", "160", "--ir-height", "120", "--vis-width", "160", "--vis-height", "120",
+           "--backend", "average", "--output", str(out), "--stats-json", str(sj), "--stats-interval", "0"]
+    p = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = tmp_path / "live.partial.mp4"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (partial.exists() and partial.stat().st_size > 2000):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=30)
+    assert p.returncode == 0, stderr
+    assert out.exists() and not partial.exists()
+    st = json.loads(sj.read_text())
+    assert st["stop_reason"] == "SIGINT" and st["frames_out"] >= 10
+    frames = read_video(out)
+    assert len(frames) == st["frames_out"] and frames[0].shape == (120, 160, 3)
+    assert "Traceback" not in stderr
+
+
+@gst_test
+def test_demo_runs_without_a_camera(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    rc = main(["--demo", "--max-frames", "8", "--stats-interval", "0", "--log-level", "warning"])
+    assert rc == 0
+    st = json.loads((tmp_path / "out" / "run_pipeline_demo.json").read_text())
+    assert st["frames_out"] == 8 and st["registration"].endswith("registration.yaml") and st["view"] == "grid"
+    frames = read_video(tmp_path / "out" / "run_pipeline_demo.mp4")
+    assert len(frames) == 8
+
+
+# -- user errors: one line naming the flag/device/element and the fix, exit 2, no traceback --------
+
+USER_ERRORS = [
+    (["--ir", "foo://x", "--vis", "test://ball"], "unknown URI scheme 'foo://'"),
+    (["--ir", "/dev/video97", "--vis", "test://ball"], "no such device /dev/video97"),
+    (["--ir", "test://ball", "--vis", "csi://0"], "nvarguscamerasrc"),
+    (["--ir", "test://ball", "--vis", "test://ball", "--ir-format", "H265"], "--ir-format"),
+    (["--ir", "test://ball", "--vis", "test://ball", "--registration", "/no/reg.yaml"], "--registration /no/reg.yaml"),
+    (["--ir", "test://ball", "--vis", "test://ball", "--model", "/no/model.onnx", "--backend", "auto"], "--model /no/model.onnx"),
+    (["--ir", "test://ball", "--vis", "test://ball", "--output", "out.gif"], "--output out.gif"),
+    (["--ir", "/no/such/clip.mp4", "--vis", "test://ball"], "no such file /no/such/clip.mp4"),
+    (["--ir", "/dev/video0", "--vis", "v4l2:///dev/video0"], "same device"),
+    (["--vis", "test://ball"], "--ir is missing"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", USER_ERRORS)
+def test_user_errors_are_one_line(argv, needle, capsys, tmp_path, monkeypatch):
+    if "csi://0" in argv and not gstmod.have_gst():
+        pytest.skip("needs GStreamer to name the missing element")
+    monkeypatch.chdir(tmp_path)
+    rc = main(argv + ["--output" if "--output" not in argv else "--log-level", "none" if "--output" not in argv else "error",
+                      "--backend" if "--backend" not in argv else "--log-level", "average" if "--backend" not in argv else "error"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2, err
+    assert err[-1].startswith("error: ") and needle in err[-1], err
+    assert "Traceback" not in "\n".join(err)
+    assert not list(tmp_path.glob("*.mp4"))  # nothing written
+
+
+def test_no_output_and_no_display(capsys, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert main(["--ir", "test://ball", "--vis", "test://ball"]) == 2
+    assert "no display" in capsys.readouterr().err
+
+
+def test_console_script_user_error_exit_code(tmp_path):
+    exe = Path(sys.executable).parent / "run_pipeline"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moefusion.runtime.cli"]
+    r = subprocess.run(cmd + ["--ir", "bogus://cam", "--vis", "/dev/video0", "--output", "none"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: --ir bogus://cam")
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,204 @@
+"""Outputs (real GStreamer encoders and muxers, OpenCV fallback, an RTP/UDP stream received by a
+real pipeline) and the per-frame pre/postprocessing and views."""
+from __future__ import annotations
+
+import socket
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from moefusion.data.preprocess import merge_visible, prepare_pair
+from moefusion.errors import UserError
+from moefusion.runtime import gst as gstmod
+from moefusion.runtime import sinks as sinkmod
+from moefusion.runtime.process import Preprocessor, compose, draw_overlay, postprocess
+from moefusion.runtime.sinks import GstFileSink, NullSink, OpenCVFileSink, make_sink, partial_path
+from moefusion.runtime.uri import parse_output_uri
+
+needs_gst = [pytest.mark.gstreamer,
+             pytest.mark.skipif(not gstmod.have_gst(), reason=f"GStreamer/PyGObject not available: {gstmod.gst_reason()}")]
+
+
+def gst_test(fn):
+    for m in needs_gst:
+        fn = m(fn)
+    return fn
+
+
+def frames(n, w=64, h=48):
+    for i in range(n):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[:, :, 1] = 10 + 8 * i
+        cv2.circle(img, (5 + i * 2, h // 2), 6, (255, 255, 255), -1)
+        yield img
+
+
+def count_frames(path):
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), path
+    n = 0
+    size = None
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        n += 1
+        size = f.shape
+    return n, size
+
+
+# -- pre/postprocessing ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ir_dtype,vis_gray", [(np.uint8, False), (np.uint8, True), (np.uint16, False)])
+def test_preprocessor_matches_prepare_pair(ir_dtype, vis_gray):
+    rng = np.random.default_rng(0)
+    ir = rng.integers(0, np.iinfo(ir_dtype).max, (48, 64), dtype=ir_dtype)
+    vis = rng.integers(0, 256, (48, 64) if vis_gray else (48, 64, 3), dtype=np.uint8)
+    p = Preprocessor()(ir, vis)
+    ref_ir, parts = prepare_pair(ir, vis)
+    assert p.ir_unit.shape == p.vis_y.shape == (1, 1, 48, 64) and p.ir_unit.dtype == np.float32
+    np.testing.assert_allclose(p.vis_y[0, 0], parts.y, atol=1e-6)
+    # 16-bit AGC takes its percentiles from a 1/16 sample: close to the full-frame AGC
+    np.testing.assert_allclose(p.ir_unit[0, 0], ref_ir, atol=1e-6 if ir_dtype == np.uint8 else 0.02)
+    fused = rng.random((48, 64), dtype=np.float32) * 1.2 - 0.1  # out-of-range values are clipped
+    np.testing.assert_array_equal(postprocess(fused, p), merge_visible(fused, parts))
+
+
+def test_preprocessor_resizes_ir_and_handles_other_dtypes():
+    rng = np.random.default_rng(1)
+    ir = rng.integers(0, 255, (24, 32), dtype=np.uint8)
+    vis = rng.random((48, 64, 3)).astype(np.float32)
+    p = Preprocessor()(ir, vis)
+    ref_ir, parts = prepare_pair(ir, vis)
+    np.testing.assert_allclose(p.ir_unit[0, 0], ref_ir, atol=1e-6)
+    np.testing.assert_allclose(p.vis_y[0, 0], parts.y, atol=1e-6)
+    assert postprocess(p.vis_y[0, 0], p).dtype == np.float32
+
+
+def test_views():
+    rng = np.random.default_rng(2)
+    ir = rng.integers(0, 255, (48, 64), dtype=np.uint8)
+    vis = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    p = Preprocessor()(ir, vis)
+    out = postprocess(p.vis_y[0, 0], p)
+    att = rng.random((48, 64), dtype=np.float32)
+    assert compose("fused", out, p, att).shape == (48, 64, 3)
+    assert compose("side-by-side", out, p, att).shape == (48, 192, 3)
+    g = compose("grid", out, p, None)
+    assert g.shape == (96, 128, 3) and g[60:, 70:].max() > 0  # the n/a tile has its label
+    gray = compose("fused", postprocess(p.vis_y[0, 0], Preprocessor()(ir, vis[:, :, 0])), p, None)
+    assert gray.shape == (48, 64, 3)
+    before = out.copy()
+    draw_overlay(out, ["12.0 FPS", "average"])
+    assert (out != before).any()
+
+
+# -- sinks -------------------------------------------------------------------------------------
+
+@gst_test
+def test_gst_file_sink_writes_a_playable_h264_mp4(tmp_path):
+    path = tmp_path / "out.mp4"
+    s = make_sink(parse_output_uri(f"file://{path}"), 30.0)
+    assert isinstance(s, GstFileSink)
+    for i, f in enumerate(frames(20)):
+        assert s.write(f, int(i * 1e9 / 30))
+        if i == 5:
+            assert not path.exists() and (tmp_path / "out.partial.mp4").exists()  # temp name until finalised
+    assert s.close() == str(path)
+    assert not (tmp_path / "out.partial.mp4").exists()
+    n, size = count_frames(path)
+    assert n == 20 and size == (48, 64, 3)
+    cap = cv2.VideoCapture(str(path))
+    assert int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little") in (b"avc1", b"h264", b"H264")
+
+
+@gst_test
+def test_gst_file_sink_odd_sizes_and_mkv(tmp_path):
+    path = tmp_path / "odd.mkv"
+    s = make_sink(parse_output_uri(str(path)), 15.0)
+    for i, f in enumerate(frames(6, w=65, h=49)):
+        s.write(f, int(i * 1e9 / 15))
+    assert s.close() == str(path)
+    n, size = count_frames(path)
+    assert n == 6 and size == (48, 64, 3)
+
+
+def test_opencv_file_sink_fallback(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "cv.mp4"
+    monkeypatch.setenv("MOEFUSION_NO_GST", "1")
+    monkeypatch.setattr(gstmod, "_GST", None)
+    monkeypatch.setattr(sinkmod, "_SAID_OPENCV", False)
+    with caplog.at_level("WARNING", logger="moefusion.runtime"):
+        s = make_sink(parse_output_uri(str(path)), 10.0)
+    assert isinstance(s, OpenCVFileSink) and any("OpenCV's mp4v" in r.message for r in caplog.records)
+    for i, f in enumerate(frames(9)):
+        s.write(f, 0)
+    assert not path.exists() and (tmp_path / "cv.partial.mp4").exists()
+    assert s.close() == str(path)
+    assert count_frames(path) == (9, (48, 64, 3))
+    with pytest.raises(UserError, match="needs GStreamer"):
+        make_sink(parse_output_uri("udp://127.0.0.1:5000"), 30.0)
+
+
+def test_explicit_opencv_encoder_and_null_sink(tmp_path):
+    s = make_sink(parse_output_uri(str(tmp_path / "a.avi")), 10.0, "opencv")
+    assert isinstance(s, OpenCVFileSink) and s.fourcc == "MJPG"
+    for f in frames(3):
+        s.write(f, 0)
+    assert s.close() and count_frames(tmp_path / "a.avi")[0] == 3
+    n = make_sink(parse_output_uri("none"), 30.0)
+    assert isinstance(n, NullSink) and n.write(next(frames(1)), 0) and n.close() is None
+
+
+def test_output_user_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    if gstmod.have_gst():
+        with pytest.raises(UserError, match="no display"):
+            make_sink(parse_output_uri("display://0"), 30.0)
+    (tmp_path / "dir.mp4").mkdir()
+    with pytest.raises(UserError, match="is a folder"):
+        make_sink(parse_output_uri(str(tmp_path / "dir.mp4")), 30.0)
+    with pytest.raises(UserError, match="--encoder"):
+        make_sink(parse_output_uri(str(tmp_path / "x.mp4")), 30.0, "vp9enc")
+    assert partial_path("/a/b/out.mp4") == "/a/b/out.partial.mp4"
+
+
+@gst_test
+@pytest.mark.skipif(gstmod.element_exists("rtspclientsink"), reason="rtspclientsink is installed here")
+def test_rtsp_output_without_rtspclientsink_names_the_package():
+    with pytest.raises(UserError) as e:
+        make_sink(parse_output_uri("rtsp://127.0.0.1:8554/fused"), 30.0)
+    assert "rtspclientsink" in str(e.value) and "gstreamer1.0-rtsp" in str(e.value)
+
+
+@gst_test
+def test_udp_stream_is_received_by_a_real_pipeline():
+    Gst = gstmod.import_gst()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as so:
+        so.bind(("127.0.0.1", 0))
+        port = so.getsockname()[1]
+    rx = Gst.parse_launch(
+        f'udpsrc address=127.0.0.1 port={port} caps="application/x-rtp,media=video,encoding-name=H264,payload=96,'
+        'clock-rate=90000" ! rtph264depay ! h264parse ! avdec_h264 ! videoconvert ! video/x-raw,format=BGR ! '
+        'appsink name=sink sync=false max-buffers=100')
+    rx.set_state(Gst.State.PLAYING)
+    try:
+        time.sleep(0.2)
+        s = make_sink(parse_output_uri(f"udp://127.0.0.1:{port}"), 30.0)
+        for i, f in enumerate(frames(30)):
+            assert s.write(f, int(i * 1e9 / 30))
+        s.close()
+        got = []
+        sink = rx.get_by_name("sink")
+        while True:
+            smp = sink.try_pull_sample(Gst.SECOND)
+            if smp is None:
+                break
+            st = smp.get_caps().get_structure(0)
+            got.append((st.get_value("width"), st.get_value("height")))
+    finally:
+        rx.set_state(Gst.State.NULL)
+    assert len(got) >= 20 and got[0] == (64, 48)
