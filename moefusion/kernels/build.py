@@ -1,0 +1,127 @@
+"""Build libmoefusion_kernels.so (and the TensorRT plugins where TensorRT is found) with CMake.
+
+    python -m moefusion.kernels.build                      # -> build/kernels/libmoefusion_kernels.so
+    python -m moefusion.kernels.build --archs native       # only this machine's GPU (faster)
+    python -m moefusion.kernels.build --install            # also copy it into the package (moefusion/kernels/lib)
+
+Needs nvcc (CUDA >= 12), CMake >= 3.18 and a generator (Ninja preferred, Make otherwise). The same
+function serves the tests, the GPU check script and a pip build hook.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ..errors import UserError, cli_entry
+
+ROOT = Path(__file__).resolve().parents[2]  # the project checkout (holds CMakeLists.txt)
+DEFAULT_BUILD_DIR = ROOT / "build" / "kernels"
+PACKAGE_LIB_DIR = Path(__file__).resolve().parent / "lib"
+LIB_NAME = "libmoefusion_kernels.so"
+PLUGIN_LIB_NAME = "libmoefusion_trt_plugins.so"
+
+BUILD_COMMAND = "python -m moefusion.kernels.build"
+
+
+class BuildError(UserError):
+    """The CUDA library could not be built; the message says which step failed and why."""
+
+
+def find_nvcc() -> str | None:
+    """nvcc from $CUDACXX, $CUDA_HOME/bin, the PATH or /usr/local/cuda/bin."""
+    candidates = [os.environ.get("CUDACXX")]
+    for var in ("CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"):
+        if os.environ.get(var):
+            candidates.append(os.path.join(os.environ[var], "bin", "nvcc"))
+    candidates += [shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"]
+    for c in candidates:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+def toolchain_problem() -> str | None:
+    """Why the library cannot be built here (None when nvcc and cmake are present)."""
+    if find_nvcc() is None:
+        return "nvcc not found (install the CUDA toolkit or set CUDACXX / CUDA_HOME)"
+    if shutil.which("cmake") is None:
+        return "cmake not found (pip install cmake, or apt install cmake)"
+    return None
+
+
+def build(
+    build_dir: str | os.PathLike | None = None,
+    archs: str | None = None,
+    trt: str = "AUTO",
+    jobs: int | None = None,
+    quiet: bool = True,
+    source_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Configure and build; return the path of libmoefusion_kernels.so. Raises BuildError."""
+    problem = toolchain_problem()
+    if problem:
+        raise BuildError(f"cannot build the CUDA kernels: {problem}")
+    src = Path(source_dir) if source_dir else ROOT
+    if not (src / "CMakeLists.txt").is_file():
+        raise BuildError(f"no CMakeLists.txt in {src}: the CUDA sources ship with the project checkout only")
+    out = Path(build_dir) if build_dir else DEFAULT_BUILD_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    configure = ["cmake", "-S", str(src), "-B", str(out), f"-DMOEFUSION_TRT={trt}"]
+    cache = out / "CMakeCache.txt"
+    if not cache.exists():
+        configure += ["-G", "Ninja"] if shutil.which("ninja") else []
+    configure.append(f"-DCMAKE_CUDA_COMPILER={find_nvcc()}")
+    if archs:
+        configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={archs}")
+    build_cmd = ["cmake", "--build", str(out)]
+    if jobs:
+        build_cmd += ["-j", str(jobs)]
+    for step, cmd in (("configure", configure), ("build", build_cmd)):
+        res = subprocess.run(cmd, cwd=src, capture_output=quiet, text=True)
+        if quiet and res.stdout and step == "configure":
+            for line in res.stdout.splitlines():  # say what is built and why
+                if "moefusion kernels:" in line or "TensorRT plugins:" in line:
+                    print(line.strip("- ").strip(), file=sys.stderr)
+        if res.returncode != 0:
+            detail = ((res.stdout or "") + (res.stderr or ""))[-3000:] if quiet else ""
+            raise BuildError(f"CMake {step} failed ({' '.join(cmd)}):\n{detail}")
+    lib = out / LIB_NAME
+    if not lib.is_file():
+        raise BuildError(f"the build finished but {lib} is missing")
+    return lib
+
+
+def install_into_package(lib: Path) -> Path:
+    """Copy the built library (and the plugin library, if built) into moefusion/kernels/lib/."""
+    PACKAGE_LIB_DIR.mkdir(parents=True, exist_ok=True)
+    dst = PACKAGE_LIB_DIR / LIB_NAME
+    shutil.copy2(lib, dst)
+    plugins = lib.parent / PLUGIN_LIB_NAME
+    if plugins.is_file():
+        shutil.copy2(plugins, PACKAGE_LIB_DIR / PLUGIN_LIB_NAME)
+    return dst
+
+
+@cli_entry
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m moefusion.kernels.build", description=__doc__.splitlines()[0])
+    ap.add_argument("--build-dir", default=str(DEFAULT_BUILD_DIR))
+    ap.add_argument("--archs", help='CMAKE_CUDA_ARCHITECTURES, e.g. "87;90-real" (default) or "native"')
+    ap.add_argument("--trt", default="AUTO", choices=["AUTO", "ON", "OFF"], help="TensorRT plugins")
+    ap.add_argument("--install", action="store_true", help="copy the library into moefusion/kernels/lib/")
+    ap.add_argument("-j", "--jobs", type=int)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    lib = build(args.build_dir, args.archs, args.trt, args.jobs, quiet=not args.verbose)
+    print(lib)
+    if args.install:
+        print(install_into_package(lib))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
