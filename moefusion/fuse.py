@@ -20,8 +20,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .data.datasets import natural_key
-from .data.io import is_image_file, read_image
+from .data.io import read_image
+from .data.pairs import pair_folders
 from .errors import UserError, cli_entry
 
 log = logging.getLogger("moefusion.fuse")
@@ -39,30 +39,6 @@ def write_image(path: Path, img: np.ndarray) -> None:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-
-
-def pair_folders(ir_dir: Path, vis_dir: Path) -> list[tuple[str, Path, Path]]:
-    """(id, ir, vis) for files with the same stem; unpaired files are an error naming them."""
-    def listing(d: Path) -> dict[str, Path]:
-        files: dict[str, Path] = {}
-        for p in d.iterdir():
-            if p.is_file() and is_image_file(p):
-                if p.stem in files:
-                    raise UserError(f"two images with id {p.stem!r} in {d}: {files[p.stem].name} and {p.name}; keep one")
-                files[p.stem] = p
-        return files
-
-    ir, vis = listing(ir_dir), listing(vis_dir)
-    only_ir, only_vis = sorted(set(ir) - set(vis)), sorted(set(vis) - set(ir))
-    if only_ir or only_vis:
-        example = ir[only_ir[0]] if only_ir else vis[only_vis[0]]
-        raise UserError(
-            f"{len(only_ir) + len(only_vis)} image(s) have no partner (e.g. {example}); "
-            f"every file in {ir_dir} needs one with the same name in {vis_dir} and vice versa"
-        )
-    if not ir:
-        raise UserError(f"no images in {ir_dir} and {vis_dir}")
-    return [(i, ir[i], vis[i]) for i in sorted(ir, key=natural_key)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,7 +68,7 @@ def main(argv=None) -> int:
         if out.exists() and not out.is_dir():
             raise UserError(f"-o {out}: is a file; give a folder for folder inputs")
         ext = args.ext if args.ext.startswith(".") else "." + args.ext
-        jobs = [(i, a, b, out / f"{i}{ext}") for i, a, b in pair_folders(ir, vis)]
+        jobs = [(p.id, p.ir, p.vis, out / f"{p.id}{ext}") for p in pair_folders(ir, vis)]
     else:
         target = out / f"{vis.stem}.png" if out.is_dir() else out
         jobs = [(vis.stem, ir, vis, target)]

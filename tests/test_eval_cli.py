@@ -171,7 +171,7 @@ def test_size_mismatch_is_refused(tmp_path, capsys):
 def test_unreadable_file_is_named(tmp_path, capsys):
     data = _make_pairs(tmp_path / "data")
     (data / "ir" / "c.png").write_bytes(b"this is not a png")
-    _error(["--data", data], capsys, "cannot read image", str(data / "ir" / "c.png"))
+    _error(["--data", data], capsys, "cannot decode image file", str(data / "ir" / "c.png"))
 
 
 def test_missing_folders(tmp_path, capsys):

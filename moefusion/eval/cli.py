@@ -28,21 +28,20 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from ..data.io import read_image
+from ..data.pairs import Pair, pair_folders, scan_images
 from ..data.preprocess import ir_to_unit, merge_visible, split_visible
 from ..errors import UserError, cli_entry
 from . import baselines as _baselines
 from . import metrics as _metrics
 from . import report
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm")
 DEFAULT_BASELINES = ("average", "max", "laplacian", "gff")
 SHEET_ROWS = 8
 
@@ -50,30 +49,6 @@ SHEET_ROWS = 8
 # --------------------------------------------------------------------------------------------
 # the paired folder
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Pair:
-    id: str
-    ir: Path
-    vis: Path
-
-
-def _natural_key(s: str):
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", s) if t]
-
-
-def _scan(folder: Path) -> dict[str, Path]:
-    by_id: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in IMAGE_EXTS:
-            continue
-        if p.stem in by_id:
-            raise UserError(
-                f"{by_id[p.stem]} and {p} have the same id {p.stem!r}; pairs are matched by file stem, keep one of them"
-            )
-        by_id[p.stem] = p
-    return by_id
-
-
 def find_pairs(root: Path) -> list[Pair]:
     """ROOT/ir and ROOT/vis -> pairs sorted by id (natural order). Refuses unpaired ids."""
     if not root.is_dir():
@@ -81,35 +56,7 @@ def find_pairs(root: Path) -> list[Pair]:
     for sub in ("ir", "vis"):
         if not (root / sub).is_dir():
             raise UserError(f"--data {root}: no {sub}/ folder; expected ROOT/ir/ and ROOT/vis/ with images paired by file name")
-    ir, vis = _scan(root / "ir"), _scan(root / "vis")
-    if not ir and not vis:
-        raise UserError(f"--data {root}: no images in ir/ or vis/ (looked for {', '.join(IMAGE_EXTS)})")
-    only_ir = sorted(set(ir) - set(vis), key=_natural_key)
-    only_vis = sorted(set(vis) - set(ir), key=_natural_key)
-    if only_ir or only_vis:
-        n = len(only_ir) + len(only_vis)
-        if only_ir:
-            path, other = ir[only_ir[0]], root / "vis"
-        else:
-            path, other = vis[only_vis[0]], root / "ir"
-        more = f" (and {n - 1} more unpaired)" if n > 1 else ""
-        raise UserError(
-            f"unpaired image {path}: no file with id {path.stem!r} in {other}{more}; eval refuses unpaired "
-            f"folders rather than skipping images: add the missing file or move the extra one out"
-        )
-    return [Pair(i, ir[i], vis[i]) for i in sorted(ir, key=_natural_key)]
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Read an image as stored (8/16-bit, gray/BGR/BGRA); UserError naming the file if unreadable."""
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if img is None:
-        raise UserError(f"cannot read image {path}: not a readable image (corrupt, empty or unsupported format); fix or remove the pair")
-    return img
+    return pair_folders(root / "ir", root / "vis")
 
 
 def check_pairs(pairs: list[Pair]) -> None:
@@ -169,7 +116,7 @@ def parse_methods(spec: str | None, model_arg: str | None) -> list[Method]:
             folder = Path(n[len("fused:"):].strip())
             if not folder.is_dir():
                 raise UserError(f"method {n!r}: no such folder {folder} (fused:DIR reads fused images named like the pairs)")
-            m = Method(n, fused_dir=_scan(folder))
+            m = Method(n, fused_dir=scan_images(folder))
         else:
             raise UserError(f"unknown method {n!r}; valid methods: {valid}")
         if any(o.label == m.label for o in out):
