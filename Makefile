@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml scripts/install.sh
 	./scripts/install.sh
 
 demo: setup
-	$(VENV)/bin/moefusion-fuse --demo -o out/demo
+	$(VENV)/bin/run_pipeline --demo
 
 test: setup
 	$(PY) -m pytest -q
