@@ -1,0 +1,43 @@
+/*
+ * MoECombine (IPluginV3): gate-weighted log-sum-exp of the chosen experts' outputs. See README.md beside this file.
+ */
+#pragma once
+
+#include "common/pluginCommon.h"
+
+namespace moefusion
+{
+namespace plugin
+{
+
+class MoECombinePlugin : public MoEPluginBase<MoECombinePlugin>
+{
+public:
+    static constexpr char const* kNAME{"MoECombine"};
+
+    MoECombinePlugin() = default;
+    MoECombinePlugin(MoECombinePlugin const& other) = default;
+
+    static std::vector<char const*> fieldNames() { return {}; }
+    static MoECombinePlugin* create(PluginFieldCollection const* /*fc*/) { return new MoECombinePlugin(); }
+
+    // IPluginV3OneBuild
+    int32_t getNbOutputs() const noexcept override { return 1; }
+    int32_t getOutputDataTypes(
+        DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept override;
+    int32_t getOutputShapes(DimsExprs const* inputs, int32_t nbInputs, DimsExprs const* shapeInputs,
+        int32_t nbShapeInputs, DimsExprs* outputs, int32_t nbOutputs, IExprBuilder& exprBuilder) noexcept override;
+    bool supportsFormatCombination(
+        int32_t pos, DynamicPluginTensorDesc const* inOut, int32_t nbInputs, int32_t nbOutputs) noexcept override;
+
+    // IPluginV3OneRuntime
+    int32_t enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* outputDesc, void const* const* inputs,
+        void* const* outputs, void* workspace, cudaStream_t stream) noexcept override;
+    PluginFieldCollection const* getFieldsToSerialize() noexcept override { return &mNoFields; }
+
+private:
+    PluginFieldCollection mNoFields{};
+};
+
+} // namespace plugin
+} // namespace moefusion
