@@ -213,3 +213,17 @@ def test_tensorrt_backend_matches_onnxruntime(tiny_onnx, tmp_path):
     np.testing.assert_allclose(f_trt, f_ort, atol=1e-3)
     np.testing.assert_allclose(a_trt, a_ort, atol=1e-3)
     b.close()
+
+
+def test_moefusion_load_of_an_onnx_gives_fuse(tiny_onnx):
+    """moefusion.load(path.onnx) goes through runtime.backends.open_model_file."""
+    import moefusion
+
+    path, m = tiny_onnx
+    model = moefusion.load(str(path))
+    rng = np.random.default_rng(4)
+    ir = rng.integers(0, 255, (30, 40), dtype=np.uint8)
+    vis = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    out = model.fuse(ir, vis)
+    assert out.shape == vis.shape and out.dtype == np.uint8
+    assert "onnxruntime" in model.describe()

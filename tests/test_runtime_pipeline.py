@@ -177,12 +177,12 @@ def test_demo_runs_without_a_camera(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    rc = main(["--demo", "--max-frames", "8", "--stats-interval", "0", "--log-level", "warning"])
+    rc = main(["--demo", "--max-frames", "3", "--stats-interval", "0", "--log-level", "warning"])
     assert rc == 0
     st = json.loads((tmp_path / "out" / "run_pipeline_demo.json").read_text())
-    assert st["frames_out"] == 8 and st["registration"].endswith("registration.yaml") and st["view"] == "grid"
+    assert st["frames_out"] == 3 and st["registration"].endswith("registration.yaml") and st["view"] == "grid"
     frames = read_video(tmp_path / "out" / "run_pipeline_demo.mp4")
-    assert len(frames) == 8
+    assert len(frames) == 3
 
 
 # -- user errors: one line naming the flag/device/element and the fix, exit 2, no traceback --------
@@ -229,3 +229,28 @@ def test_console_script_user_error_exit_code(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: --ir bogus://cam")
     assert "Traceback" not in r.stderr
+
+
+@gst_test
+@pytest.mark.slow
+def test_pipeline_with_the_real_moefusion_model_on_cpu(tmp_path):
+    """The torch backend running MoEFusion (the edge preset, untrained: this checks the plumbing,
+    not the fusion quality) through the whole loop."""
+    torch = pytest.importorskip("torch")  # noqa: F841
+    import moefusion
+    from moefusion.runtime.backends import TorchBackend
+    from moefusion.runtime.pipeline import Pipeline, PipelineConfig
+    from moefusion.runtime.uri import parse_input_uri, parse_output_uri
+
+    cfg = PipelineConfig(ir=parse_input_uri("test://ball?num-buffers=3&is-live=false"),
+                         vis=parse_input_uri("test://smpte?is-live=false&num-buffers=3"),
+                         outputs=[parse_output_uri(str(tmp_path / "m.mp4"))], view="grid", stats_interval=0)
+    from moefusion.runtime.uri import StreamOptions
+
+    cfg.ir_opts = StreamOptions(width=64, height=48)
+    cfg.vis_opts = StreamOptions(width=64, height=48)
+    backend = TorchBackend(model=moefusion.build_model("edge"), device="cpu")
+    st = Pipeline(cfg, backend, backend_reason="test").run()
+    assert st["ok"] and st["frames_out"] == 3 and st["backend"] == "torch"
+    frames = read_video(tmp_path / "m.mp4")
+    assert len(frames) == 3 and frames[0].shape == (96, 128, 3)

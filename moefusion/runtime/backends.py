@@ -112,6 +112,7 @@ class TorchBackend(Backend):
         self.device = None
         self.precision = None
         self.graphs_off_reason = ""
+        self.source = "in-memory model" if model is not None else (path or "default weights")
 
     def load(self):
         if self._net is not None:
@@ -121,23 +122,24 @@ class TorchBackend(Backend):
         except ImportError as e:
             raise UserError(f"--backend torch needs PyTorch ({e}); pip install torch, or use --backend onnxruntime with an .onnx")
         self.torch = torch
-        if self._model is None:
-            import moefusion
-
-            try:
-                self._model = moefusion.load(self.path)
-            except UserError:
-                raise
-            except FileNotFoundError as e:
-                raise UserError(f"--model {self.path}: {e}")
-        net = _find_unit_module(self._model)
-        if net is None:
-            raise UserError(f"--model {self.path or '(default weights)'}: the loaded model has no forward_unit(); "
-                            "it is not a MoE-Fusion torch model (use an .onnx with --backend onnxruntime, or an .engine)")
         if self.want_device == "cuda" and not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu")
         use_cuda = self.want_device in ("auto", "cuda") and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_cuda else "cpu")
+        if self._model is None:
+            import moefusion
+
+            try:
+                self._model = moefusion.load(self.path, device=self.device)
+            except UserError:
+                raise
+            except FileNotFoundError as e:
+                raise UserError(f"--model {self.path}: {e}")
+            self.source = self.path or "default weights"
+        net = _find_unit_module(self._model)
+        if net is None:
+            raise UserError(f"--model {self.path or '(default weights)'}: the loaded model has no forward_unit(); "
+                            "it is not a MoE-Fusion torch model (use an .onnx with --backend onnxruntime, or an .engine)")
         if self.want_precision == "fp16" and not use_cuda:
             raise UserError("--precision fp16 needs a CUDA GPU for the torch backend; use --precision fp32")
         self.precision = ("fp16" if use_cuda else "fp32") if self.want_precision == "auto" else self.want_precision
@@ -218,12 +220,12 @@ class TorchBackend(Backend):
 
     def describe(self):
         if self._net is None:
-            return f"torch ({self.path or 'default weights'}, not loaded yet)"
+            return f"torch ({self.source}, not loaded yet)"
         if self.device.type == "cuda":
             name = self.torch.cuda.get_device_name(self.device)
             graphs = "CUDA graphs" if self.want_graphs else f"no CUDA graphs ({self.graphs_off_reason or 'off'})"
-            return f"torch (cuda: {name}, {self.precision}{' autocast' if self.precision == 'fp16' else ''}, {graphs}; {self.path or 'default weights'})"
-        return f"torch (cpu, {self.precision}, {self.torch.get_num_threads()} threads; {self.path or 'default weights'})"
+            return f"torch (cuda: {name}, {self.precision}{' autocast' if self.precision == 'fp16' else ''}, {graphs}; {self.source})"
+        return f"torch (cpu, {self.precision}, {self.torch.get_num_threads()} threads; {self.source})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -348,6 +350,20 @@ def plugin_libraries(engine_path: str, explicit: list[str] | None) -> list[str]:
     return libs
 
 
+PLUGIN_LIB_NAME = "libmoefusion_trt_plugins.so"  # built by moefusion.kernels.build (see kernels/README.md)
+
+
+def default_plugin_library() -> str | None:
+    """The plugin library installed in the package or built in the repository, if any (the same
+    places moefusion.kernels.build writes to; no import of the kernels package, which needs torch)."""
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for p in (os.path.join(pkg, "kernels", "lib", PLUGIN_LIB_NAME),
+              os.path.join(os.path.dirname(pkg), "build", "kernels", PLUGIN_LIB_NAME)):
+        if os.path.isfile(p):
+            return p
+    return None
+
+
 class TensorRTBackend(Backend):
     """A serialized TensorRT engine with tensors ``ir``, ``vis`` -> ``fused`` (and ``attention``)."""
 
@@ -366,14 +382,26 @@ class TensorRTBackend(Backend):
         self.trt, self.cudart, self.path = trt, cudart, path
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.plugins = plugin_libraries(path, plugins)
-        for lib in self.plugins:
-            try:
-                ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
-            except OSError as e:
-                raise UserError(f"--trt-plugins {lib}: cannot load the plugin library ({e}); build it with cmake "
-                                "(see docs/jetson.md) or pass its path")
+        explicit = bool(self.plugins)
+        if not self.plugins and default_plugin_library():
+            self.plugins = [default_plugin_library()]
         if hasattr(trt, "init_libnvinfer_plugins"):
             trt.init_libnvinfer_plugins(self.logger, "")
+        registry = trt.get_plugin_registry() if hasattr(trt, "get_plugin_registry") else None
+        for lib in list(self.plugins):
+            try:
+                if registry is not None and hasattr(registry, "load_library"):
+                    if registry.load_library(lib) is None:
+                        raise OSError("the plugin registry refused it (built for another TensorRT?)")
+                else:
+                    ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+            except (OSError, RuntimeError, TypeError) as e:
+                if not explicit:
+                    log.warning("tensorrt: not loading %s (%s)", lib, e)
+                    self.plugins.remove(lib)
+                    continue
+                raise UserError(f"--trt-plugins {lib}: cannot load the plugin library ({e}); build it on this device "
+                                "with python -m moefusion.kernels.build (see docs/jetson.md)")
         self.runtime = trt.Runtime(self.logger)
         with open(path, "rb") as f:
             self.engine = self.runtime.deserialize_cuda_engine(f.read())
@@ -445,6 +473,43 @@ class TensorRTBackend(Backend):
 
     def close(self):
         self._free()
+
+
+# ----------------------------------------------------------------------------------------------
+# moefusion.load() for deployable files
+# ----------------------------------------------------------------------------------------------
+
+class BackendModel:
+    """What ``moefusion.load`` returns for an .onnx or an .engine: ``fuse(ir, vis)`` with the same
+    conventions as the torch model (output shaped and typed like VIS), plus ``backend``."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def fuse(self, ir: np.ndarray, vis: np.ndarray, agc_percentiles=None) -> np.ndarray:
+        from ..data.preprocess import DEFAULT_AGC_PERCENTILES, merge_visible, prepare_pair
+
+        ir_u, parts = prepare_pair(ir, vis, agc_percentiles or DEFAULT_AGC_PERCENTILES)
+        fused, _ = self.backend.infer(ir_u[None, None], parts.y[None, None].astype(np.float32))
+        return merge_visible(fused[0, 0], parts)
+
+    def infer(self, ir_unit: np.ndarray, vis_y: np.ndarray):
+        return self.backend.infer(ir_unit, vis_y)
+
+    def describe(self) -> str:
+        return self.backend.describe()
+
+
+def open_model_file(path, *, device: str = "auto", providers: list[str] | None = None,
+                    plugins: list[str] | None = None, **_ignored) -> BackendModel:
+    """An .onnx (ONNX Runtime) or .engine/.plan (TensorRT) as a model with ``fuse``."""
+    path = str(path)
+    kind = model_kind(path)
+    if kind == "onnx":
+        return BackendModel(OnnxRuntimeBackend(path, providers=providers, device=device))
+    if kind == "engine":
+        return BackendModel(TensorRTBackend(path, plugins=plugins))
+    raise UserError(f"{path}: not an .onnx or an engine file")
 
 
 # ----------------------------------------------------------------------------------------------
