@@ -196,3 +196,18 @@ def test_cli_has_subcommands():
     assert "register" in cli.SUBCOMMANDS
     with pytest.raises(SystemExit):
         p.parse_args([])
+
+
+def test_cli_pattern_grabbed_from_video_streams(tmp_path):
+    """--ir/--vis as source URIs: a frame is grabbed from each (here: video files via the runtime capture)."""
+    vis_img = _chessboard(VIS_SIZE, sq=20, origin=(60, 45))
+    ir_img = cv2.warpPerspective(255 - vis_img, np.linalg.inv(H_TRUE), IR_SIZE, flags=cv2.INTER_AREA)
+    for name, img, size in (("ir.avi", ir_img, IR_SIZE), ("vis.avi", vis_img, VIS_SIZE)):
+        w = cv2.VideoWriter(str(tmp_path / name), cv2.VideoWriter_fourcc(*"MJPG"), 10, size, isColor=False)
+        for _ in range(12):
+            w.write(img)
+        w.release()
+    out = tmp_path / "grab.yaml"
+    assert cli.main(["register", "--ir", f"file://{tmp_path / 'ir.avi'}", "--vis", str(tmp_path / "vis.avi"),
+                     "--pattern", "chessboard:9x6", "-o", str(out)]) == 0
+    assert grid_error(load_registration(str(out)).H) < 2.0

@@ -3,6 +3,7 @@
     moefusion-calibrate register --points 10,12:40,31 300,15:330,30 ... --ir-size 640x512 --vis-size 1280x720 -o reg.yaml
     moefusion-calibrate register --points-file pairs.csv --ir-size 640x512 --vis-size 1280x720 -o reg.yaml
     moefusion-calibrate register --ir ir_board.png --vis vis_board.png --pattern chessboard:9x6 -o reg.yaml --preview check.png
+    moefusion-calibrate register --ir /dev/video1 --vis /dev/video0 --pattern chessboard:9x6 -o reg.yaml   # live cameras
 
 Subcommands register themselves in ``SUBCOMMANDS`` (name -> (add_arguments, run)); add one
 (e.g. ``int8``) by writing those two functions and one line there.
@@ -40,12 +41,19 @@ def _size(text: str, flag: str) -> tuple[int, int]:
         raise UserError(f"{flag} {text!r}: expected WIDTHxHEIGHT, e.g. 640x512")
 
 
+def _is_stream(item: str) -> bool:
+    return "://" in item or item.startswith("/dev/video")
+
+
 def _images(items: list[str], flag: str) -> list[str]:
+    """Image files (folders expanded); camera/stream URIs are kept as they are (see _read)."""
     files = []
     for it in items:
         if os.path.isdir(it):
             files += sorted(os.path.join(it, f) for f in os.listdir(it) if f.lower().endswith(IMAGE_EXTS))
-        elif os.path.isfile(it):
+        elif os.path.isfile(it) and it.lower().endswith(IMAGE_EXTS):
+            files.append(it)
+        elif _is_stream(it) or os.path.isfile(it):
             files.append(it)
         else:
             raise UserError(f"{flag} {it}: no such file or folder")
@@ -54,7 +62,34 @@ def _images(items: list[str], flag: str) -> list[str]:
     return files
 
 
+def grab_frame(uri_text: str, flag: str, skip: int = 10) -> np.ndarray:
+    """One frame from a camera, stream or video (after ``skip`` frames, so exposure/AGC settle)."""
+    from ..runtime.capture import SourceError, Status, make_capture
+    from ..runtime.uri import StreamOptions, parse_input_uri
+
+    role = "ir" if flag == "--ir" else "vis"
+    uri = parse_input_uri(uri_text, flag)
+    cap = make_capture(uri, StreamOptions(), role)
+    try:
+        cap.open()
+        frame = None
+        for _ in range(skip + 1):
+            st, f = cap.read(5.0)
+            if st is not Status.OK:
+                break
+            frame = f
+    except SourceError as e:
+        raise UserError(str(e))
+    finally:
+        cap.close()
+    if frame is None:
+        raise UserError(f"{flag} {uri_text}: no frame could be read")
+    return frame.image
+
+
 def _read(path: str, flag: str) -> np.ndarray:
+    if not path.lower().endswith(IMAGE_EXTS):
+        return grab_frame(path, flag)
     img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise UserError(f"{flag} {path}: cannot read this image")
@@ -70,8 +105,10 @@ def add_register_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--points-file", metavar="FILE",
                      help="point pairs from a file: lines 'ir_x ir_y vis_x vis_y' (CSV or spaces), or JSON/YAML "
                           "{ir: [[x,y],...], vis: [[u,v],...]}")
-    src.add_argument("--ir", nargs="+", metavar="IMG", help="IR image(s) or folder showing the pattern")
-    src.add_argument("--vis", nargs="+", metavar="IMG", help="VIS image(s) or folder, same order as --ir")
+    src.add_argument("--ir", nargs="+", metavar="IMG",
+                     help="IR image(s) or folder showing the pattern, or a camera/stream URI (/dev/video1, csi://0, "
+                          "rtsp://..., a video file) to grab a frame from")
+    src.add_argument("--vis", nargs="+", metavar="IMG", help="VIS image(s), folder or camera URI, same order as --ir")
     src.add_argument("--pattern", metavar="KIND:COLSxROWS",
                      help="chessboard:9x6 (inner corners), circles:4x11 or acircles:4x11; a heated/cooled target")
     p.add_argument("--ir-size", metavar="WxH", help="IR image size (needed with points; taken from --ir images)")
