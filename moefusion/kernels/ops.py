@@ -14,8 +14,7 @@ Arguments (see kernels/README.md for the ONNX nodes these map to):
                            weights [B,k]) -> [B,Cout,H,W]
 Outputs are channels-last when the (per-slot) input is, NCHW-contiguous otherwise.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.library infers the op schemas from real annotations.
 import ctypes
 import threading
 
