@@ -157,6 +157,9 @@ def build_datasets(cfg: dict):
     d = cfg["data"]
     if not d["train"]:
         raise UserError("no training data: give --data ROOT (or data.train in the config)")
+    if min(d["crop"]) < 96:
+        # the detectors' coarsest level (stride 64) needs at least 2x2 cells for BatchNorm at batch 1
+        raise UserError(f"data.crop={d['crop']} is too small; use at least [96, 96]")
     transform = train_transform(tuple(d["crop"]), scale_range=tuple(d["scale_range"]) if d["scale_range"] else None)
     train_sets, val_sets = [], []
     for root in d["train"]:

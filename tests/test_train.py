@@ -72,9 +72,25 @@ def test_checkpoint_alone_rebuilds_and_resumes(tmp_path, shared_data):
         (["--config", "edge.yaml", "--set", "optim.lrr=1"], "unknown config entry optim.lrr"),
         (["--config", "edge.yaml", "--set", "novalue"], "--set expects key=value"),
         (["--config", "edge.yaml", "--data", "/nonexistent/folder"], "dataset folder not found"),
+        (["--config", "edge.yaml", "--set", "data.crop=[64,64]"], "too small"),
     ],
 )
 def test_user_errors_are_one_line(args, message):
     proc = subprocess.run([sys.executable, "-m", "moefusion.train", *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_two_processes(tmp_path, shared_data):
+    """The same script under torchrun: DistributedDataParallel (gloo on the CPU), rank 0 saves."""
+    msrs, duine = shared_data("msrs_det"), shared_data("tno_seq_duine")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd = torchrun + ["-m", "moefusion.train", "--config", "edge.yaml", "--data", str(msrs), str(duine),
+                      "--val-data", str(duine), "--max-steps", "3", "--out", str(tmp_path / "ddp"),
+                      "--set", "data.crop=[128,128]", "--set", "data.val_images=1", "--set", "data.workers=0",
+                      "--device", "cpu", "-q"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert read_checkpoint(tmp_path / "ddp" / "last.pt")["meta"]["step"] == 3
