@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stats-interval", type=float, default=5.0, metavar="S", help="print statistics every S s (0: off)")
     r.add_argument("--max-frames", type=int, default=0, metavar="N", help="stop after N output frames")
     r.add_argument("--realtime", action="store_true", help="play file sources at their frame rate (like cameras)")
-    r.add_argument("--queue-size", type=int, default=2, metavar="N", help="frames queued between stages (default 2)")
+    r.add_argument("--queue-size", type=int, default=None, metavar="N",
+                   help="frames queued between stages (default: 1 with live sources, for the lowest latency; 4 for files)")
     r.add_argument("--stall-timeout", type=float, default=3.0, metavar="S",
                    help="a live source silent this long is reconnected (default 3 s)")
     r.add_argument("--reconnect-timeout", type=float, default=-1.0, metavar="S",
@@ -124,7 +125,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         outputs = [o for o in outputs if o.kind != "none"]
     if args.sync_tolerance <= 0:
         raise UserError(f"--sync-tolerance must be positive (milliseconds), got {args.sync_tolerance}")
-    if args.queue_size < 1:
+    if args.queue_size is not None and args.queue_size < 1:
         raise UserError(f"--queue-size must be at least 1, got {args.queue_size}")
     if args.max_frames < 0:
         raise UserError(f"--max-frames must be 0 (no limit) or positive, got {args.max_frames}")

@@ -56,7 +56,7 @@ class PipelineConfig:
     max_wait_ms: float = 150.0
     registration: str | None = None
     max_frames: int = 0
-    queue_size: int = 2
+    queue_size: int | None = None  # between stages; default: 1 for live sources (lowest latency), 4 for files
     realtime: bool = False
     stats_interval: float = 5.0
     stall_timeout: float = 3.0
@@ -282,8 +282,9 @@ class Pipeline:
             self.sources[role] = SourceThread(cap, lambda f, r=role: inbox.put(r, f), self.stop_event,
                                               factory=factory, stall_timeout=stall,
                                               reconnect_timeout=cfg.reconnect_timeout)
-        infer_q = BoundedQueue(cfg.queue_size, any_live, lambda: stats.drop("busy_infer"), self.stop_event)
-        out_q = BoundedQueue(cfg.queue_size, any_live, lambda: stats.drop("busy_output"), self.stop_event)
+        qsize = cfg.queue_size or (1 if any_live else 4)
+        infer_q = BoundedQueue(qsize, any_live, lambda: stats.drop("busy_infer"), self.stop_event)
+        out_q = BoundedQueue(qsize, any_live, lambda: stats.drop("busy_output"), self.stop_event)
         self._threads = [
             threading.Thread(target=self._guard(lambda: self._sync_loop(inbox, infer_q, registrar, any_live), "sync"),
                              name="sync", daemon=True),
