@@ -164,10 +164,10 @@ def build_datasets(cfg: dict):
     train_sets, val_sets = [], []
     for root in d["train"]:
         full = PairedDataset(root)
-        if d["val"] or not d["val_fraction"]:
-            train_ids, val_ids = full.ids, []
-        else:
+        if d["val_fraction"]:
             train_ids, val_ids = split_ids(full.ids, d["val_fraction"], seed=cfg["train"]["seed"])
+        else:
+            train_ids, val_ids = full.ids, []
         train_sets.append(full.subset(train_ids, transform=transform))
         if val_ids:
             val_sets.append(full.subset(val_ids, transform=None))

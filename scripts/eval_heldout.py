@@ -31,7 +31,7 @@ def heldout_sets(cfg) -> list[tuple[str, PairedDataset, list[str]]]:
     for root in d["val"]:
         ds = PairedDataset(root)
         sets.append((f"{ds.name} (whole sequence)", ds, ds.ids))
-    if not d["val"] or d["val_fraction"]:
+    if d["val_fraction"]:
         for root in d["train"]:
             ds = PairedDataset(root)
             _, val_ids = split_ids(ds.ids, d["val_fraction"], seed=cfg["train"]["seed"])

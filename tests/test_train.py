@@ -94,3 +94,18 @@ def test_torchrun_ddp_two_processes(tmp_path, shared_data):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert read_checkpoint(tmp_path / "ddp" / "last.pt")["meta"]["step"] == 3
+
+
+def test_held_out_pairs_never_reach_training(shared_data):
+    roots = [shared_data("msrs_det"), shared_data("tno_seq_duine")]
+    cfg = load_config("edge.yaml", [])
+    cfg["data"].update(train=[str(r) for r in roots], val=[str(shared_data("tno_seq_tree"))], val_fraction=0.2)
+    from moefusion.train import build_datasets
+
+    train_set, val_set = build_datasets(cfg)
+    train_ids = {(d.name, i) for d in train_set.datasets for i in d.ids}
+    val_ids = {(d.name, i) for d in val_set.datasets for i in d.ids}
+    assert train_ids and not train_ids & val_ids
+    # every training root gives up its fraction, and the explicit validation root is whole
+    assert {d.name for d in val_set.datasets} == {"msrs_det", "tno_seq_duine", "tno_seq_tree"}
+    assert len(train_ids) + len(val_ids) == 25 + 23 + 19
