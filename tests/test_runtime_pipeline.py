@@ -254,3 +254,22 @@ def test_pipeline_with_the_real_moefusion_model_on_cpu(tmp_path):
     assert st["ok"] and st["frames_out"] == 3 and st["backend"] == "torch"
     frames = read_video(tmp_path / "m.mp4")
     assert len(frames) == 3 and frames[0].shape == (96, 128, 3)
+
+
+def test_without_gstreamer_opencv_takes_over(tmp_path, monkeypatch, capsys):
+    """No GStreamer/PyGObject: files are read and written with OpenCV, said once, same results."""
+    from moefusion.runtime import capture as capmod
+    from moefusion.runtime import sinks as sinkmod
+
+    monkeypatch.setenv("MOEFUSION_NO_GST", "1")
+    monkeypatch.setattr(gstmod, "_GST", None)
+    monkeypatch.setattr(capmod, "_FALLBACK_SAID", False)
+    monkeypatch.setattr(sinkmod, "_SAID_OPENCV", False)
+    demo = ROOT / "samples" / "demo"
+    out = tmp_path / "cv.mp4"
+    rc, st = run(["--ir", str(demo / "ir.mp4"), "--vis", str(demo / "vis.mp4"), "--registration",
+                  str(demo / "registration.yaml"), "--output", str(out), "--backend", "average"], tmp_path)
+    assert rc == 0 and st["frames_out"] == 60 and st["drops_total"] == 0
+    assert len(read_video(out)) == 60
+    err = capsys.readouterr().err
+    assert err.count("using OpenCV capture") == 1 and err.count("OpenCV's mp4v writer") == 1

@@ -85,10 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (not the one at set-up)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def _setup_logging(level: str):
     root = logging.getLogger("moefusion")
-    if not root.handlers:
-        h = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        h = _StderrHandler()
         h.setFormatter(logging.Formatter("[run_pipeline] %(message)s"))
         root.addHandler(h)
     root.setLevel(getattr(logging, level.upper()))
