@@ -1,0 +1,34 @@
+"""Deployment export: torch -> ONNX (live expert routing) -> TensorRT engine / Triton model repository.
+
+Command line: ``moefusion-export`` (see ``moefusion.export.cli`` and docs/export.md). Python::
+
+    from moefusion.export import run_export
+    run_export({"weights": "W.pt", "format": "engine", "half": True})
+
+Modules: ``formats`` (the table that drives validation), ``wrapper`` (the export-only formulation
+of the model), ``onnx_export``, ``fp16``, ``trt_shim`` (tensorrt vs tensorrt_rtx), ``engine``
+(builder, sidecar, reuse, verification), ``triton``, ``api``, ``cli``.
+"""
+from __future__ import annotations
+
+__all__ = ["FORMATS", "ExportOptions", "export_onnx", "read_metadata", "run_export", "validate", "verify_engine"]
+
+
+def __getattr__(name):  # lazy: importing moefusion.export must not import torch/onnx/tensorrt
+    if name in ("FORMATS", "ExportOptions", "validate"):
+        from . import formats
+
+        return getattr(formats, name)
+    if name in ("export_onnx", "read_metadata"):
+        from . import onnx_export
+
+        return getattr(onnx_export, name)
+    if name == "run_export":
+        from .api import run_export
+
+        return run_export
+    if name == "verify_engine":
+        from .engine import verify_engine
+
+        return verify_engine
+    raise AttributeError(name)
