@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from ..errors import UserError, cli_entry
+from .int8 import add_int8_args, run_int8
 from .register import (
     Registration,
     estimate_homography,
@@ -184,6 +185,8 @@ def run_register(args: argparse.Namespace) -> int:
 SUBCOMMANDS = {
     "register": ("estimate the IR-to-VIS homography (from point pairs or a pattern) for run_pipeline --registration",
                  add_register_args, run_register),
+    "int8": ("INT8 calibration: build an INT8 TensorRT engine and its calibration cache from IR/VIS pairs",
+             add_int8_args, run_int8),
 }
 
 
