@@ -187,17 +187,18 @@ def test_demo_runs_without_a_camera(tmp_path, monkeypatch):
 
 # -- user errors: one line naming the flag/device/element and the fix, exit 2, no traceback --------
 
+IR_CLIP, VIS_CLIP = str(ROOT / "samples" / "demo" / "ir.mp4"), str(ROOT / "samples" / "demo" / "vis.mp4")
 USER_ERRORS = [
-    (["--ir", "foo://x", "--vis", "test://ball"], "unknown URI scheme 'foo://'"),
-    (["--ir", "/dev/video97", "--vis", "test://ball"], "no such device /dev/video97"),
-    (["--ir", "test://ball", "--vis", "csi://0"], "nvarguscamerasrc"),
-    (["--ir", "test://ball", "--vis", "test://ball", "--ir-format", "H265"], "--ir-format"),
-    (["--ir", "test://ball", "--vis", "test://ball", "--registration", "/no/reg.yaml"], "--registration /no/reg.yaml"),
-    (["--ir", "test://ball", "--vis", "test://ball", "--model", "/no/model.onnx", "--backend", "auto"], "--model /no/model.onnx"),
-    (["--ir", "test://ball", "--vis", "test://ball", "--output", "out.gif"], "--output out.gif"),
-    (["--ir", "/no/such/clip.mp4", "--vis", "test://ball"], "no such file /no/such/clip.mp4"),
+    (["--ir", "foo://x", "--vis", VIS_CLIP], "unknown URI scheme 'foo://'"),
+    (["--ir", "/dev/video97", "--vis", VIS_CLIP], "no such device /dev/video97"),
+    (["--ir", IR_CLIP, "--vis", "csi://0"], "nvarguscamerasrc"),
+    (["--ir", IR_CLIP, "--vis", VIS_CLIP, "--ir-format", "H265"], "--ir-format"),
+    (["--ir", IR_CLIP, "--vis", VIS_CLIP, "--registration", "/no/reg.yaml"], "--registration /no/reg.yaml"),
+    (["--ir", IR_CLIP, "--vis", VIS_CLIP, "--model", "/no/model.onnx", "--backend", "auto"], "--model /no/model.onnx"),
+    (["--ir", IR_CLIP, "--vis", VIS_CLIP, "--output", "out.gif"], "--output out.gif"),
+    (["--ir", "/no/such/clip.mp4", "--vis", VIS_CLIP], "no such file /no/such/clip.mp4"),
     (["--ir", "/dev/video0", "--vis", "v4l2:///dev/video0"], "same device"),
-    (["--vis", "test://ball"], "--ir is missing"),
+    (["--vis", VIS_CLIP], "--ir is missing"),
 ]
 
 
@@ -218,7 +219,7 @@ def test_user_errors_are_one_line(argv, needle, capsys, tmp_path, monkeypatch):
 def test_no_output_and_no_display(capsys, monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    assert main(["--ir", "test://ball", "--vis", "test://ball"]) == 2
+    assert main(["--ir", IR_CLIP, "--vis", VIS_CLIP]) == 2
     assert "no display" in capsys.readouterr().err
 
 

@@ -276,7 +276,7 @@ class Pipeline:
                 cap.restart_counting()
         self.live = live
         any_live = any(live.values())
-        inbox = Inbox(live, cap=4, stats=stats, stop_event=self.stop_event)
+        inbox = self._inbox = Inbox(live, cap=4, stats=stats, stop_event=self.stop_event)
         for role, (cap, factory) in caps.items():
             stall = max(self.cfg.stall_timeout, 5.0 / cap.fps if cap.fps else 0)
             self.sources[role] = SourceThread(cap, lambda f, r=role: inbox.put(r, f), self.stop_event,
@@ -353,14 +353,18 @@ class Pipeline:
                     self.stop("end of input")
                     return
         finally:
-            rest = inbox.take(0)
-            for role in ("ir", "vis"):
-                left = pairer.pending(role) + len(rest[role])
-                if self.stop_reason == "end of input":
-                    stats.drop(f"unpaired_{role}", left)  # the other file ended: no partner can come
-                else:
-                    stats.drop("unprocessed_at_stop", left)
+            self._count_leftovers({r: pairer.pending(r) for r in ("ir", "vis")})
             infer_q.close()
+
+    def _count_leftovers(self, pending: dict | None = None) -> None:
+        """Frames still in the pairer or the inbox when the run ends are counted as drops."""
+        rest = self._inbox.take(0)
+        for role in ("ir", "vis"):
+            left = (pending or {}).get(role, 0) + len(rest[role])
+            if self.stop_reason == "end of input":
+                self.stats.drop(f"unpaired_{role}", left)  # the other file ended: no partner can come
+            else:
+                self.stats.drop("unprocessed_at_stop", left)
 
     def _infer_loop(self, infer_q: BoundedQueue, out_q: BoundedQueue):
         stats, backend = self.stats, self.backend
@@ -445,6 +449,7 @@ class Pipeline:
         self.stop_event.set()
         for t in list(self.sources.values()) + self._threads:
             t.join(5.0)
+        self._count_leftovers()  # frames delivered after the sync thread finished
         self._sync_counters()
         for role, src in self.sources.items():
             if src.fatal and src.fatal not in self.errors and not src.finite:
