@@ -466,3 +466,48 @@ def test_fast_gate_falls_back_to_gating_on_cpu():
     i, g = fast.gate(f, w, (4, 4), 2)
     ri, rg = R.gate(f, w, 4, 4, 2)
     assert torch.equal(i, ri) and torch.equal(g, rg)
+
+
+# ----------------------------------------------------------------------------- the model through the kernels
+def _model_with_random_gates(preset: str):
+    import moefusion
+
+    torch.manual_seed(0)
+    model = moefusion.build_model(preset).eval()
+    g = torch.Generator().manual_seed(1)
+    for layer in (model.mole_fg, model.mole_bg, model.moge):
+        with torch.no_grad():
+            layer.w_gate.copy_(torch.randn(layer.w_gate.shape, generator=g) * layer.w_gate.shape[0] ** -0.5)
+    return model
+
+
+def test_accelerate_computes_the_models_function(monkeypatch):
+    """fast.accelerate(model) swaps each MoE layer to fast.gate + fast.experts_forward; forced onto that
+    path on the CPU (the ops run their PyTorch references there), the model's output and routes stay."""
+    model = _model_with_random_gates("edge")
+    ir, vis = torch.rand(2, 1, 64, 96), torch.rand(2, 1, 64, 96)
+    with torch.no_grad():
+        ref = model(ir, vis)
+    fast.accelerate(model)
+    fast.accelerate(model)  # idempotent
+    monkeypatch.setattr(fast, "kernels_usable", lambda t: True)
+    with torch.no_grad():
+        out = model(ir, vis)
+    assert rel(out.fused, ref.fused) < 1e-5
+    for name, idx in ref.routes.items():
+        assert torch.equal(out.routes[name], idx), name
+    model.train()  # training keeps the layers' own forward (noise, balancing loss)
+    monkeypatch.setattr(fast, "kernels_usable", lambda t: (_ for _ in ()).throw(AssertionError("kernel path")))
+    model(ir, vis)
+
+
+def test_optimize_without_graphs_runs_the_model_in_channels_last():
+    model = _model_with_random_gates("edge")
+    ir, vis = torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96)
+    with torch.no_grad():
+        ref = model(ir, vis).fused
+    run = fast.optimize(model, [ir, vis], dtype=None, channels_last=True, cuda_graph=False,
+                        forward=lambda m, a, b: m(a, b).fused)
+    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and p.shape[1] > 1
+               and p.shape[2] > 1 for p in model.parameters())
+    assert rel(run(ir, vis), ref) < 1e-4  # other summation orders of NHWC convolutions

@@ -314,3 +314,34 @@ def test_selftest_under_compute_sanitizer(lib, tool):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-6000:]
     assert "ERROR SUMMARY: 0 errors" in out or "RACECHECK SUMMARY: 0 hazards" in out, out[-3000:]
+
+
+# ----------------------------------------------------------------------------- the model through the kernels
+def test_accelerated_model_matches_and_captures(lib):
+    import moefusion
+
+    torch.manual_seed(0)
+    model = moefusion.build_model("paper").cuda().eval()
+    g = torch.Generator().manual_seed(1)
+    for layer in (model.mole_fg, model.mole_bg, model.moge):
+        with torch.no_grad():
+            layer.w_gate.copy_((torch.randn(layer.w_gate.shape, generator=g) * layer.w_gate.shape[0] ** -0.5).cuda())
+    ir, vis = torch.rand(1, 1, 224, 320, device="cuda"), torch.rand(1, 1, 224, 320, device="cuda")
+    with torch.inference_mode():
+        ref = model(ir, vis)
+    calls = sum(fast_ops_calls().values())
+    fast.accelerate(model)
+    with torch.inference_mode():
+        out = model(ir, vis)
+    assert sum(fast_ops_calls().values()) > calls, "the accelerated model must call the kernels"
+    for name, idx in ref.routes.items():
+        assert torch.equal(out.routes[name].long(), idx.long()), name
+    assert rel(out.fused, ref.fused) < 1e-4
+    run = fast.optimize(model, [ir, vis], dtype=None, channels_last=True, forward=lambda m, a, b: m(a, b).fused)
+    assert rel(run(ir, vis).float(), ref.fused) < 1e-3  # NHWC convolutions sum in other orders
+
+
+def fast_ops_calls():
+    from moefusion.kernels import ops
+
+    return ops.CALLS

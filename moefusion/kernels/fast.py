@@ -22,6 +22,8 @@ Strategies of experts_forward (same function, tests compare them):
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -35,9 +37,28 @@ from . import _lib
 Layers = Sequence[tuple[Tensor, Tensor | None]]
 
 
+_enabled = os.environ.get("MOEFUSION_KERNELS", "1") not in ("0", "off", "false")
+
+
+def kernels_enabled() -> bool:
+    """Whether the functions here use the CUDA ops (default yes; MOEFUSION_KERNELS=0 turns them off)."""
+    return _enabled
+
+
+@contextlib.contextmanager
+def use_kernels(flag: bool):
+    """Temporarily use (True) or bypass (False) the CUDA ops, e.g. to compare with plain PyTorch ops."""
+    global _enabled
+    old, _enabled = _enabled, bool(flag)
+    try:
+        yield
+    finally:
+        _enabled = old
+
+
 def kernels_usable(t: Tensor) -> bool:
-    """The CUDA ops will run for this tensor: a CUDA tensor, float32/float16, and the library loads."""
-    return t.is_cuda and t.dtype in (torch.float32, torch.float16) and _lib.available()
+    """The CUDA ops will run for this tensor: enabled, a CUDA tensor, float32/float16, the library loads."""
+    return _enabled and t.is_cuda and t.dtype in (torch.float32, torch.float16) and _lib.available()
 
 
 # ----------------------------------------------------------------------------- the three primitives
@@ -190,6 +211,45 @@ def _dense(inputs, indices, weights, layers, G, fuse_last):
     return combine(chosen, weights)
 
 
+# ----------------------------------------------------------------------------- models
+def accelerate(model: torch.nn.Module, strategy: str = "gathered") -> torch.nn.Module:
+    """Route every MoE layer (moefusion.model.moe.GatedExperts) of `model` through the CUDA ops.
+
+    In eval mode on CUDA (with the library) a layer's forward becomes: fast.gate (one kernel) and
+    fast.experts_forward (gathered expert weights, fused last layer + combine); in training, on the CPU,
+    or with the kernels off (use_kernels(False), MOEFUSION_KERNELS=0) the layer's own forward runs.
+    Same function (tests compare them); the checkpoint and the model's code are unchanged. Returns `model`.
+    """
+    from ..model.gating import Gating
+    from ..model.moe import GatedExperts, MoEOutput
+
+    def make_forward(layer: GatedExperts, original: Callable):
+        def forward(gate_features, inputs):
+            if layer.training or not kernels_usable(gate_features):
+                return original(gate_features, inputs)
+            indices, weights = gate(gate_features, layer.w_gate, layer.grid, layer.k)
+            if isinstance(inputs, torch.Tensor):
+                x, groups = inputs, 1
+            else:
+                x, groups = torch.cat(tuple(inputs), dim=1), len(inputs)
+            bank = layer.experts
+            y = experts_forward(x, indices, weights, list(zip(bank.weights, bank.biases)), groups, strategy=strategy)
+            idx = indices.long()
+            gates = torch.zeros(idx.shape[0], bank.num_experts, dtype=weights.dtype, device=weights.device)
+            gates = gates.scatter(1, idx, weights)
+            g = Gating(idx, weights, gates, (gates > 0).sum(0).to(gates.dtype))
+            aux = torch.zeros((), dtype=torch.float32, device=y.device)  # balancing loss: training only
+            return MoEOutput(y, aux, g)
+
+        return forward
+
+    for m in model.modules():
+        if isinstance(m, GatedExperts) and not getattr(m, "_moefusion_accelerated", False):
+            m.forward = make_forward(m, m.forward)
+            m._moefusion_accelerated = True
+    return model
+
+
 # ----------------------------------------------------------------------------- whole-model runner
 class GraphRunner:
     """Run a module on fixed-shape inputs by replaying a CUDA graph (inputs copied into static buffers).
@@ -229,6 +289,16 @@ class GraphRunner:
         return self.static_outputs
 
 
+def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """NHWC for every 4-D parameter and buffer (Module.to(memory_format=...) refuses the 5-D stacked
+    expert weights)."""
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.dim() == 4:
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
 def optimize(
     model: torch.nn.Module,
     example_inputs: Sequence[Tensor],
@@ -250,7 +320,7 @@ def optimize(
     if dtype is not None:
         model = model.to(dtype)
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        to_channels_last(model)
     call = forward or (lambda m, *xs: m(*xs))
 
     def fn(*xs):

@@ -23,7 +23,10 @@ from torch import Tensor
 
 from . import _lib, reference
 
-__all__ = ["gate", "combine", "attention_split", "expert_conv3x3_combine", "cuda_ready"]
+__all__ = ["gate", "combine", "attention_split", "expert_conv3x3_combine", "cuda_ready", "CALLS"]
+
+# Kernel launches requested through the ops (eager calls and graph captures; not graph replays).
+CALLS = {"gate": 0, "combine": 0, "attention_split": 0, "expert_conv3x3_combine": 0}
 
 
 def cuda_ready() -> bool:
@@ -103,6 +106,7 @@ def _aligned_ptr(ws: Tensor) -> int:
 def gate(features: Tensor, w_gate: Tensor, grid_h: int, grid_w: int, k: int) -> tuple[Tensor, Tensor]:
     if features.device.type != "cuda":
         return reference.gate(features, w_gate, grid_h, grid_w, k)
+    CALLS["gate"] += 1
     _check_cuda("gate", features, w_gate)
     lib = _lib.load_library()
     B, C = features.shape[:2]
@@ -140,6 +144,7 @@ def _gate_fake(features, w_gate, grid_h, grid_w, k):
 def combine(expert_outputs: Tensor, weights: Tensor) -> Tensor:
     if expert_outputs.device.type != "cuda":
         return reference.combine(expert_outputs, weights).contiguous(memory_format=_fmt(expert_outputs[:, 0]))
+    CALLS["combine"] += 1
     _check_cuda("combine", expert_outputs, weights)
     lib = _lib.load_library()
     B, k, C, H, W = expert_outputs.shape
@@ -165,6 +170,7 @@ def attention_split(x0: Tensor, x1: Tensor, att: Tensor) -> tuple[Tensor, Tensor
     if x0.device.type != "cuda":
         fg, bg = reference.attention_split(x0, x1, att)
         return fg.contiguous(memory_format=_fmt(x0)), bg.contiguous(memory_format=_fmt(x0))
+    CALLS["attention_split"] += 1
     _check_cuda("attention_split", x0, x1, att)
     lib = _lib.load_library()
     B, C, H, W = x0.shape
@@ -198,6 +204,7 @@ def expert_conv3x3_combine(
         return reference.expert_conv3x3_combine(hidden, weight, bias, indices, weights).contiguous(
             memory_format=_fmt(hidden[:, 0])
         )
+    CALLS["expert_conv3x3_combine"] += 1
     _check_cuda("expert_conv3x3_combine", hidden, weight, bias, indices, weights)
     lib = _lib.load_library()
     B, k, _, H, W = hidden.shape
