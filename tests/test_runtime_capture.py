@@ -3,7 +3,6 @@ the OpenCV fallback. Small frames, a few frames each."""
 from __future__ import annotations
 
 import logging
-import os
 
 import cv2
 import numpy as np

@@ -4,7 +4,6 @@ mid-stream and is reconnected, the demo, and the one-line user errors."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

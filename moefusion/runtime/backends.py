@@ -552,13 +552,13 @@ def select_backend(name: str, model: str | None = None, *, device: str = "auto",
         return AverageBackend(), "--backend average: classical per-pixel average, no model"
     if name == "tensorrt" or (name == "auto" and kind == "engine"):
         if kind != "engine":
-            raise UserError(f"--backend tensorrt needs an engine file (--model X.engine); build one with "
-                            f"moefusion-export --format engine")
+            raise UserError("--backend tensorrt needs an engine file (--model X.engine); build one with "
+                            "moefusion-export --format engine")
         return TensorRTBackend(model, plugins=trt_plugins), f"{'auto: ' if name == 'auto' else ''}engine file -> tensorrt"
     if name == "onnxruntime" or (name == "auto" and kind == "onnx"):
         if kind != "onnx":
-            raise UserError(f"--backend onnxruntime needs an .onnx (--model X.onnx); export one with "
-                            f"moefusion-export --format onnx")
+            raise UserError("--backend onnxruntime needs an .onnx (--model X.onnx); export one with "
+                            "moefusion-export --format onnx")
         b = OnnxRuntimeBackend(model, device=device)
         return b, f"{'auto: ' if name == 'auto' else ''}.onnx -> onnxruntime with {b.providers[0]}"
     if kind != "checkpoint":

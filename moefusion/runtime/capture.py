@@ -18,14 +18,14 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from ..errors import UserError
 from . import gst as gstmod
-from .uri import FLIPS, StreamOptions, StreamURI, expand_images
+from .uri import StreamOptions, StreamURI, expand_images
 
 log = logging.getLogger("moefusion.runtime")
 
@@ -361,12 +361,8 @@ class GstCapture(Capture):
         img = img.reshape(h, w, ch) if ch > 1 else img.reshape(h, w)
         now = time.monotonic_ns()
         pts = buf.pts
-        if self.live:
-            if self.paced or pts == Gst.CLOCK_TIME_NONE:
-                ts = now if pts == Gst.CLOCK_TIME_NONE else self._pipeline.get_base_time() + pts
-            else:
-                ts = self._pipeline.get_base_time() + pts
-            ts = min(ts, now)
+        if self.live:  # capture time on the monotonic clock: base time + PTS (never in the future)
+            ts = now if pts == Gst.CLOCK_TIME_NONE else min(self._pipeline.get_base_time() + pts, now)
             cap = ts
             off = buf.offset
             if off != Gst.BUFFER_OFFSET_NONE and self._last_offset is not None and off > self._last_offset + 1:

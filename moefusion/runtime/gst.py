@@ -66,7 +66,7 @@ def import_gst():
         if not Gst.init_check(None):
             _GST_REASON = "Gst.init_check failed"
             return None
-        Gst.Fraction  # the Gst overrides (GstFraction) must be there to read caps
+        _ = Gst.Fraction  # the Gst overrides (GstFraction) must be there to read caps
     except (ImportError, ValueError, AttributeError) as e:
         _GST_REASON = f"PyGObject/GStreamer not importable ({e}); install python3-gst-1.0 and PyGObject"
         return None

@@ -451,10 +451,8 @@ class Pipeline:
             t.join(5.0)
         self._count_leftovers()  # frames delivered after the sync thread finished
         self._sync_counters()
-        for role, src in self.sources.items():
-            if src.fatal and src.fatal not in self.errors and not src.finite:
-                self.errors.append(src.fatal)
-            if src.fatal and src.finite and src.fatal not in self.errors:
+        for src in self.sources.values():
+            if src.fatal and src.fatal not in self.errors:
                 self.errors.append(src.fatal)
 
     def _sync_counters(self):

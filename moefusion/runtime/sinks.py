@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 import cv2
 import numpy as np

@@ -29,7 +29,7 @@ import argparse
 import glob
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from urllib.parse import parse_qsl, urlsplit
 
