@@ -16,7 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..errors import UserError, cli_entry
+try:
+    from ..errors import UserError, cli_entry
+except ImportError:  # loaded as a standalone file by a setup.py build hook (no package, no torch)
+    class UserError(Exception):
+        pass
+
+    def cli_entry(main):
+        return main
 
 ROOT = Path(__file__).resolve().parents[2]  # the project checkout (holds CMakeLists.txt)
 DEFAULT_BUILD_DIR = ROOT / "build" / "kernels"
@@ -104,6 +111,30 @@ def install_into_package(lib: Path) -> Path:
     if plugins.is_file():
         shutil.copy2(plugins, PACKAGE_LIB_DIR / PLUGIN_LIB_NAME)
     return dst
+
+
+def setuptools_hook(dest_dir: str | os.PathLike, build_dir: str | os.PathLike | None = None) -> Path | None:
+    """For a setup.py build_py step: build the library and copy it (and the TensorRT plugins) to dest_dir.
+
+    $MOEFUSION_BUILD_KERNELS: "0" skips, "1" makes a failure an error, unset/"auto" builds when nvcc and
+    cmake are there and otherwise prints how to build later. $MOEFUSION_CUDA_ARCHS picks architectures.
+    """
+    mode = os.environ.get("MOEFUSION_BUILD_KERNELS", "auto").lower()
+    if mode in ("0", "off", "no", "false"):
+        print("moefusion: CUDA kernels not built (MOEFUSION_BUILD_KERNELS=0)", file=sys.stderr)
+        return None
+    problem = toolchain_problem()
+    if problem and mode not in ("1", "on", "yes", "true"):
+        print(f"moefusion: CUDA kernels not built: {problem}. The package works without them (PyTorch ops); "
+              f"build them later with `{BUILD_COMMAND}` in the project checkout.", file=sys.stderr)
+        return None
+    lib = build(build_dir or DEFAULT_BUILD_DIR, archs=os.environ.get("MOEFUSION_CUDA_ARCHS"))
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in (lib, lib.parent / PLUGIN_LIB_NAME):
+        if f.is_file():
+            shutil.copy2(f, dest / f.name)
+    return dest / LIB_NAME
 
 
 @cli_entry

@@ -103,9 +103,16 @@ def last_layer_combine(hidden: Tensor, weight: Tensor, bias: Tensor | None, indi
 
 
 # ----------------------------------------------------------------------------- experts
+# Fuse the last layer with the combine (moefusion::expert_conv3x3_combine, CUDA cores) up to this many
+# output channels. An estimate, not yet a measurement: for MoGE's 16 -> 1 layer the fused kernel is
+# memory-bound (~10 us at 640x480 on an H100) where a library convolution with one output channel is
+# inefficient; MoLE's 8 -> 16 layer does 2304 FMAs per pixel and is likely faster on cuDNN's tensor
+# cores. `python -m moefusion.kernels.check` measures both ("last conv+combine" rows).
+FUSE_MAX_COUT = 4
+
+
 def _fuse_default(x: Tensor, layers: Layers) -> bool:
-    w = layers[-1][0]
-    return kernels_usable(x) and len(layers) >= 1 and w.shape[1] <= 16 and w.shape[1] * w.shape[2] <= 512
+    return kernels_usable(x) and layers[-1][0].shape[1] <= FUSE_MAX_COUT
 
 
 def experts_forward(
@@ -121,7 +128,7 @@ def experts_forward(
 
     inputs [B, G*Cin, H, W]; indices [B, k] (int32/int64); weights [B, k]; layers [(weight, bias), ...].
     fuse_last: run the last layer and the combine as one CUDA kernel (default: on CUDA with the library,
-    for thin last layers).
+    when the last layer has at most FUSE_MAX_COUT output channels).
     """
     E = layers[0][0].shape[0]
     G = int(input_groups)

@@ -27,6 +27,18 @@ def gate_logits(features: torch.Tensor, w_gate: torch.Tensor, grid_h: int, grid_
     return gate_descriptor(features.float(), (grid_h, grid_w)) @ w_gate.float()
 
 
+def gate_float64(features: torch.Tensor, w_gate: torch.Tensor, grid_h: int, grid_w: int, k: int):
+    """The gate's math in float64: (indices int32 [B,k], weights float64 [B,k], logits float64 [B,E]).
+
+    For tolerance checks at large descriptor sizes: with C*gh*gw = 768,000 terms (MoGE, paper preset) the
+    float32 reference's own rounding moves the softmax weights by up to about 1e-5 relative, as much as
+    any float32 implementation differs from it; against float64 the kernel's error is what is measured.
+    """
+    logits = gate_descriptor(features.double(), (grid_h, grid_w)) @ w_gate.double()
+    top, idx = logits.topk(k, dim=1)
+    return idx.to(torch.int32), torch.softmax(top, dim=1), logits
+
+
 def combine(expert_outputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """MoECombine: logsumexp_j(y_j + log w_j), in float32, cast to expert_outputs' dtype."""
     return gated_logsumexp(expert_outputs.float(), weights.float()).to(expert_outputs.dtype)
