@@ -67,6 +67,7 @@ def build(
     jobs: int | None = None,
     quiet: bool = True,
     source_dir: str | os.PathLike | None = None,
+    cudart: str | None = None,
 ) -> Path:
     """Configure and build; return the path of libmoefusion_kernels.so. Raises BuildError."""
     problem = toolchain_problem()
@@ -84,6 +85,8 @@ def build(
     configure.append(f"-DCMAKE_CUDA_COMPILER={find_nvcc()}")
     if archs:
         configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={archs}")
+    if cudart:
+        configure.append(f"-DMOEFUSION_CUDART={cudart}")
     build_cmd = ["cmake", "--build", str(out)]
     if jobs:
         build_cmd += ["-j", str(jobs)]
@@ -143,11 +146,12 @@ def main(argv=None) -> int:
     ap.add_argument("--build-dir", default=str(DEFAULT_BUILD_DIR))
     ap.add_argument("--archs", help='CMAKE_CUDA_ARCHITECTURES, e.g. "87;90-real" (default) or "native"')
     ap.add_argument("--trt", default="AUTO", choices=["AUTO", "ON", "OFF"], help="TensorRT plugins")
+    ap.add_argument("--cudart", choices=["Static", "Shared"], help="cudart linkage (default Static)")
     ap.add_argument("--install", action="store_true", help="copy the library into moefusion/kernels/lib/")
     ap.add_argument("-j", "--jobs", type=int)
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
-    lib = build(args.build_dir, args.archs, args.trt, args.jobs, quiet=not args.verbose)
+    lib = build(args.build_dir, args.archs, args.trt, args.jobs, quiet=not args.verbose, cudart=args.cudart)
     print(lib)
     if args.install:
         print(install_into_package(lib))

@@ -147,6 +147,33 @@ def _driver_from_smi() -> str:
         return "?"
 
 
+_SMOKE = """
+import sys, torch
+from moefusion.kernels import _lib, reference as R
+lib = _lib.load_library(sys.argv[1])
+x = torch.randn(2, 2, 3, 8, 16, device="cuda"); w = torch.softmax(torch.randn(2, 2, device="cuda"), 1)
+out = torch.full((2, 3, 8, 16), float("nan"), device="cuda")
+import ctypes
+_lib.check(lib.moefusion_combine(_lib.desc(x), _lib.desc(w), _lib.desc(out),
+           ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)), "combine")
+torch.cuda.synchronize()
+err = ((out - R.combine(x, w)).norm() / R.combine(x, w).norm()).item()
+print("smoke rel err", err)
+sys.exit(0 if err < 1e-5 else 1)
+"""
+
+
+def _smoke(lib: Path) -> tuple[bool, str]:
+    """Run one kernel through ctypes inside a PyTorch process (a subprocess: a broken launch stays there)."""
+    try:
+        res = subprocess.run([sys.executable, "-c", _SMOKE, str(lib)], cwd=ROOT, capture_output=True, text=True,
+                             timeout=180)
+    except subprocess.TimeoutExpired:
+        return False, "timed out"
+    out = (res.stdout + res.stderr).strip().splitlines()
+    return res.returncode == 0, (out[-1] if out else f"exit {res.returncode}")[:300]
+
+
 def step_build(report: Report, device: str, build_dir: Path) -> Path | None:
     import torch
 
@@ -164,6 +191,21 @@ def step_build(report: Report, device: str, build_dir: Path) -> Path | None:
         report.step("build (CMake)", "FAIL", time.monotonic() - t, str(e).splitlines()[0][:300])
         print(str(e)[-4000:], file=sys.stderr)
         return None
+    if device == "cuda":
+        ok, detail = _smoke(lib)
+        if not ok:
+            # the static cudart cannot work beside PyTorch's here: link the shared one (reused by SONAME)
+            report.step("kernel call from PyTorch (static cudart)", "FAIL", time.monotonic() - t, detail)
+            try:
+                lib = build(build_dir.parent / (build_dir.name + "-shared-cudart"), archs=archs, jobs=os.cpu_count(),
+                            cudart="Shared")
+            except Exception as e:  # noqa: BLE001
+                report.step("build (CMake, shared cudart)", "FAIL", time.monotonic() - t, str(e).splitlines()[0][:300])
+                return None
+            ok, detail = _smoke(lib)
+            report.step("kernel call from PyTorch (shared cudart)", "ok" if ok else "FAIL", time.monotonic() - t, detail)
+            if not ok:
+                return None
     os.environ[_lib.ENV_VAR] = str(lib)
     _lib._lib = None
     _lib._lib_path = None
