@@ -375,6 +375,8 @@ def _triton(src: _Source, opts: ExportOptions, lines, t0, *, routes=False, trt=N
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise UserError(f"--triton-name {name!r}: use letters, digits, '_', '.' and '-' only")
     repo = Path(opts.output) if opts.output else _default_output(opts, src.stem, "standard")
+    if repo.exists() and not repo.is_dir():
+        raise UserError(f"cannot write {repo}: a file of that name exists; give the repository folder with -o")
     model_dir = repo / name
     tensorrt = opts.triton_platform == "tensorrt"
     if tensorrt:

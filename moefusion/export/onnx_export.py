@@ -195,11 +195,21 @@ def build_metadata(model, opts: ExportOptions, flavour: str, precision: str, out
 
 
 def check_live_routing(model_proto, flavour: str) -> None:
-    """A bug guard: the graph must route every input (3 gates), never constants from the dummy input."""
-    ops = [n.op_type for n in model_proto.graph.node]
-    want = PLUGIN_GATE if flavour == "plugin" else "TopK"
-    if ops.count(want) != len(MOE_LAYERS):
-        raise RuntimeError(f"exported graph has {ops.count(want)} {want} nodes, expected {len(MOE_LAYERS)}: "
+    """A bug guard: the graph must route every input (3 gates), never constants from the dummy input.
+
+    Standard flavour: each MoE layer's MatMul with its ``w_gate`` feeds a TopK; plugin: 3 MoEGate nodes.
+    """
+    nodes = model_proto.graph.node
+    if flavour == "plugin":
+        found = sum(n.op_type == PLUGIN_GATE and n.domain == PLUGIN_DOMAIN for n in nodes)
+        what = PLUGIN_GATE
+    else:
+        topk_inputs = {n.input[0] for n in nodes if n.op_type == "TopK"}
+        found = sum(n.op_type == "MatMul" and any(i.endswith("w_gate") for i in n.input) and n.output[0] in topk_inputs
+                    for n in nodes)
+        what = "w_gate MatMul -> TopK"
+    if found != len(MOE_LAYERS):
+        raise RuntimeError(f"exported graph has {found} {what} gates, expected {len(MOE_LAYERS)}: "
                            "routing was frozen or lost in export (a bug)")
 
 
