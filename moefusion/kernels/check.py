@@ -360,7 +360,7 @@ def step_kernel_benchmarks(report: Report, device: str, scale: float, iters: int
                 ("dense + kernels", True, "dense", None),
                 ("gathered + kernels", True, "gathered", None),
             ]
-            base = None
+            base = {}  # PyTorch-ops time per strategy: the '+ kernels' rows' baseline
             for vname, use, strategy, fuse in variants:
                 def run(x, idx, wts, use=use, strategy=strategy, fuse=fuse):
                     if strategy is None:
@@ -374,10 +374,10 @@ def step_kernel_benchmarks(report: Report, device: str, scale: float, iters: int
                 if not err:
                     with torch.inference_mode():
                         note = f"rel err {_rel(run(x, idx, wts).float(), ref):.1e}"
-                if base is None and strategy == "dense":
-                    base = ms
+                if strategy and not use:
+                    base[strategy] = ms
                 report.rows.append(Row("moe layer", f"{label}: {vname}", f"{'->'.join(map(str, chans))} {H}x{W}",
-                                       B, base if strategy and use else None, ms, note, gpu))
+                                       B, base.get(strategy) if strategy and use else None, ms, note, gpu))
                 print(f"  {label}: {vname:30s} B={B} {_fmt(ms):>8} ms  {note}", flush=True)
     errors, report.row_errors = report.row_errors, 0
     report.step("kernel benchmarks", "FAIL" if errors else "ok", time.monotonic() - t_step,
