@@ -477,12 +477,7 @@ def _model_with_random_gates(preset: str):
     import moefusion
 
     torch.manual_seed(0)
-    model = moefusion.build_model(preset).eval()
-    g = torch.Generator().manual_seed(1)
-    for layer in (model.mole_fg, model.mole_bg, model.moge):
-        with torch.no_grad():
-            layer.w_gate.copy_(torch.randn(layer.w_gate.shape, generator=g) * layer.w_gate.shape[0] ** -0.5)
-    return model
+    return R.randomize_gates(moefusion.build_model(preset).eval())
 
 
 def test_accelerate_computes_the_models_function(monkeypatch):

@@ -156,23 +156,8 @@ def test_expert_conv3x3_combine_kernel(lib, case, dtype, layout):
     out = _poisoned((B, Cout, H, W), dtype, channels_last=layout == "cl")
     _lib.check(lib.moefusion_expert_conv3x3_combine(_lib.desc(h), _lib.desc(wt), _lib.desc(bias), _lib.desc(idx),
                                                     _lib.desc(gw), _lib.desc(out), _stream()), "conv")
-    ref = _conv_reference(h.float(), wt.float(), bias.float(), idx, gw)
+    ref = R.expert_conv3x3_combine(h.float(), wt.float(), bias.float(), idx, gw)
     assert rel(out.float(), ref) < (FP32_TOL if dtype == torch.float32 else FP16_TOL)
-
-
-def _conv_reference(h, wt, bias, idx, gw):
-    """Batched version of reference.expert_conv3x3_combine (fast enough at 640x480)."""
-    B, k, cin, H, W = h.shape
-    E, cout = wt.shape[:2]
-    ys = []
-    for b in range(B):
-        i = idx[b].long()
-        y = torch.nn.functional.conv2d(h[b].reshape(1, k * cin, H, W), wt[i].reshape(k * cout, cin, 3, 3),
-                                       bias[i].reshape(-1), padding=1, groups=k)
-        ys.append(y.view(k, cout, H, W))
-    from moefusion.model.gating import gated_logsumexp
-
-    return gated_logsumexp(torch.stack(ys), gw)
 
 
 # ----------------------------------------------------------------------------- torch ops, graphs, compile
@@ -321,11 +306,7 @@ def test_accelerated_model_matches_and_captures(lib):
     import moefusion
 
     torch.manual_seed(0)
-    model = moefusion.build_model("paper").cuda().eval()
-    g = torch.Generator().manual_seed(1)
-    for layer in (model.mole_fg, model.mole_bg, model.moge):
-        with torch.no_grad():
-            layer.w_gate.copy_((torch.randn(layer.w_gate.shape, generator=g) * layer.w_gate.shape[0] ** -0.5).cuda())
+    model = R.randomize_gates(moefusion.build_model("paper")).cuda().eval()
     ir, vis = torch.rand(1, 1, 224, 320, device="cuda"), torch.rand(1, 1, 224, 320, device="cuda")
     with torch.inference_mode():
         ref = model(ir, vis)

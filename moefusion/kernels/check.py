@@ -410,15 +410,10 @@ def _prepare_model(preset: str, dispatch: str, device: str):
 
     import moefusion
 
+    from .reference import randomize_gates
+
     torch.manual_seed(0)
-    model = moefusion.build_model(preset, dispatch=dispatch)
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        w = getattr(m, "w_gate", None)
-        if isinstance(w, torch.nn.Parameter):
-            with torch.no_grad():
-                w.copy_(torch.randn(w.shape, generator=g) * w.shape[0] ** -0.5)
-    return model.to(device).eval()
+    return randomize_gates(moefusion.build_model(preset, dispatch=dispatch)).to(device).eval()
 
 
 def step_model_benchmarks(report: Report, device: str, scale: float, iters: int, batches, presets, budget: Budget,
