@@ -172,7 +172,7 @@ def format_summary(d: dict) -> str:
 
     lines = [
         f"frames: IR {d['frames_in'].get('ir', 0)}, VIS {d['frames_in'].get('vis', 0)}, pairs {d['pairs']}, "
-        f"output {d['frames_out']} in {d['duration_s']:.1f} s ({d['fps']:.1f} FPS)",
+        f"output {d['frames_out']} at {d['fps']:.1f} FPS (the run took {d['duration_s']:.1f} s with start-up)",
         f"latency (capture to output) p50 {ms(lat.get('p50'))} / p95 {ms(lat.get('p95'))} / p99 {ms(lat.get('p99'))} ms",
         f"|skew| IR-VIS p50 {ms(skew.get('p50'))} / p95 {ms(skew.get('p95'))} / max {ms(skew.get('max'))} ms",
         f"drops: {drops}",
