@@ -23,7 +23,7 @@ from helpers import exported, ort_session, real_inputs  # noqa: E402
 from moefusion.errors import UserError  # noqa: E402
 from moefusion.export import _files  # noqa: E402
 from moefusion.export.api import run_export  # noqa: E402
-from moefusion.export.engine import build_engine, read_sidecar, reuse_reason, sidecar_path, verify_engine  # noqa: E402
+from moefusion.export.engine import build_engine, reuse_reason, sidecar_path, verify_engine  # noqa: E402
 from moefusion.export.formats import validate  # noqa: E402
 from moefusion.export.trt_shim import TRT, import_trt  # noqa: E402
 

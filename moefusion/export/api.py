@@ -299,6 +299,9 @@ def _build(src, opts, engine_path: Path, onnx_path: Path, trt, lines, *, routes=
     flavour, libs, why = resolve_flavour(opts, trt)
     factory, calib_info = _calibration(opts, engine_path)
     typed_half = trt.typed_precision and opts.precision == "fp16"
+    if typed_half and flavour == "plugin":
+        raise UserError(f"--half with the plugin flavour: {trt.describe()} takes precision from the ONNX types and "
+                        "the plugin nodes have no fp16 conversion; use --plugins off (or TensorRT's FP16 flag)")
     path, meta, res = _make_onnx(src, opts, onnx_path, flavour, half=typed_half, routes=routes, reuse=reuse_onnx,
                                  lines=lines)
     onnx_meta = dict(meta)

@@ -128,11 +128,23 @@ class TRT:
             trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS", None)
         if flag is None:
             return 0
-        names = tuple(node_names)
+        names = set(node_names)
+
+        def of_node(layer_name: str) -> bool:
+            # the layer of node N is named N, or N plus a suffix for nodes that become several layers;
+            # N_3 is another node of the same type, not a part of N
+            if layer_name in names:
+                return True
+            for n in names:
+                rest = layer_name[len(n):]
+                if layer_name.startswith(n) and rest[:1] in ("_", " ", ".", ":", "[", "(") and not rest[1:].isdigit():
+                    return True
+            return False
+
         pinned = 0
         for i in range(network.num_layers):
             layer = network.get_layer(i)
-            if not layer.name.startswith(names):
+            if not of_node(layer.name):
                 continue
             if layer.type in (trt.LayerType.SHAPE, trt.LayerType.CONSTANT, trt.LayerType.IDENTITY):
                 continue
