@@ -112,6 +112,7 @@ class TorchBackend(Backend):
         self.device = None
         self.precision = None
         self.graphs_off_reason = ""
+        self.kernels = "PyTorch ops"
         self.source = "in-memory model" if model is not None else (path or "default weights")
 
     def load(self):
@@ -151,6 +152,22 @@ class TorchBackend(Backend):
         if not use_cuda:
             self.want_graphs = False
             self.graphs_off_reason = "CPU"
+        else:
+            self.kernels = self._accelerate(net)
+
+    @staticmethod
+    def _accelerate(net) -> str:
+        """Route the MoE layers through the CUDA kernels when their library is built (same function)."""
+        try:
+            from ..kernels import fast
+            from ..kernels._lib import load_library
+
+            load_library()
+        except Exception as e:  # noqa: BLE001 - the PyTorch ops compute the same function
+            log.info("torch backend: CUDA kernels not used (%s)", str(e).splitlines()[0])
+            return "PyTorch ops (kernels not built: python -m moefusion.kernels.build --install)"
+        fast.accelerate(net)
+        return "moefusion CUDA kernels"
 
     def _forward(self, ir, vis):
         torch = self.torch
@@ -224,7 +241,8 @@ class TorchBackend(Backend):
         if self.device.type == "cuda":
             name = self.torch.cuda.get_device_name(self.device)
             graphs = "CUDA graphs" if self.want_graphs else f"no CUDA graphs ({self.graphs_off_reason or 'off'})"
-            return f"torch (cuda: {name}, {self.precision}{' autocast' if self.precision == 'fp16' else ''}, {graphs}; {self.source})"
+            return (f"torch (cuda: {name}, {self.precision}{' autocast' if self.precision == 'fp16' else ''}, {graphs}, "
+                    f"{self.kernels}; {self.source})")
         return f"torch (cpu, {self.precision}, {self.torch.get_num_threads()} threads; {self.source})"
 
 
