@@ -1,0 +1,22 @@
+"""``moefusion-bench``: speed of every backend x precision x size x preset, in one run.
+
+Modules: ``table`` (the backends, derived from the export formats table, and why a row cannot run
+here), ``measure`` (timing, statistics, inputs, the end-to-end pipeline run), ``run``
+(``run_benchmark``: the rows, the reference row and speed-ups), ``report`` (console table,
+Markdown, JSON, PNG, machine facts), ``cli``. Python::
+
+    from moefusion.bench.run import Settings, run_benchmark
+    result = run_benchmark(Settings(backends=["torch", "onnxruntime"], presets=["edge"],
+                                    precisions=["fp32"], sizes=[(480, 640)], device="cpu"))
+"""
+from __future__ import annotations
+
+__all__ = ["Settings", "run_benchmark"]
+
+
+def __getattr__(name):  # lazy: importing moefusion.bench must not import torch
+    if name in __all__:
+        from . import run
+
+        return getattr(run, name)
+    raise AttributeError(name)
