@@ -132,6 +132,8 @@ def resolve_flavour(opts: ExportOptions, trt=None) -> tuple[str, list[str], str]
         if opts.plugins == "on":
             return "plugin", [], "--plugins on (a TensorRT-only ONNX)"
         return "standard", [], "ONNX Runtime runs the standard flavour"
+    if opts.plugins == "auto" and opts.dispatch == "dense":
+        return "standard", [], "auto: --dispatch dense (the plugin flavour runs the sparse dispatch)"
     libs = plugin_library_candidates(opts)
     if opts.plugins == "on":
         if not libs:
@@ -359,6 +361,7 @@ def run_export(given, *, model=None, weights_info=None, routes: bool = False, tr
             raise UserError(f"--weights {src.path} is already an engine; to package it use --format triton "
                             "--triton-platform tensorrt")
         trt = trt or TRT()
+        opts = _opset_for(trt, opts, given)
         engine_path = _files.check_writable(opts.output or _default_output(opts, src.stem, "standard"))
         onnx_path = engine_path.with_suffix(".onnx")
         build, res = _build(src, opts, engine_path, onnx_path, trt, lines, routes=routes)
@@ -367,10 +370,20 @@ def run_export(given, *, model=None, weights_info=None, routes: bool = False, tr
         return ExportResult("engine", [engine_path, Path(str(engine_path) + ".json"), onnx_path], lines,
                             onnx=res, engine=build, seconds=time.perf_counter() - t0)
 
-    return _triton(src, opts, lines, t0, routes=routes, trt=trt)
+    return _triton(src, opts, lines, t0, routes=routes, trt=trt, given=given)
 
 
-def _triton(src: _Source, opts: ExportOptions, lines, t0, *, routes=False, trt=None) -> ExportResult:
+def _opset_for(trt, opts: ExportOptions, given) -> ExportOptions:
+    """TensorRT 8.6 (JetPack 6.0) parses opset 17 at most: use it unless --opset was given."""
+    from .formats import replace
+
+    if trt.major < 10 and opts.opset > 17 and (isinstance(given, ExportOptions) or given.get("opset") is None):
+        log.info("%s: exporting with opset 17 (its ONNX parser's newest)", trt.describe())
+        return replace(opts, opset=17)
+    return opts
+
+
+def _triton(src: _Source, opts: ExportOptions, lines, t0, *, routes=False, trt=None, given=None) -> ExportResult:
     from .onnx_export import read_metadata
     from .triton import config_pbtxt, io_from_metadata, model_dir_files
 
@@ -386,6 +399,7 @@ def _triton(src: _Source, opts: ExportOptions, lines, t0, *, routes=False, trt=N
         from .trt_shim import TRT
 
         trt = trt or TRT()
+        opts = _opset_for(trt, opts, given)
     if src.kind == "engine" and not tensorrt:
         raise UserError(f"--weights {src.path} is an engine: add --triton-platform tensorrt")
     build = res = None

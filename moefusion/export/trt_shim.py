@@ -73,6 +73,9 @@ class TRT:
         self.version = module.__version__
         self.rtx = self.module == "tensorrt_rtx"
         self.major = int(self.version.split(".")[0])
+        if not self.rtx and tuple(int(x) for x in self.version.split(".")[:2]) < (8, 6):
+            raise UserError(f"{self.describe()} cannot parse the gates' TopK (needs TensorRT >= 8.6): upgrade to "
+                            "JetPack 6 (TensorRT 8.6/10.x), or run the .onnx with ONNX Runtime")
         self.logger = _Logger(module)
         self._plugins_initialised = False
 
