@@ -104,6 +104,11 @@ def device_timer(backend: Backend, ir: np.ndarray, vis: np.ndarray):
             def fn():
                 backend._forward(dev["ir"], dev["vis"])
         return _torch_event_timer(torch, fn), "CUDA events, device work only (inputs on the GPU)"
+    if isinstance(backend, EagerTorchBackend):
+        if backend.device.type != "cuda":
+            return None, "cpu"
+        return _torch_event_timer(backend.torch, backend.device_call(ir, vis)), \
+            "CUDA events, device work only (inputs on the GPU)"
     if isinstance(backend, KernelsBackend):
         torch = backend.torch
         runner = backend.runner(tuple(ir.shape))
@@ -142,6 +147,43 @@ def make_timer(backend: Backend, ir: np.ndarray, vis: np.ndarray, device: str):
 # ----------------------------------------------------------------------------------------------
 # backends used only by the benchmark
 # ----------------------------------------------------------------------------------------------
+
+class EagerTorchBackend(Backend):
+    """The reference row: a model run eagerly in fp32 with PyTorch ops only (no CUDA graphs, no autocast, no
+    moefusion kernels; run_pipeline's torch backend uses those on CUDA). Host arrays in and out."""
+
+    name = "torch"
+
+    def __init__(self, model, device: str):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.model = model.float().to(self.device).eval()
+
+    def _run(self, ir_t, vis_t):
+        with self.torch.inference_mode():
+            return self.model.forward_unit(ir_t, vis_t)
+
+    def device_call(self, ir_unit, vis_y):
+        """A call on inputs already on the device (for CUDA-event timing)."""
+        t = self.torch
+        ir_t = t.from_numpy(np.ascontiguousarray(ir_unit)).to(self.device)
+        vis_t = t.from_numpy(np.ascontiguousarray(vis_y)).to(self.device)
+        return lambda: self._run(ir_t, vis_t)
+
+    def infer(self, ir_unit, vis_y):
+        _check_inputs(ir_unit, vis_y)
+        t = self.torch
+        fused, att = self._run(t.from_numpy(np.ascontiguousarray(ir_unit)).to(self.device),
+                               t.from_numpy(np.ascontiguousarray(vis_y)).to(self.device))
+        return fused.float().cpu().numpy(), (att.float().cpu().numpy() if att is not None else None)
+
+    def describe(self):
+        where = self.torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else \
+            f"cpu, {self.torch.get_num_threads()} threads"
+        return f"torch eager fp32 ({where}; {self.model.dispatch} dispatch; PyTorch ops only)"
+
 
 class KernelsBackend(Backend):
     """The MoE layers through moefusion.kernels (fast.accelerate), the whole forward as one CUDA graph per

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .measure import (
+    EagerTorchBackend,
     KernelsBackend,
     PreWarmed,
     input_frames,
@@ -169,9 +170,8 @@ class _Factory:
 
         row, s = self.row, self.s
         model = copy.deepcopy(self.master)
-        if row.reference:
-            model.set_dispatch("published")
-            return TorchBackend(model=model, device=s.device, precision="fp32", cuda_graphs=False)
+        if row.reference:  # not TorchBackend: on CUDA it routes the MoE layers through the kernels
+            return EagerTorchBackend(model.set_dispatch("published"), s.device)
         if row.backend == "torch":
             return TorchBackend(model=model.set_dispatch("sparse"), device=s.device, precision=row.precision)
         if row.backend == "torch-kernels":
@@ -366,10 +366,18 @@ def run_benchmark(s: Settings, progress=_progress) -> dict:
     """Run every row; returns the result (rows as dicts plus machine, settings, models)."""
     import torch
 
-    from .report import machine_info, read_loadavg
-
+    threads_before = torch.get_num_threads()
     if s.threads:
         torch.set_num_threads(s.threads)
+    try:
+        return _run(s, progress, torch)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(s: Settings, progress, torch) -> dict:
+    from .report import machine_info, read_loadavg
+
     started = _dt.datetime.now().astimezone()
     t0 = time.perf_counter()
     load_start = read_loadavg()

@@ -59,9 +59,10 @@ def backends() -> dict[str, BenchBackend]:
     """The benchmark's backends, in table order."""
     table = {
         "torch": BenchBackend("torch", "PyTorch model as run_pipeline --backend torch runs it (sparse dispatch; "
-                              "CPU: fp32 eager; CUDA: CUDA graphs, fp16 autocast)", None, PRECISIONS, ("cpu", "cuda")),
-        "torch-kernels": BenchBackend("torch-kernels", "PyTorch model with the MoE layers through the CUDA kernels "
-                                      "(moefusion.kernels.fast: accelerate + optimize: channels-last, one CUDA graph)",
+                              "CPU: fp32 eager; CUDA: CUDA graphs, fp16 autocast, MoE layers through the CUDA "
+                              "kernels when built)", None, PRECISIONS, ("cpu", "cuda")),
+        "torch-kernels": BenchBackend("torch-kernels", "the kernels' whole-model runner (moefusion.kernels.fast: "
+                                      "accelerate + optimize: fp16/fp32 weights, channels-last, one CUDA graph)",
                                       None, PRECISIONS, ("cuda",)),
     }
     table.update(_exported_backends())
