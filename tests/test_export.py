@@ -282,6 +282,7 @@ def test_plugin_flavour_dynamo_exporter():
     assert sum(n.op_type == "MoECombine" and n.domain == "moefusion" for n in proto.graph.node) == 3
 
 
+@pytest.mark.slow
 def test_detections_output(shared_data):
     """--detections: the detectors' boxes per modality, as MoEFusion(detections=True) returns them."""
     model = make_model("edge")
@@ -338,17 +339,16 @@ def test_cli_onnx_end_to_end(checkpoint, tmp_path, capsys, shared_data):
     assert 0.0 <= fused.min() and fused.max() <= 1.0
 
 
-def test_python_module_entry_point(checkpoint, tmp_path):
+def test_python_module_entry_point():
     import subprocess
     import sys
 
-    out = tmp_path / "m.onnx"
-    r = subprocess.run([sys.executable, "-m", "moefusion.export", "--weights", str(checkpoint), "--opset", "17",
-                        "--imgsz", "64", "96", "-o", str(out)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "moefusion.export", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert read_metadata(out)["imgsz"] == [64, 96]
-    dims = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
-    assert dims == [1, 1, 64, 96]
+    assert "moefusion-export" in r.stdout and all(f"  {name}" in r.stdout for name in FORMATS)
+    r = subprocess.run([sys.executable, "-m", "moefusion.export", "--format", "onnx", "--workspace", "2"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: --workspace not supported")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("onnx")
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format  # noqa: E402
-from helpers import exported, make_model, ort_session, real_inputs, torch_outputs  # noqa: E402
+from helpers import exported, ort_session, real_inputs, torch_outputs  # noqa: E402
 
 from moefusion.errors import UserError  # noqa: E402
 from moefusion.export.api import run_export  # noqa: E402
@@ -118,14 +118,15 @@ def test_dynamic_batch_config_for_a_camera_fleet():
 
 
 def test_dense_dynamic_export_gives_a_batching_repository(tmp_path):
-    model = make_model("edge")
-    res = run_export({"format": "triton", "output": str(tmp_path / "repo"), "dispatch": "dense", "batch": 4,
-                      "dynamic": ((64, 64), (720, 1280)), "opset": 17, "triton_name": "fleet"}, model=model)
+    onnx_path, _, _ = exported("edge", opset=17, dispatch="dense", batch=4, routes=True)
+    res = run_export({"weights": str(onnx_path), "format": "triton", "output": str(tmp_path / "repo"),
+                      "triton_name": "fleet"})
     cfg = parse_config(res.outputs[0] / "config.pbtxt")
     assert cfg.name == "fleet" and cfg.max_batch_size == 4 and cfg.HasField("dynamic_batching")
     sess = ort_session(res.outputs[0] / "1" / "model.onnx")
     x = np.random.default_rng(0).random((3, 1, 64, 96), dtype=np.float32)
     assert sess.run(None, {"ir": x, "vis": x[::-1].copy()})[0].shape == (3, 1, 64, 96)
+    assert [o.name for o in cfg.output][:2] == ["fused", "attention"]
 
 
 @pytest.mark.skipif(import_trt() is None, reason="neither tensorrt nor tensorrt_rtx is installed")
