@@ -75,10 +75,17 @@ def test_checkpoint_alone_rebuilds_and_resumes(tmp_path, shared_data):
         (["--config", "edge.yaml", "--set", "data.crop=[64,64]"], "too small"),
     ],
 )
-def test_user_errors_are_one_line(args, message):
-    proc = subprocess.run([sys.executable, "-m", "moefusion.train", *args], capture_output=True, text=True, timeout=120)
+def test_user_errors_are_one_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_user_error_exit_from_a_real_process():
+    proc = subprocess.run([sys.executable, "-m", "moefusion.train", "--config", "nope.yaml"],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert "config file not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow
