@@ -144,20 +144,8 @@ class ExportModule(nn.Module):
 
     def _sparse(self, bank, inputs, idx):
         """Only the chosen experts: grouped 3x3 convs over gathered weights; static B, k, channels."""
-        b, k = (int(s) for s in idx.shape)
         x = inputs if isinstance(inputs, torch.Tensor) else self._modality_inputs(inputs, bank.num_experts, idx)
-        per_slot = x.dim() == 5
-        h, w = x.shape[-2], x.shape[-1]
-        x = x.reshape(1, b * (k if per_slot else 1) * bank.channels[0], h, w)
-        for i, (weight, bias) in enumerate(zip(bank.weights, bank.biases)):
-            cout, cin = int(weight.shape[1]), int(weight.shape[2])
-            wg = weight[idx].reshape(b * k * cout, cin, 3, 3)
-            bg = bias[idx].reshape(b * k * cout)
-            groups = b if (i == 0 and not per_slot) else b * k
-            x = F.conv2d(x, wg, bg, padding=1, groups=groups)
-            if i < bank.num_layers - 1:
-                x = F.relu(x)
-        return x.reshape(b, k, bank.channels[-1], h, w)
+        return bank.run_gathered(x, idx)
 
     def _dense(self, bank, inputs, idx, weights):
         """Every expert on every sample; the gates (zero for unchosen experts) pick the k outputs."""

@@ -72,12 +72,13 @@ class ExpertBank(nn.Module):
         The first layer of a shared input is one conv per sample with the k experts' filters
         stacked (the input is not replicated); later layers are grouped per (sample, slot).
         """
-        b, k = indices.shape
-        h, w_ = x.shape[-2:]
+        b, k = (int(s) for s in indices.shape)  # static: ONNX grouped convs fix their group count
+        h, w_ = x.shape[-2], x.shape[-1]
         per_slot = x.dim() == 5
-        x = x.reshape(1, -1, h, w_)
+        # constant channel counts keep the reshape exportable by the TorchScript exporter too
+        x = x.reshape(1, b * (k if per_slot else 1) * self.channels[0], h, w_)
         for i, (w, bias) in enumerate(zip(self.weights, self.biases)):
-            cout, cin = w.shape[1], w.shape[2]
+            cout, cin = int(w.shape[1]), int(w.shape[2])
             wg = w[indices].reshape(b * k * cout, cin, 3, 3)  # gathered filters [B*k*Cout, Cin, 3, 3]
             bg = bias[indices].reshape(b * k * cout)
             groups = b if (i == 0 and not per_slot) else b * k
