@@ -142,6 +142,18 @@ def test_file_loop_and_ir_gray(tmp_path):
 
 
 @gst_test
+@pytest.mark.parametrize("flip", ["none", "horizontal"])
+def test_file_scaled_to_the_requested_size(tmp_path, flip):
+    path = tmp_path / "clip.mp4"
+    write_clip(path, n=3, fps=10)
+    for role, shape in (("ir", (24, 40)), ("vis", (24, 40, 3))):
+        c = opened(str(path), role, width=40, height=24, flip=flip)
+        frames, st = read_all(c)
+        c.close()
+        assert st is Status.EOS and len(frames) == 3 and frames[0].image.shape == shape
+
+
+@gst_test
 def test_missing_file_and_empty_file(tmp_path):
     with pytest.raises(SourceError, match="no such file"):
         opened(str(tmp_path / "nope.mp4"))

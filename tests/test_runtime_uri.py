@@ -184,7 +184,7 @@ def test_rtsp_launch():
 
 def test_file_launch_scale_rate_and_pacing():
     s = L("file:///v/clip one.mp4", "vis", width=320, height=240, rate=10)
-    assert s.startswith('filesrc location="/v/clip one.mp4" ! decodebin ! videorate ! video/x-raw,framerate=10/1 ! videoconvert ! videoscale ! video/x-raw,width=320,height=240')
+    assert s.startswith('filesrc location="/v/clip one.mp4" ! decodebin ! videorate ! video/x-raw,framerate=10/1 ! videoconvert ! videoscale ! video/x-raw,format=BGR,width=320,height=240 ! appsink')
     assert "drop=false sync=false" in s  # files: back-pressure, as fast as consumed
     paced = gst.source_launch(parse_input_uri("a.mp4"), StreamOptions(), "vis", sync=True)
     assert "drop=true sync=true" in paced

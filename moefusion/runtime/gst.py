@@ -189,14 +189,20 @@ def _raw_caps(fmt: str | None, opts: StreamOptions, media: str = "video/x-raw") 
 def _tail(role: str, opts: StreamOptions, *, scale: bool, live: bool, sync: bool) -> str:
     """videoconvert [! scale] [! flip] ! <appsink caps> ! appsink."""
     parts = ["videoconvert"]
+    final = f"video/x-raw,format={appsink_format(role, opts)}"
+    flip = opts.flip and opts.flip != "none"
     if scale and (opts.width or opts.height):
         dims = ",".join(f for f in (f"width={opts.width}" if opts.width else "",
                                     f"height={opts.height}" if opts.height else "") if f)
-        parts += ["videoscale", f"video/x-raw,{dims}"]
-    if opts.flip and opts.flip != "none":
+        parts.append("videoscale")
+        if flip:
+            parts.append(f"video/x-raw,{dims}")
+        else:  # one caps filter: two in a row do not parse
+            final += f",{dims}"
+    if flip:
         parts.append(f"videoflip video-direction={FLIPS[opts.flip][0]}")
         parts.append("videoconvert")
-    parts.append(f"video/x-raw,format={appsink_format(role, opts)}")
+    parts.append(final)
     parts.append(appsink_launch(live=live, sync=sync))
     return " ! ".join(parts)
 
