@@ -92,18 +92,9 @@ def device_timer(backend: Backend, ir: np.ndarray, vis: np.ndarray):
         backend.load()
         if backend.device.type != "cuda":
             return None, "cpu"
-        torch = backend.torch
         backend.infer(ir, vis)  # the same buffers (and CUDA graph) run_pipeline uses for this shape
-        entry = backend._graph_for(tuple(ir.shape))
-        dev = entry["dev"]
-        dev["ir"].copy_(torch.from_numpy(np.ascontiguousarray(ir)))
-        dev["vis"].copy_(torch.from_numpy(np.ascontiguousarray(vis)))
-        if entry["graph"] is not None:
-            fn = entry["graph"].replay
-        else:
-            def fn():
-                backend._forward(dev["ir"], dev["vis"])
-        return _torch_event_timer(torch, fn), "CUDA events, device work only (inputs on the GPU)"
+        return _torch_event_timer(backend.torch, backend.device_call(ir, vis)), \
+            "CUDA events, device work only (inputs on the GPU)"
     if isinstance(backend, EagerTorchBackend):
         if backend.device.type != "cuda":
             return None, "cpu"
