@@ -52,6 +52,10 @@ DEFAULTS: dict = {
         "workers": 2,
         "val_images": 16,  # validation images per evaluation (full size, batch 1)
     },
+    "loss": {
+        "grad": 10.0,  # Sobel max-gradient L1 (paper: 10)
+        "pixel": 1.0,  # box-masked pixel L1 (paper: 1)
+    },
     "optim": {
         "lr": 1.0e-4,
         "weight_decay": 1.0e-4,
@@ -331,7 +335,8 @@ def train(cfg: dict, resume: str | None = None) -> Path:
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 out = model(ir, vis, _targets(batch, "ir", device), _targets(batch, "vis", device))
             boxes = [b for b in batch["boxes"]] if bool(batch["has_boxes"].any()) else None
-            terms = fusion_losses(out.fused.float(), vis, ir, boxes, out.aux_loss, out.det_losses)
+            terms = fusion_losses(out.fused.float(), vis, ir, boxes, out.aux_loss, out.det_losses,
+                                  grad_weight=cfg["loss"]["grad"], pixel_weight=cfg["loss"]["pixel"])
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(terms["total"]).backward()
             scaler.unscale_(optimizer)

@@ -32,6 +32,7 @@ from .presets import ModelConfig
 # Objects in 640x480 thermal frames are small: anchors from 16 px at stride 4 up to 256 px.
 ANCHOR_SIZES = ((16,), (32,), (64,), (128,), (256,))
 ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * len(ANCHOR_SIZES)
+NUM_LEVELS = len(ANCHOR_SIZES)  # FPN levels 0-3 and the max-pooled one
 INPUT_MEAN, INPUT_STD = 0.5, 0.25
 
 
@@ -64,17 +65,25 @@ def _mobilenet_v3_small_fpn(fpn_channels: int) -> BackboneWithFPN:
 BACKBONES = {"resnet50": _resnet50_fpn, "mobilenet_v3_small": _mobilenet_v3_small_fpn}
 
 
-class AttentionHead(nn.Sequential):
-    def __init__(self, channels: int):
+class AttentionHead(nn.Module):
+    """conv1x1-BN-ReLU-conv1x1-BN-sigmoid, convs shared by all FPN levels, BatchNorms per level.
+
+    One BatchNorm shared across levels would keep running statistics that are a blend of all
+    levels, so level 0's attention at inference would differ from what the fusion network saw in
+    training (where each level is normalised by its own batch statistics).
+    """
+
+    def __init__(self, channels: int, levels: int = NUM_LEVELS):
+        super().__init__()
         mid = max(channels // 2, 1)
-        super().__init__(
-            nn.Conv2d(channels, mid, 1, bias=False),
-            nn.BatchNorm2d(mid),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(mid, 1, 1, bias=False),
-            nn.BatchNorm2d(1),
-            nn.Sigmoid(),
-        )
+        self.conv1 = nn.Conv2d(channels, mid, 1, bias=False)
+        self.conv2 = nn.Conv2d(mid, 1, 1, bias=False)
+        self.bn1 = nn.ModuleList(nn.BatchNorm2d(mid) for _ in range(levels))
+        self.bn2 = nn.ModuleList(nn.BatchNorm2d(1) for _ in range(levels))
+
+    def forward(self, x, level: int = 0):
+        x = F.relu(self.bn1[level](self.conv1(x)))
+        return torch.sigmoid(self.bn2[level](self.conv2(x)))
 
 
 class Detector(nn.Module):
@@ -142,10 +151,10 @@ class DetectionAttention(nn.Module):
         self.det_vis = Detector(cfg)
         self.det_ir = Detector(cfg)
 
-    def _attend(self, f_vis, f_ir):
+    def _attend(self, f_vis, f_ir, level: int = 0):
         shared = F.relu(self.fusion_conv(torch.cat([f_vis, f_ir], dim=1)))
         f_vis, f_ir = f_vis + shared, f_ir + shared
-        a_vis, a_ir = self.att_vis(f_vis), self.att_ir(f_ir)
+        a_vis, a_ir = self.att_vis(f_vis, level), self.att_ir(f_ir, level)
         return f_vis * (1 + a_vis), f_ir * (1 + a_ir), a_vis, a_ir
 
     def level0(self, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
@@ -164,8 +173,8 @@ class DetectionAttention(nn.Module):
         fi = self.backbone_ir((ir - INPUT_MEAN) / INPUT_STD)
         ev, ei = OrderedDict(), OrderedDict()
         att0 = None
-        for name in fv:
-            ev[name], ei[name], a_vis, a_ir = self._attend(fv[name], fi[name])
+        for level, name in enumerate(fv):
+            ev[name], ei[name], a_vis, a_ir = self._attend(fv[name], fi[name], level)
             if att0 is None:
                 att0 = torch.maximum(a_vis, a_ir)
         det_v, loss_v = self.det_vis(ev, size, targets_vis)

@@ -57,12 +57,13 @@ def pixel_loss(fused, vis, ir, mask: torch.Tensor | None = None) -> torch.Tensor
     return (inside + outside).mean()
 
 
-def fusion_losses(fused, vis, ir, boxes_per_image=None, aux_loss=None, det_losses=None) -> dict:
+def fusion_losses(fused, vis, ir, boxes_per_image=None, aux_loss=None, det_losses=None,
+                  grad_weight: float = GRAD_WEIGHT, pixel_weight: float = PIXEL_WEIGHT) -> dict:
     """All loss terms (already weighted) and their sum under 'total'."""
     mask = box_mask(boxes_per_image, fused.shape, fused.device) if boxes_per_image is not None else None
     terms = {
-        "grad": GRAD_WEIGHT * gradient_loss(fused, vis, ir),
-        "pixel": PIXEL_WEIGHT * pixel_loss(fused, vis, ir, mask),
+        "grad": grad_weight * gradient_loss(fused, vis, ir),
+        "pixel": pixel_weight * pixel_loss(fused, vis, ir, mask),
     }
     if aux_loss is not None:
         terms["balance"] = aux_loss
