@@ -260,6 +260,8 @@ def _seed_all(seed: int):
     torch.manual_seed(seed)
 
 
+MAX_NONFINITE_STEPS = 20  # skipped non-finite steps tolerated per run before it stops
+
 def train(cfg: dict, resume: str | None = None) -> Path:
     rank, world, local = _setup_distributed()
     device = _device(cfg, local)
@@ -321,7 +323,7 @@ def train(cfg: dict, resume: str | None = None) -> Path:
         epochs = max(epochs, start_epoch + math.ceil((max_steps - step) / max(len(sampler), 1)))
     from tqdm import tqdm
 
-    done = False
+    done, nonfinite = False, 0
     last_path = out_dir / "last.pt"
     for epoch in range(start_epoch, epochs):
         sampler.epoch = epoch
@@ -340,7 +342,15 @@ def train(cfg: dict, resume: str | None = None) -> Path:
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(terms["total"]).backward()
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, opt_cfg["grad_clip"])
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, opt_cfg["grad_clip"])
+            if not use_amp and not torch.isfinite(grad_norm):
+                # GradScaler skips such steps under AMP; without it one step would make every weight NaN.
+                nonfinite += 1
+                log.warning("non-finite gradient at step %d: step skipped (%d so far)", step, nonfinite)
+                if nonfinite > MAX_NONFINITE_STEPS:
+                    raise UserError(f"training diverged: {nonfinite} steps with non-finite gradients; "
+                                    "lower optim.lr or raise optim.warmup_iters")
+                continue
             scaler.step(optimizer)
             scaler.update()
             step += 1

@@ -96,6 +96,18 @@ def test_gated_logsumexp_matches_definition_and_is_stable():
     torch.testing.assert_close(big, expect + 1000.0)
 
 
+def test_gated_logsumexp_gradient_is_finite_when_a_weight_underflows_to_zero():
+    # A confident gate: softmax of a logit gap over ~104 is an exact 0 in fp32 (this made training NaN).
+    logits = torch.tensor([[120.0, 0.0], [0.3, 0.1]], requires_grad=True)
+    w = torch.softmax(logits, 1)
+    assert w[0, 1] == 0
+    y = torch.randn(2, 2, 3, 3, requires_grad=True)
+    out = gated_logsumexp(y, w)
+    torch.testing.assert_close(out[0], y[0, 0], rtol=0, atol=1e-6)  # the zero-weight expert adds nothing
+    out.sum().backward()
+    assert torch.isfinite(logits.grad).all() and torch.isfinite(y.grad).all()
+
+
 # -- dispatch -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("shared_input", [True, False])

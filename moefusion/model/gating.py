@@ -95,8 +95,13 @@ def balancing_loss(gating: Gating) -> torch.Tensor:
 def gated_logsumexp(expert_outputs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """log(sum_j w_j exp(y_j)) computed stably as logsumexp(y_j + log w_j).
 
-    expert_outputs: [B, k, ...] outputs of the chosen experts; weights: [B, k] (> 0).
+    expert_outputs: [B, k, ...] outputs of the chosen experts; weights: [B, k] (>= 0).
+
+    A confident gate's softmax underflows to an exact 0 for its second choice (logit gaps over ~100
+    in fp32); log(0) would make the backward pass 0 * inf = NaN, so weights are clamped to the
+    smallest normal number first (that expert's contribution stays ~0, its gradient finite).
     """
     shape = weights.shape + (1,) * (expert_outputs.dim() - weights.dim())
-    log_w = torch.log(weights.to(expert_outputs.dtype)).reshape(shape)
+    w = weights.to(expert_outputs.dtype)
+    log_w = torch.log(w.clamp_min(torch.finfo(w.dtype).tiny)).reshape(shape)
     return torch.logsumexp(expert_outputs + log_w, dim=1)
