@@ -55,6 +55,7 @@ DEFAULTS: dict = {
     "loss": {
         "grad": 10.0,  # Sobel max-gradient L1 (paper: 10)
         "pixel": 1.0,  # box-masked pixel L1 (paper: 1)
+        "signed_grad": False,  # gradient term on signed Sobel responses (keeps edge polarity; paper: False)
     },
     "optim": {
         "lr": 1.0e-4,
@@ -338,7 +339,8 @@ def train(cfg: dict, resume: str | None = None) -> Path:
                 out = model(ir, vis, _targets(batch, "ir", device), _targets(batch, "vis", device))
             boxes = [b for b in batch["boxes"]] if bool(batch["has_boxes"].any()) else None
             terms = fusion_losses(out.fused.float(), vis, ir, boxes, out.aux_loss, out.det_losses,
-                                  grad_weight=cfg["loss"]["grad"], pixel_weight=cfg["loss"]["pixel"])
+                                  grad_weight=cfg["loss"]["grad"], pixel_weight=cfg["loss"]["pixel"],
+                                  signed_grad=bool(cfg["loss"]["signed_grad"]))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(terms["total"]).backward()
             scaler.unscale_(optimizer)

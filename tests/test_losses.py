@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import torch
 
-from moefusion.model.losses import box_mask, fusion_losses, gradient_loss, pixel_loss, sobel_magnitude
+from moefusion.model.losses import (
+    box_mask,
+    fusion_losses,
+    gradient_loss,
+    pixel_loss,
+    signed_gradient_loss,
+    sobel_magnitude,
+)
 
 
 def t(rows):
@@ -26,6 +33,21 @@ def test_gradient_loss_hand_case():
     assert gradient_loss(vis, vis, ir).item() == 0.0  # F with the strongest gradients: no loss
     expect = sobel_magnitude(vis).mean().item()  # F = 0 misses all of vis's gradients
     assert abs(gradient_loss(torch.zeros_like(vis), vis, ir).item() - expect) < 1e-6
+
+
+def test_signed_gradient_loss_keeps_polarity():
+    vis = t([[0, 0, 1, 1]] * 3)
+    ir = torch.zeros_like(vis)
+    inverted = -vis  # the same edges with the opposite sign (Sobel is linear)
+    assert gradient_loss(inverted, vis, ir).item() == 0.0  # the published loss cannot tell
+    assert signed_gradient_loss(vis, vis, ir).item() == 0.0
+    # inverted: |Gx(F) - Gx(vis)| + |Gy(F) - Gy(vis)| = 2 (|Gx(vis)| + |Gy(vis)|) at every pixel
+    expect = 2 * sobel_magnitude(vis).mean().item()
+    assert abs(signed_gradient_loss(inverted, vis, ir).item() - expect) < 1e-6
+    # per pixel, the source of larger magnitude is the target: here IR's stronger, opposite edge
+    ir_strong = -2 * vis
+    assert signed_gradient_loss(ir_strong, vis, ir_strong).item() == 0.0
+    assert signed_gradient_loss(vis, vis, ir_strong).item() > 0
 
 
 def test_pixel_loss_hand_case():
@@ -56,6 +78,8 @@ def test_fusion_losses_weights_and_total():
     aux = torch.tensor(0.3)
     terms = fusion_losses(fused, vis, ir, [torch.tensor([[1.0, 1.0, 4.0, 4.0]]), None], aux, {"a": torch.tensor(0.5)})
     assert abs(terms["grad"].item() - 10 * gradient_loss(fused, vis, ir).item()) < 1e-5
+    signed = fusion_losses(fused, vis, ir, signed_grad=True)["grad"]
+    assert abs(signed.item() - 10 * signed_gradient_loss(fused, vis, ir).item()) < 1e-5
     expected_total = terms["grad"] + terms["pixel"] + 0.3 + 0.5
     assert abs(terms["total"].item() - expected_total.item()) < 1e-5
     terms["total"].backward()
