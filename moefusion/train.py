@@ -38,6 +38,7 @@ from .model.losses import fusion_losses
 
 log = logging.getLogger("moefusion.train")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+MAX_NONFINITE_STEPS = 20  # skipped non-finite steps tolerated per run before it stops
 
 DEFAULTS: dict = {
     "preset": "edge",
@@ -260,8 +261,6 @@ def _seed_all(seed: int):
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
-
-MAX_NONFINITE_STEPS = 20  # skipped non-finite steps tolerated per run before it stops
 
 def train(cfg: dict, resume: str | None = None) -> Path:
     rank, world, local = _setup_distributed()

@@ -36,9 +36,10 @@ def main():
     root = Path(args.data)
     print(f"{'id':8} {'IR':>7} {'VIS':>7} {'average':>8} {'model':>7}   (person minus surround, grey levels)")
     for i in args.ids:
-        ir = read_image(next((root / "ir").glob(f"{i}.*")), cv2.IMREAD_GRAYSCALE).astype(np.float64)
+        ir8 = read_image(next((root / "ir").glob(f"{i}.*")), cv2.IMREAD_GRAYSCALE)
         vis = read_image(next((root / "vis").glob(f"{i}.*")), cv2.IMREAD_COLOR)
-        fused = cv2.cvtColor(model.fuse(ir.astype(np.uint8), vis), cv2.COLOR_BGR2GRAY).astype(np.float64)
+        fused = cv2.cvtColor(model.fuse(ir8, vis), cv2.COLOR_BGR2GRAY).astype(np.float64)
+        ir = ir8.astype(np.float64)
         vis_y = cv2.cvtColor(vis, cv2.COLOR_BGR2GRAY).astype(np.float64)
         boxes = read_yolo(root / "labels" / "infrared" / f"{i}.txt", ir.shape[1], ir.shape[0])
         mask = np.zeros(ir.shape, bool)

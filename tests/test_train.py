@@ -9,6 +9,7 @@ import torch
 
 from moefusion.data.datasets import PairedDataset, collate_pairs
 from moefusion.data.augment import val_transform
+from moefusion.errors import UserError
 from moefusion.model.checkpoint import load, read_checkpoint
 from moefusion.model.losses import fusion_losses
 from moefusion.train import load_config, main, train
@@ -50,6 +51,30 @@ def test_short_training_on_real_pairs_lowers_the_loss(tmp_path, shared_data):
     assert ckpt["meta"]["history"][-1]["loss_det"] > 0, "boxes of msrs_det must train the detectors"
     after = eval_loss(load(last, device="cpu"), batch)
     assert after < 0.8 * before, (before, after)
+
+
+@pytest.mark.slow
+def test_non_finite_gradients_skip_the_step_then_stop_the_run(tmp_path, shared_data, monkeypatch):
+    import moefusion.train as train_module
+
+    real = train_module.fusion_losses
+
+    def nan_after_first_step(*args, **kwargs):
+        terms = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) > 1:  # the first step is real, then every loss is NaN
+            terms["total"] = terms["total"] * float("nan")
+        return terms
+
+    calls = []
+    monkeypatch.setattr(train_module, "fusion_losses", nan_after_first_step)
+    cfg = small_config(tmp_path, [shared_data("tno_seq_duine")], steps=50)
+    with pytest.raises(UserError, match="diverged: 21 steps with non-finite gradients"):
+        train(cfg)
+    assert len(calls) == 22
+    # the weights saved at the ends of the epochs before are finite: skipped steps never reached them
+    state = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
 
 
 def test_checkpoint_alone_rebuilds_and_resumes(tmp_path, shared_data):
