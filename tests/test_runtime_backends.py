@@ -123,6 +123,47 @@ def test_onnxruntime_backend_runs_the_exported_model(tiny_onnx):
     assert isinstance(sel, OnnxRuntimeBackend) and "onnxruntime" in why
 
 
+@pytest.fixture(scope="module")
+def fixed_size_onnx(tmp_path_factory):
+    """The tiny model exported without dynamic axes: it takes 20x16 frames only."""
+    if not (HAVE_TORCH and HAVE_ORT):
+        pytest.skip("needs torch and onnxruntime")
+    import torch
+
+    path = tmp_path_factory.mktemp("onnx") / "fixed.onnx"
+    ir, vis = inputs(16, 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_tiny_module(), (torch.from_numpy(ir), torch.from_numpy(vis)), str(path),
+                          input_names=["ir", "vis"], output_names=["fused", "attention"], opset_version=17, dynamo=False)
+    return path
+
+
+def test_fixed_size_model_names_its_size_and_the_fix(fixed_size_onnx):
+    b = OnnxRuntimeBackend(str(fixed_size_onnx))
+    assert b.size_range == ((16, 20), (16, 20))
+    b.infer(*inputs(16, 20))
+    with pytest.raises(UserError) as e:
+        b.infer(*inputs(30, 40))
+    msg = str(e.value)
+    assert "fixed.onnx" in msg and "takes 20x16 frames, not 40x30" in msg and "--imgsz 30 40" in msg
+    with pytest.raises(UserError, match="not 40x30"):
+        b.warmup(30, 40)
+
+
+def test_run_pipeline_with_a_fixed_size_model_of_another_size_is_one_line(fixed_size_onnx, capsys):
+    from pathlib import Path
+
+    from moefusion.runtime.cli import main
+
+    demo = Path(__file__).resolve().parents[1] / "samples" / "demo"
+    code = main(["--ir", str(demo / "ir.mp4"), "--vis", str(demo / "vis.mp4"), "--model", str(fixed_size_onnx),
+                 "--output", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "takes 20x16 frames" in err[-1] and "--imgsz" in err[-1]
+    assert not any("Traceback" in line for line in err)
+
+
 def test_onnxruntime_backend_rejects_a_model_with_other_names(tiny_onnx, tmp_path):
     import onnx
 

@@ -34,12 +34,27 @@ class Backend:
     """Interface. Subclasses set ``name`` and implement ``infer``."""
 
     name = "base"
+    path: str | None = None
+    # ((min H, min W), (max H, max W)) the model accepts; None: any size. Fixed-size exports: min == max.
+    size_range: tuple[tuple[int, int], tuple[int, int]] | None = None
 
     def infer(self, ir_unit: np.ndarray, vis_y: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         raise NotImplementedError
 
+    def check_size(self, height: int, width: int) -> None:
+        """A UserError naming the model, its sizes and the fix when it cannot take height x width frames."""
+        if self.size_range is None:
+            return
+        (h0, w0), (h1, w1) = self.size_range
+        if h0 <= height <= h1 and w0 <= width <= w1:
+            return
+        built = f"{w0}x{h0}" if (h0, w0) == (h1, w1) else f"{w0}x{h0} to {w1}x{h1}"
+        raise UserError(f"{self.path}: this model takes {built} frames, not {width}x{height}; export it again "
+                        f"with --imgsz {height} {width} (or --dynamic)")
+
     def warmup(self, height: int, width: int, iters: int = 2, batch: int = 1) -> float:
         """Run a few times on a (B, 1, H, W) input (builds graphs, autotunes); returns ms per call."""
+        self.check_size(height, width)
         rng = np.random.default_rng(0)
         ir = rng.random((batch, 1, height, width), dtype=np.float32)
         vis = rng.random((batch, 1, height, width), dtype=np.float32)
@@ -309,11 +324,15 @@ class OnnxRuntimeBackend(Backend):
             raise UserError(f"--model {path}: expected inputs ir, vis and output fused (and attention); it has "
                             f"inputs {sorted(ins)} and outputs {outs}. Export it with moefusion-export --format onnx")
         self.in_dtype = {k: (np.float16 if "float16" in v.type else np.float32) for k, v in ins.items()}
+        hw = ins["ir"].shape[-2:]  # ints when exported without --dynamic, names otherwise
+        if all(isinstance(d, int) for d in hw):
+            self.size_range = (tuple(hw), tuple(hw))
         self.out_names = ["fused"] + (["attention"] if "attention" in outs else [])
         self.providers = self.sess.get_providers()
 
     def infer(self, ir_unit, vis_y):
         _check_inputs(ir_unit, vis_y)
+        self.check_size(*ir_unit.shape[-2:])
         feeds = {"ir": np.ascontiguousarray(ir_unit, dtype=self.in_dtype["ir"]),
                  "vis": np.ascontiguousarray(vis_y, dtype=self.in_dtype["vis"])}
         res = self.sess.run(self.out_names, feeds)
@@ -448,6 +467,12 @@ class TensorRTBackend(Backend):
         if set(self.inputs) != {"ir", "vis"} or "fused" not in self.outputs:
             raise UserError(f"--model {path}: expected engine inputs ir, vis and output fused; it has {self.inputs} -> {self.outputs}")
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        hw = tuple(self.engine.get_tensor_shape("ir"))[-2:]
+        if -1 in hw:  # dynamic: the first optimisation profile's range
+            lo, _, hi = self.engine.get_tensor_profile_shape("ir", 0)
+            self.size_range = (tuple(lo)[-2:], tuple(hi)[-2:])
+        else:
+            self.size_range = (hw, hw)
         self._shape = None
         self._dev: dict = {}
         self._host: dict = {}
@@ -478,6 +503,7 @@ class TensorRTBackend(Backend):
 
     def infer(self, ir_unit, vis_y):
         _check_inputs(ir_unit, vis_y)
+        self.check_size(*ir_unit.shape[-2:])
         cudart = self.cudart
         if self._shape != tuple(ir_unit.shape):
             self._alloc(tuple(ir_unit.shape))
