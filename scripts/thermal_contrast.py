@@ -16,10 +16,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 import moefusion
 from moefusion.data.boxes import read_yolo
 from moefusion.data.io import read_image
+from moefusion.model.losses import box_mask
 
 
 def person_contrast(img: np.ndarray, mask: np.ndarray, ring: np.ndarray) -> float:
@@ -42,10 +44,8 @@ def main():
         ir = ir8.astype(np.float64)
         vis_y = cv2.cvtColor(vis, cv2.COLOR_BGR2GRAY).astype(np.float64)
         boxes = read_yolo(root / "labels" / "infrared" / f"{i}.txt", ir.shape[1], ir.shape[0])
-        mask = np.zeros(ir.shape, bool)
-        for (x1, y1, x2, y2), label in zip(boxes.xyxy.astype(int), boxes.labels):
-            if label == 0:
-                mask[y1:y2, x1:x2] = True
+        persons = torch.from_numpy(boxes.xyxy[boxes.labels == 0])
+        mask = box_mask([persons], (1, 1, *ir.shape))[0, 0].numpy().astype(bool)  # as the pixel loss rasterises
         if not mask.any():
             print(f"{i:8} no person boxes")
             continue
