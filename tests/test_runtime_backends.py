@@ -198,6 +198,23 @@ def test_model_kinds_and_average_choice(tmp_path):
     assert isinstance(b, AverageBackend) and "average" in why
 
 
+@pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch is not installed")
+def test_auto_without_model_does_not_fall_back_to_averaging(tmp_path, monkeypatch, capsys):
+    """Default weights that cannot be loaded (here: not where the install put them) are an error
+    for --backend auto, a one-line one, not a silent switch to the classical average."""
+    from moefusion.model import checkpoint
+    from moefusion.runtime.cli import main
+
+    monkeypatch.setattr(checkpoint, "DEFAULT_WEIGHTS", tmp_path / "moefusion_edge.pt")
+    with pytest.raises(UserError, match="--backend auto: the default weights cannot be loaded .*--backend average"):
+        select_backend("auto", None, device="cpu")
+    clip = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "samples" / "demo" / "ir.mp4")
+    rc = main(["--ir", clip, "--vis", clip, "--output", "none", "--log-level", "error"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: --backend auto: the default weights cannot be loaded")
+    assert "Traceback" not in "\n".join(err)
+
+
 def test_engine_that_cannot_load_is_a_user_error(tmp_path):
     eng = tmp_path / "model.engine"
     eng.write_bytes(b"\0" * 64)

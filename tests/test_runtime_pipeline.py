@@ -273,3 +273,256 @@ def test_without_gstreamer_opencv_takes_over(tmp_path, monkeypatch, capsys):
     assert len(read_video(out)) == 60
     err = capsys.readouterr().err
     assert err.count("using OpenCV capture") == 1 and err.count("OpenCV's mp4v writer") == 1
+
+
+# -- image folders: pairing by file name, pacing beside a live source, runs without output ---------
+
+def copy_tno(shared_data, tmp_path, name="tno_seq_nato_camp", n=None, drop_vis=()):
+    """Real TNO frames copied into tmp folders (the shared data is never modified)."""
+    import shutil
+
+    seq = shared_data(name)
+    stems = sorted(p.stem for p in (seq / "ir").glob("*.bmp"))[:n]
+    for role in ("ir", "vis"):
+        (tmp_path / role).mkdir()
+        for s in stems:
+            if not (role == "vis" and s in drop_vis):
+                shutil.copy(seq / role / f"{s}.bmp", tmp_path / role / f"{s}.bmp")
+    return stems
+
+
+def gray(path):
+    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).astype(np.float64)
+
+
+def test_image_folders_pair_by_file_name_with_a_missing_vis_frame(shared_data, tmp_path, capsys):
+    stems = copy_tno(shared_data, tmp_path, drop_vis=("1805",))
+    assert "1805" in stems and len(stems) == 32
+    out = tmp_path / "fused.mkv"
+    rc, st = run(["--ir", str(tmp_path / "ir"), "--vis", str(tmp_path / "vis"), "--output", str(out),
+                  "--backend", "average", "--log-level", "warning"], tmp_path)
+    err = capsys.readouterr().err
+    assert rc == 0 and st["ok"]
+    assert st["pairs"] == st["frames_out"] == 31 and st["drops"] == {"unpaired_ir": 1}
+    assert st["image_pairing"] == {"by": "file name", "only_ir": 1, "only_vis": 0}
+    assert "1 IR image(s) have no VIS image of the same name (1805)" in err
+    frames = read_video(out)
+    assert len(frames) == 31
+    seq = tmp_path
+    paired = [s for s in stems if s != "1805"]
+    right_total = wrong_total = 0.0
+    for k, (f, s) in enumerate(zip(frames, paired)):
+        i = stems.index(s)
+        got = f[:, :, 1].astype(np.float64)
+        right = np.abs(got - (gray(seq / "ir" / f"{s}.bmp") + gray(seq / "vis" / f"{s}.bmp")) / 2).mean()
+        assert right < 3.0, (s, right)  # the fusion of IR s and VIS s (H.264 is lossy)
+        if i > stems.index("1805"):
+            # pairing by position would have fused IR s with the VIS frame after it
+            nxt = stems[min(i + 1, len(stems) - 1)]
+            wrong_total += np.abs(got - (gray(seq / "ir" / f"{s}.bmp") + gray(seq / "vis" / f"{nxt}.bmp")) / 2).mean()
+            right_total += right
+    assert right_total < 0.8 * wrong_total
+
+
+def test_image_folders_without_common_names_are_a_user_error(shared_data, tmp_path, capsys):
+    copy_tno(shared_data, tmp_path, n=3)
+    for p in (tmp_path / "vis").iterdir():
+        p.rename(p.with_name("vis_" + p.name))
+    rc = main(["--ir", str(tmp_path / "ir"), "--vis", str(tmp_path / "vis"), "--output", "none",
+               "--backend", "average", "--log-level", "error"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: --ir ") and "no file name in common" in err[-1]
+
+
+@gst_test
+def test_image_folder_with_a_live_source_is_paced_and_pairs(shared_data, tmp_path):
+    stems = copy_tno(shared_data, tmp_path, n=10)
+    out = tmp_path / "sbs.mkv"
+    rc, st = run(["--ir", "test://ball", "--ir-width", "360", "--ir-height", "270", "--vis", str(tmp_path / "vis"),
+                  "--vis-rate", "10", "--output", str(out), "--view", "side-by-side", "--backend", "average"], tmp_path)
+    assert rc == 0 and st["ok"] and st["mode"] == "live" and st["stop_reason"] == "end of input"
+    assert st["frames_out"] >= 8 and st["duration_s"] >= 0.8  # 10 images at 10 Hz, not as fast as possible
+    frames = read_video(out)
+    assert len(frames) == st["frames_out"]
+    vis = [gray(tmp_path / "vis" / f"{s}.bmp") for s in stems]
+    shown = []
+    for f in frames:  # side-by-side: IR | VIS | fused; the VIS tile is one of the images, in order
+        tile = f[:, 360:720, 1].astype(np.float64)
+        errs = [np.abs(tile - v).mean() for v in vis]
+        assert min(errs) < 3.0
+        shown.append(int(np.argmin(errs)))
+    assert shown == sorted(set(shown))  # each image once, in order
+
+
+def test_realtime_paces_image_folders(shared_data, tmp_path):
+    copy_tno(shared_data, tmp_path, n=10)
+    args = ["--ir", str(tmp_path / "ir"), "--vis", str(tmp_path / "vis"), "--ir-rate", "10", "--output", "none",
+            "--backend", "average"]
+    rc, fast = run(args, tmp_path)
+    rc2, paced = run(args + ["--realtime"], tmp_path)
+    assert rc == rc2 == 0 and fast["frames_out"] == 10 and fast["drops_total"] == 0
+    # paced, the run is live: a pair may be replaced if a stage stalls (counted), never delayed
+    assert paced["mode"] == "live" and paced["frames_out"] >= 8 and paced["pairs"] >= 8
+    assert paced["duration_s"] >= 0.85 and 6 < paced["fps"] < 14  # 10 Hz, not hundreds of FPS
+
+
+@gst_test
+def test_a_run_without_output_frames_exits_non_zero_with_the_reason(tmp_path, capsys):
+    write_clip(tmp_path / "ir.mp4", 6, 10.0)
+    write_clip(tmp_path / "vis.mp4", 6, 10.0)
+    rc, st = run(["--ir", str(tmp_path / "ir.mp4"), "--vis", str(tmp_path / "vis.mp4"), "--output", "none",
+                  "--backend", "average", "--sync-offset", "100000"], tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and st["frames_out"] == 0 and not st["ok"]
+    assert err[-1].startswith("error: no output frame: none of 6 IR and 6 VIS frames were within --sync-tolerance 25 ms")
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_stats_json_to_stdout_is_json_only(shared_data, tmp_path):
+    copy_tno(shared_data, tmp_path, n=3)
+    r = subprocess.run([sys.executable, "-m", "moefusion.runtime.cli", "--ir", str(tmp_path / "ir"), "--vis",
+                        str(tmp_path / "vis"), "--output", "none", "--backend", "average", "--stats-json", "-",
+                        "--stats-interval", "0"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)  # nothing else on stdout
+    assert st["frames_out"] == 3 and "frames: IR 3, VIS 3" in r.stderr
+
+
+@gst_test
+def test_stream_output_is_built_for_the_real_rate(tmp_path, capsys):
+    """A 9 Hz thermal camera with a 30 Hz one: the UDP stream is encoded at 9 fps with a key frame
+    every 9 frames (one a second), not at a 30 fps guessed before the cameras were open."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:  # bound, so the datagrams are accepted
+        rx.bind(("127.0.0.1", 0))
+        port = rx.getsockname()[1]
+        rc = main(["--ir", "test://ball", "--ir-rate", "9", "--ir-width", "64", "--ir-height", "48",
+                   "--vis", "test://smpte", "--vis-rate", "30", "--vis-width", "64", "--vis-height", "48",
+                   "--output", f"udp://127.0.0.1:{port}", "--backend", "average", "--max-frames", "5",
+                   "--stats-interval", "0", "--log-level", "info"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    line = next(ln for ln in err.splitlines() if "output pipeline:" in ln)
+    assert "framerate=9/1 " in line and "key-int-max=9 " in line and "udpsink" in line
+
+
+# -- recordings that survive kill -9 -------------------------------------------------------------
+
+LIVE_REC = ["--ir", "test://ball", "--vis", "test://smpte", "--ir-width", "160", "--ir-height", "120",
+            "--vis-width", "160", "--vis-height", "120", "--ir-rate", "15", "--vis-rate", "15",
+            "--backend", "average", "--view", "side-by-side", "--stats-interval", "0"]
+
+
+def smpte_bgr(w=160, h=120):
+    Gst = gstmod.import_gst()
+    p = Gst.parse_launch(f"videotestsrc pattern=smpte num-buffers=1 ! video/x-raw,width={w},height={h} ! videoconvert ! "
+                         "video/x-raw,format=BGR ! appsink name=sink")
+    p.set_state(Gst.State.PLAYING)
+    smp = p.get_by_name("sink").try_pull_sample(5 * Gst.SECOND)
+    from tests.test_runtime_sinks import sample_to_bgr
+
+    img = sample_to_bgr(Gst, smp)
+    p.set_state(Gst.State.NULL)
+    return img
+
+
+def start_recording(tmp_path, out, *extra):
+    cmd = [sys.executable, "-m", "moefusion.runtime.cli", *LIVE_REC, "--output", str(out), *extra]
+    return subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(pred, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not pred():
+        time.sleep(0.1)
+    assert pred(), "timed out"
+
+
+def check_recorded(frames, smpte):
+    """Frames of the side-by-side view: the VIS tile is the SMPTE pattern (rows between the tile's
+    label and the pattern's bottom band, whose right part is random noise)."""
+    assert frames and frames[0].shape == (120, 480, 3)
+    for f in frames:
+        d = np.abs(f[24:88, 160:320].astype(np.int16) - smpte[24:88].astype(np.int16))
+        assert d.mean() < 6.0, d.mean()
+
+
+@gst_test
+def test_kill_9_leaves_a_playable_recording_and_a_restart_keeps_it(tmp_path):
+    out = tmp_path / "rec.mp4"
+    partial = tmp_path / "rec.partial.mp4"
+    p = start_recording(tmp_path, out)
+    wait_for(lambda: partial.exists() and partial.stat().st_size > 2000)
+    time.sleep(3.0)
+    p.kill()  # SIGKILL: no EOS, no index written at the end
+    p.communicate(timeout=30)
+    assert p.returncode == -9 and not out.exists()
+    frames = read_video(partial)  # fragmented MP4: plays up to the last complete fragment
+    assert len(frames) >= 15, len(frames)
+    check_recorded(frames, smpte_bgr())
+    size = partial.stat().st_size
+    # a restart does not overwrite the recording the kill left behind
+    p = start_recording(tmp_path, out, "--max-frames", "5")
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert partial.stat().st_size == size and len(read_video(partial)) == len(frames)
+    assert "writing " + str(tmp_path / "rec.1.mp4") in err
+    assert len(read_video(tmp_path / "rec.1.mp4")) == 5 and not out.exists()
+
+
+@gst_test
+def test_kill_9_with_segments_keeps_every_segment(tmp_path):
+    out = tmp_path / "seg.mp4"
+    p = start_recording(tmp_path, out, "--segment", "1")
+    wait_for(lambda: len(list(tmp_path.glob("seg_[0-9][0-9][0-9][0-9][0-9].mp4"))) >= 3, timeout=60)
+    p.kill()
+    p.communicate(timeout=30)
+    done = sorted(tmp_path.glob("seg_[0-9][0-9][0-9][0-9][0-9].mp4"))
+    left = sorted(tmp_path.glob("seg_*.partial.mp4"))
+    assert [f.name for f in done[:3]] == ["seg_00000.mp4", "seg_00001.mp4", "seg_00002.mp4"]
+    assert 1 <= len(left) <= 2  # the segment being written (and one being closed, when the kill came then)
+    smpte = smpte_bgr()
+    for f in left:  # fragmented: a killed segment plays too, up to its last fragment (if it has one yet)
+        cap = cv2.VideoCapture(str(f))
+        if f.stat().st_size > 0 and cap.isOpened() and cap.read()[0]:
+            check_recorded(read_video(f), smpte)
+    for f in done:
+        frames = read_video(f)
+        assert 4 <= len(frames) <= 25, (f.name, len(frames))  # about one second at 15 Hz each
+        check_recorded(frames, smpte)
+    # the restart continues the numbering after the highest segment, partial or not
+    highest = max(int(f.name[4:9]) for f in done + left)
+    p = start_recording(tmp_path, out, "--segment", "1", "--max-frames", "5")
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    new = tmp_path / f"seg_{highest + 1:05d}.mp4"
+    assert len(read_video(new)) == 5
+
+
+@gst_test
+@pytest.mark.parametrize("ext", [".mkv", ".mp4"])
+def test_truncated_input_warns_with_the_count(tmp_path, capsys, ext):
+    Gst = gstmod.import_gst()
+    full = tmp_path / f"full{ext}"
+    mux = "matroskamux" if ext == ".mkv" else "mp4mux faststart=true"
+    p = Gst.parse_launch(f"videotestsrc num-buffers=60 pattern=ball ! video/x-raw,width=96,height=64,framerate=15/1 ! "
+                         f"videoconvert ! x264enc speed-preset=ultrafast key-int-max=15 ! h264parse ! {mux} ! "
+                         f"filesink location={full}")
+    p.set_state(Gst.State.PLAYING)
+    assert p.get_bus().timed_pop_filtered(30 * Gst.SECOND, Gst.MessageType.EOS | Gst.MessageType.ERROR).type == \
+        Gst.MessageType.EOS
+    p.set_state(Gst.State.NULL)
+    cut = tmp_path / f"cut{ext}"
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) * 6 // 10])  # a copy cut short (a full disk, an interrupted transfer)
+    rc, st = run(["--ir", str(full), "--vis", str(full), "--output", "none", "--backend", "average"], tmp_path)
+    assert rc == 0 and st["frames_out"] == 60 and st["warnings"] == []
+    capsys.readouterr()
+    rc, st = run(["--ir", str(full), "--vis", str(cut), "--output", "none", "--backend", "average"], tmp_path)
+    err = capsys.readouterr().err
+    n = st["frames_in"]["vis"]
+    assert rc == 0 and 10 < n < 50 and st["frames_out"] == n
+    assert st["warnings"] == [f"VIS source {cut} (--vis): ended after {n} of the 60 frames its header announces, "
+                              f"{60 - n} missing (truncated or corrupt file?)"]
+    assert st["warnings"][0] in err

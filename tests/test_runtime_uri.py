@@ -202,6 +202,9 @@ def test_launch_elements_and_sinks():
     s = gst.file_sink_launch("/o/out.mp4", 640, 480, 30, "x264enc")
     assert gst.launch_elements(s) == ["appsrc", "videoconvert", "x264enc", "h264parse", "mp4mux", "filesink"]
     assert "x264enc speed-preset=ultrafast tune=zerolatency bitrate=2000 key-int-max=30" in s
+    # crash-safe: fragmented MP4 (a fragment a second), written through (no stdio buffer lost on a kill)
+    assert s.endswith("mp4mux fragment-duration=1000 ! filesink location=/o/out.mp4 buffer-mode=unbuffered")
+    assert "qtmux fragment-duration=1000 !" in gst.file_sink_launch("a.mov", 64, 48, 30, "x264enc")
     assert gst.file_sink_launch("a.mkv", 64, 48, 30, "openh264enc").split(" ! ")[-2] == "matroskamux"
     u = gst.udp_sink_launch("10.0.0.9", 5000, 64, 48, 30, "x264enc")
     assert u.endswith("rtph264pay config-interval=1 pt=96 ! udpsink host=10.0.0.9 port=5000 sync=false async=false")
@@ -212,3 +215,50 @@ def test_launch_elements_and_sinks():
 def test_quote():
     assert gst.quote("/a/b.mp4") == "/a/b.mp4"
     assert gst.quote('a "b" c') == '"a \\"b\\" c"'
+
+
+def test_pair_by_stem():
+    from moefusion.runtime.uri import pair_by_stem
+
+    ir = [f"/a/ir/{i}.png" for i in (1, 2, 3, 4, 10)]
+    vis = [f"/b/vis/{i}.jpg" for i in (1, 2, 4, 10, 11)]
+    p = pair_by_stem(ir, vis)
+    # slots over the union 1 2 3 4 10 11: a missing frame keeps its slot, later pairs stay aligned
+    assert p.ir_slots == (0, 1, 2, 3, 4) and p.vis_slots == (0, 1, 3, 4, 5) and p.n_slots == 6
+    assert p.only_ir == ("3",) and p.only_vis == ("11",)
+    assert pair_by_stem(["/x/a.png"], ["/y/b.png"]).ir_slots == (0,)  # two single images pair anyway
+    with pytest.raises(UserError, match="no file name in common"):
+        pair_by_stem(["/a/ir_1.png", "/a/ir_2.png"], ["/b/vis_1.png", "/b/vis_2.png"])
+    with pytest.raises(UserError, match="same name '1'"):
+        pair_by_stem(["/a/1.png", "/a/1.jpg"], ["/b/1.png"])
+
+
+@pytest.mark.parametrize("fps,gop", [(9, 9), (30, 30), (15, 15), (7.5, 8), (29.97, 30), (0.5, 1)])
+def test_stream_sinks_use_the_real_rate_and_a_key_frame_a_second(fps, gop):
+    """UDP/RTSP/display launch strings carry the output rate they are built with (the pipeline
+    builds them with the real rate once the sources are open), and a key frame about every second."""
+    rate = rate_fraction(fps)
+    u = gst.udp_sink_launch("10.0.0.9", 5000, 478, 270, fps, "x264enc")
+    assert f"framerate={rate} !" in u and f"key-int-max={gop} " in u
+    assert u.endswith("rtph264pay config-interval=1 pt=96 ! udpsink host=10.0.0.9 port=5000 sync=false async=false")
+    r = gst.rtsp_sink_launch("rtsp://srv:8554/f", 322, 240, fps, "openh264enc")
+    assert f"framerate={rate} !" in r and f"gop-size={gop} " in r and r.endswith("rtspclientsink location=rtsp://srv:8554/f")
+    j = gst.encoder_chain("nvv4l2h264enc", width=1280, height=720, fps=fps)
+    assert f"iframeinterval={gop} idrinterval={gop} " in j
+    d = gst.display_sink_launch(478, 270, fps)
+    assert d.startswith(f"appsrc name=src ") and f"caps=video/x-raw,format=BGR,width=478,height=270,framerate={rate}" in d
+    assert gst.keyframe_interval(fps) == gop
+
+
+def test_segment_launch():
+    pat = gst.segment_pattern("/rec/cam 1/out.mp4")
+    assert pat == "/rec/cam 1/out_%05d.partial.mp4"
+    assert gst.segment_pattern("/r/100%.mkv") == "/r/100%%_%05d.partial.mkv"
+    s = gst.file_sink_launch(pat, 640, 480, 10, "x264enc", segment_s=60, start_index=7)
+    assert gst.launch_elements(s) == ["appsrc", "videoconvert", "x264enc", "h264parse", "splitmuxsink"]
+    assert ('splitmuxsink name=mux location="/rec/cam 1/out_%05d.partial.mp4" max-size-time=60000000000 '
+            'send-keyframe-requests=true start-index=7 async-finalize=true muxer-factory=mp4mux '
+            'muxer-properties="properties,fragment-duration=1000" sink-factory=filesink '
+            'sink-properties="properties,buffer-mode=2"') in s
+    m = gst.file_sink_launch(gst.segment_pattern("o.mkv"), 64, 48, 30, "x264enc", segment_s=5)
+    assert "muxer-factory=matroskamux sink-factory=filesink" in m and "muxer-properties" not in m

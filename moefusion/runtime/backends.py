@@ -636,10 +636,10 @@ def select_backend(name: str, model: str | None = None, *, device: str = "auto",
     except (UserError, ImportError, NotImplementedError, AttributeError, ModuleNotFoundError) as e:
         if model is not None:
             raise
+        # no silent fallback to averaging: the user asked for the model and would not get it
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        log.warning("auto: the default model cannot be loaded (%s); falling back to the classical "
-                    "'average' fuser (pass --backend torch to make this an error)", msg)
-        return AverageBackend(), f"auto: default model unavailable ({msg}) -> average"
+        raise UserError(f"--backend auto: the default weights cannot be loaded ({msg}); give --model PATH, or "
+                        "--backend average for the classical per-pixel fuser without a model") from None
     why = ("CUDA GPU -> torch " + b.precision + (" + CUDA graphs" if b.want_graphs else "")) if b.device.type == "cuda" \
         else "no CUDA GPU -> torch on CPU (fp32)"
     return b, f"auto: checkpoint ({model or 'default weights'}); {why}"

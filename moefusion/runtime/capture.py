@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import UserError
 from . import gst as gstmod
-from .uri import StreamOptions, StreamURI, expand_images
+from .uri import ImagePairing, StreamOptions, StreamURI, expand_images
 
 log = logging.getLogger("moefusion.runtime")
 
@@ -148,6 +148,10 @@ class Capture:
     def _read(self, timeout: float) -> tuple[Status, Frame | None]:
         raise NotImplementedError
 
+    def shortfall(self) -> str | None:
+        """At the end of a file: a warning when it gave fewer frames than it announces."""
+        return None
+
     def precheck(self) -> None:
         """Cheap checks before anything starts (path/device exists, GStreamer elements installed)."""
 
@@ -160,24 +164,64 @@ class Capture:
 # ----------------------------------------------------------------------------------------------
 
 class ImageSequenceCapture(Capture):
+    """Frames of an image folder/glob, timed at ``--*-rate``: frame k at k / rate, or at its slot
+    / rate when two folders are paired by file name (``slots``, see ``uri.pair_by_stem``).
+
+    ``paced`` (beside a live camera, or ``--realtime``): each frame is handed out when it is due
+    on the monotonic clock, like a camera, and stamped with that time; a reader that falls more
+    than a frame behind skips the frames it missed (counted as source gaps)."""
+
     kind = "images"
 
-    def __init__(self, uri, opts, role):
+    def __init__(self, uri, opts, role, *, paced: bool = False, files: list[str] | None = None,
+                 slots: tuple | None = None, n_slots: int | None = None, rate: float | None = None):
         super().__init__(uri, opts, role)
-        self.files: list[str] = []
-        self.rate = float(opts.rate or 30.0)
+        self.files: list[str] = list(files) if files else []
+        self._given = files is not None
+        self.slots = slots
+        self.n_slots = n_slots
+        self.rate = float(rate or opts.rate or 30.0)
         self.fps = self.rate
+        self.paced = paced
+        self.live = paced
+        self._period = 1e9 / self.rate
         self._pos = 0
         self._loops_left = opts.loop
         self._loop_offset = 0
+        self._t0 = None  # paced: monotonic time of media time 0
+        self._state = None
 
     def precheck(self) -> None:
-        expand_images(self.uri, _flag(self.role))
+        if not self._given:
+            expand_images(self.uri, _flag(self.role))
 
     def open(self) -> None:
-        self.files = expand_images(self.uri, _flag(self.role))
-        self.launch = f"image sequence: {len(self.files)} files from {self.uri.location} at {self.rate:g} Hz"
+        if not self._given:
+            self.files = expand_images(self.uri, _flag(self.role))
+        how = " (paired with VIS by file name)" if self.slots is not None and self.role == "ir" else \
+              " (paired with IR by file name)" if self.slots is not None else ""
+        self.launch = (f"image sequence: {len(self.files)} files from {self.uri.location} at {self.rate:g} Hz"
+                       f"{', paced in real time' if self.paced else ''}{how}")
         self._pos = 0
+
+    def _media_ns(self, pos: int) -> int:
+        slot = self.slots[pos] if self.slots is not None else pos
+        return self._loop_offset + int(round(slot * self._period))
+
+    def peek(self, timeout: float = 10.0):
+        self._state = (self._pos, self._loops_left, self._loop_offset, self.index)
+        return super().peek(timeout)
+
+    def discard_peeked(self) -> bool:
+        """Paced sequences rewind instead: the first image is shown, on the clock started now."""
+        had = super().discard_peeked()
+        if had and self._state is not None:
+            self._pos, self._loops_left, self._loop_offset, self.index = self._state
+        return had
+
+    def restart_counting(self) -> None:
+        super().restart_counting()
+        self._t0 = None
 
     def _read(self, timeout: float = 1.0):
         if self._pos >= len(self.files):
@@ -185,18 +229,36 @@ class ImageSequenceCapture(Capture):
                 return Status.EOS, None
             if self._loops_left > 0:
                 self._loops_left -= 1
-            self._loop_offset += int(round(len(self.files) * 1e9 / self.rate))
+            self._loop_offset += int(round((self.n_slots or len(self.files)) * self._period))
             self._pos = 0
+        now = time.monotonic_ns()
+        if self.paced:
+            if self._t0 is None:
+                self._t0 = now - self._media_ns(self._pos)
+            due = self._t0 + self._media_ns(self._pos)
+            if due > now:
+                wait = (due - now) / 1e9
+                if wait > timeout:
+                    time.sleep(max(0.0, timeout))
+                    return Status.TIMEOUT, None
+                time.sleep(wait)
+            else:
+                while self._pos + 1 < len(self.files) and self._t0 + self._media_ns(self._pos + 1) <= now:
+                    self._pos += 1  # more than a frame late: skip to the frame due now, like a camera
+                    self.gaps += 1
+                due = self._t0 + self._media_ns(self._pos)
         path = self.files[self._pos]
         img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
         if img is None:
             self.error = f"{self.what}: cannot read image {path}; remove or replace the file"
             return Status.ERROR, None
         img = to_role_format(img, self.role, self.opts)
-        ts = self._loop_offset + int(round(self._pos * 1e9 / self.rate))
+        if self.paced:
+            ts = cap = due
+        else:
+            ts, cap = self._media_ns(self._pos), time.monotonic_ns()
         self._pos += 1
-        now = time.monotonic_ns()
-        f = Frame(img, ts, now, self.index, self.role)
+        f = Frame(img, ts, cap, self.index, self.role)
         self.index += 1
         return Status.OK, f
 
@@ -223,6 +285,10 @@ class GstCapture(Capture):
         self._last_ts = None
         self._frame_dur = 0
         self._fmt_cache = (None, None)
+        self.warnings = 0  # bus warnings (decoders skipping corrupt data)
+        self._first_warning = ""
+        self._expected = None  # frames the file announces (files only)
+        self._opened_at_index = 0
 
     def precheck(self):
         loc = os.path.expanduser(self.uri.location)
@@ -258,6 +324,8 @@ class GstCapture(Capture):
             sample = self._sink.try_pull_sample(100 * Gst.MSECOND)
             if sample is not None:
                 self._pending = sample
+                self._opened_at_index = self.index
+                self._expected = self._announced_frames(sample) if self.uri.kind == "file" else None
                 return
             err = self._bus_error()
             if err:
@@ -270,15 +338,40 @@ class GstCapture(Capture):
         raise SourceError(f"{self.what}: no frame within {self.open_timeout:g} s; check the camera/URL, "
                           f"and its mode (--{self.role}-width/-height/-rate/-format)")
 
+    def _announced_frames(self, sample) -> int | None:
+        """Frames the file's header announces (duration x frame rate), to notice a file that ends
+        early (truncated, or frames lost to corrupt data)."""
+        Gst = gstmod.import_gst()
+        ok, dur = self._pipeline.query_duration(Gst.Format.TIME)
+        st = sample.get_caps().get_structure(0)
+        ok_rate, num, den = st.get_fraction("framerate")
+        if not ok or dur <= 0 or not ok_rate or not num or not den:
+            return None
+        return int(round(dur * num / den / 1e9))
+
+    def shortfall(self) -> str | None:
+        got = self.index - getattr(self, "_opened_at_index", 0)
+        exp = getattr(self, "_expected", None)
+        if not exp or exp - got <= max(1, exp // 100):
+            return None
+        warn = f"; {self.warnings} decoder warning(s), first: {self._first_warning}" if self.warnings else ""
+        return (f"{self.what}: ended after {got} of the {exp} frames its header announces, {exp - got} missing "
+                f"(truncated or corrupt file?){warn}")
+
     def _bus_error(self) -> str:
         Gst = gstmod.import_gst()
         if self._pipeline is None:
             return ""
         bus = self._pipeline.get_bus()
         while True:
-            msg = bus.pop_filtered(Gst.MessageType.ERROR)
+            msg = bus.pop_filtered(Gst.MessageType.ERROR | Gst.MessageType.WARNING)
             if msg is None:
                 return ""
+            if msg.type == Gst.MessageType.WARNING:  # e.g. a decoder skipping corrupt data
+                w, _ = msg.parse_warning()
+                self.warnings += 1
+                self._first_warning = self._first_warning or f"{w.message} ({msg.src.get_name() if msg.src else '?'})"
+                continue
             err, debug = msg.parse_error()
             return self._translate(err.message, debug or "", msg.src.get_name() if msg.src else "?")
 
@@ -483,12 +576,18 @@ class OpenCVCapture(Capture):
 _FALLBACK_SAID = False
 
 
-def make_capture(uri: StreamURI, opts: StreamOptions, role: str, *, paced: bool = False) -> Capture:
-    """The capture for a URI: image sequences directly, everything else through GStreamer, or
-    OpenCV when GStreamer/PyGObject is missing (said once)."""
+def make_capture(uri: StreamURI, opts: StreamOptions, role: str, *, paced: bool = False,
+                 pairing: ImagePairing | None = None, files: list[str] | None = None,
+                 rate: float | None = None) -> Capture:
+    """The capture for a URI: image sequences directly (``pairing``/``files``/``rate``: two
+    folders paired by file name), everything else through GStreamer, or OpenCV when
+    GStreamer/PyGObject is missing (said once)."""
     global _FALLBACK_SAID
     if uri.kind == "images":
-        return ImageSequenceCapture(uri, opts, role)
+        if pairing is not None:
+            return ImageSequenceCapture(uri, opts, role, paced=paced, files=files, slots=pairing.slots(role),
+                                        n_slots=pairing.n_slots, rate=rate)
+        return ImageSequenceCapture(uri, opts, role, paced=paced)
     if gstmod.have_gst():
         return GstCapture(uri, opts, role, paced=paced)
     if not _FALLBACK_SAID:
@@ -514,10 +613,7 @@ def backoff_delays(initial: float = 0.25, factor: float = 2.0, maximum: float = 
 class SourceCounters:
     frames: int = 0
     reconnects: int = 0
-    failures: int = 0
     gaps: int = 0
-    down_s: float = 0.0
-    last_error: str = ""
 
 
 class SourceThread(threading.Thread):
@@ -540,6 +636,7 @@ class SourceThread(threading.Thread):
         self.counters = SourceCounters()
         self.eos = threading.Event()
         self.fatal: str | None = None
+        self.warning: str | None = None  # a file that ended early (``Capture.shortfall``)
         self.live = capture.live
         self.finite = capture.uri.is_finite  # EOS ends it; errors are fatal (no reconnect)
         self._gaps_before = 0
@@ -576,6 +673,9 @@ class SourceThread(threading.Thread):
                     last_frame = time.monotonic()
                 continue
             if status is Status.EOS and self.finite:
+                self.warning = self.capture.shortfall()
+                if self.warning:
+                    log.warning("%s", self.warning)
                 return
             reason = self.capture.error if status is Status.ERROR else f"{self.capture.what}: end of stream"
             if self.finite:
@@ -589,8 +689,6 @@ class SourceThread(threading.Thread):
     def _fail(self, reason: str):
         """Close and reopen a live source with backoff; sets ``fatal`` when giving up."""
         c = self.counters
-        c.failures += 1
-        c.last_error = reason
         log.warning("%s; reconnecting", reason)
         gaps_before = self._gaps_before + self.capture.gaps
         self.capture.close()
@@ -613,6 +711,5 @@ class SourceThread(threading.Thread):
             self.capture = cap
             self._gaps_before = gaps_before
             c.reconnects += 1
-            c.down_s += time.monotonic() - t0
             log.warning("%s is back after %.1f s; resuming", cap.what, time.monotonic() - t0)
             return

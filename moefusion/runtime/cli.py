@@ -7,7 +7,8 @@
 
 Exit status: 0 after a normal end (end of the files, --max-frames, SIGINT/SIGTERM, window
 closed); 2 for a user mistake (one line naming the flag/device/element and the fix); 1 when
-the run failed mid-way (a camera lost for longer than --reconnect-timeout, an output error).
+the run failed mid-way (a camera lost for longer than --reconnect-timeout, an output error) or
+produced no output frame (one line saying why).
 """
 from __future__ import annotations
 
@@ -70,11 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="H.264 encoder for file/stream outputs (auto: nvv4l2h264enc, x264enc, openh264enc; "
                         "files fall back to OpenCV mp4v)")
     o.add_argument("--output-rate", type=float, metavar="HZ", help="output frame rate (default: the slower source)")
+    o.add_argument("--segment", type=float, default=0.0, metavar="S",
+                   help="file outputs: start a new file every S seconds (NAME_00000.EXT, ...; each renamed from "
+                        ".partial once complete)")
+    o.add_argument("--overwrite", action="store_true",
+                   help="file outputs: replace an existing recording (default: keep it and write NAME.1.EXT, ...; "
+                        "segments continue their numbering)")
     r = p.add_argument_group("run")
-    r.add_argument("--stats-json", metavar="FILE", help="write the statistics as JSON at exit ('-': stdout)")
+    r.add_argument("--stats-json", metavar="FILE",
+                   help="write the statistics as JSON at exit ('-': stdout, JSON only; the summary then goes to stderr)")
     r.add_argument("--stats-interval", type=float, default=5.0, metavar="S", help="print statistics every S s (0: off)")
     r.add_argument("--max-frames", type=int, default=0, metavar="N", help="stop after N output frames")
-    r.add_argument("--realtime", action="store_true", help="play file sources at their frame rate (like cameras)")
+    r.add_argument("--realtime", action="store_true",
+                   help="play files and image folders at their frame rate (like cameras)")
     r.add_argument("--queue-size", type=int, default=None, metavar="N",
                    help="frames queued between stages (default: 1 with live sources, for the lowest latency; 4 for files)")
     r.add_argument("--stall-timeout", type=float, default=3.0, metavar="S",
@@ -121,6 +130,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
             args.output = [DEMO_OUTPUT] + (["display://0"] if display_available() else [])
         args.view = args.view or "grid"
         args.overlay = True
+        args.overwrite = True  # the demo's output is a scratch file, replaced on every run
         if args.stats_json is None:
             args.stats_json = DEMO_STATS
     ir = parse_input_uri(args.ir, "--ir")
@@ -143,6 +153,10 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         raise UserError(f"--max-frames must be 0 (no limit) or positive, got {args.max_frames}")
     if args.output_rate is not None and args.output_rate <= 0:
         raise UserError(f"--output-rate must be positive, got {args.output_rate}")
+    if args.segment < 0 or (0 < args.segment < 1):
+        raise UserError(f"--segment must be at least 1 (seconds per file), got {args.segment:g}")
+    if args.segment and not any(o.kind == "file" for o in outputs):
+        raise UserError("--segment applies to file outputs: add --output file://NAME.mp4")
     return PipelineConfig(
         ir=ir, vis=vis,
         ir_opts=StreamOptions.from_args(args, "ir"), vis_opts=StreamOptions.from_args(args, "vis"),
@@ -150,7 +164,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         sync_tolerance_ms=args.sync_tolerance, sync_offset_ms=args.sync_offset,
         registration=args.registration, max_frames=args.max_frames, queue_size=args.queue_size,
         realtime=args.realtime, stats_interval=args.stats_interval, stall_timeout=args.stall_timeout,
-        reconnect_timeout=args.reconnect_timeout, encoder=args.encoder, output_fps=args.output_rate)
+        reconnect_timeout=args.reconnect_timeout, encoder=args.encoder, output_fps=args.output_rate,
+        segment_s=args.segment, overwrite=args.overwrite)
 
 
 def write_json(d: dict, path: str) -> None:
@@ -181,6 +196,8 @@ def format_summary(d: dict) -> str:
     ]
     if d.get("output_file"):
         lines.append(f"output: {d['output_file']}")
+    for w in d.get("warnings") or []:
+        lines.append(f"warning: {w}")
     if any(d.get("reconnects", {}).values()):
         lines.append("reconnects: " + ", ".join(f"{k} {v}" for k, v in d["reconnects"].items()))
     return "\n".join(lines)
@@ -210,10 +227,11 @@ def main(argv=None) -> int:
         for s, h in old.items():
             signal.signal(s, h)
         backend.close()
-    print(format_summary(summary), flush=True)
+    json_to_stdout = args.stats_json == "-"
+    print(format_summary(summary), file=sys.stderr if json_to_stdout else sys.stdout, flush=True)
     if args.stats_json:
-        if args.stats_json == "-":
-            print(json.dumps(summary, indent=2))
+        if json_to_stdout:  # stdout holds the JSON only (the summary went to stderr)
+            print(json.dumps(summary, indent=2), flush=True)
         else:
             write_json(summary, args.stats_json)
             log.info("statistics written to %s", args.stats_json)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shlex
 
 from ..errors import UserError
 from .uri import FLIPS, StreamOptions, StreamURI, rate_fraction
@@ -28,6 +27,7 @@ ELEMENT_PACKAGES = {
     "rtspsrc": "gstreamer1.0-plugins-good", "rtph264pay": "gstreamer1.0-plugins-good",
     "mp4mux": "gstreamer1.0-plugins-good", "qtmux": "gstreamer1.0-plugins-good",
     "matroskamux": "gstreamer1.0-plugins-good", "avimux": "gstreamer1.0-plugins-good",
+    "splitmuxsink": "gstreamer1.0-plugins-good",
     "autovideosink": "gstreamer1.0-plugins-good", "x264enc": "gstreamer1.0-plugins-ugly",
     "openh264enc": "gstreamer1.0-plugins-bad", "h264parse": "gstreamer1.0-plugins-bad",
     "rtspclientsink": "gstreamer1.0-rtsp", "avdec_h264": "gstreamer1.0-libav",
@@ -270,10 +270,20 @@ def source_launch(uri: StreamURI, opts: StreamOptions, role: str, *, sync: bool 
 
 MUXERS = {".mp4": "mp4mux", ".mov": "qtmux", ".mkv": "matroskamux", ".avi": "avimux"}
 
+# Crash safety (kill -9, a power cut): MP4/MOV are fragmented (a moof every FRAGMENT_MS, readable
+# without the index written at EOS); Matroska and AVI are readable up to the last complete frame
+# as they are. filesink writes every buffer through at once (no 64 KiB stdio buffer lost on a kill).
+FRAGMENT_MS = 1000
+MUXER_PROPS = {"mp4mux": f"fragment-duration={FRAGMENT_MS}", "qtmux": f"fragment-duration={FRAGMENT_MS}"}
+FILESINK_PROPS = "buffer-mode=unbuffered"
+# the same inside splitmuxsink's sink-properties structure, where an enum must be given as its number
+SPLITMUX_SINK_PROPS = "properties,buffer-mode=2"
+
 # H.264 encoder chains, best first. Each is (name, elements after the BGR appsrc, for file / stream).
 ENCODERS = {
     "nvv4l2h264enc": ("videoconvert ! video/x-raw,format=BGRx ! nvvidconv ! video/x-raw(memory:NVMM),format=NV12 ! "
-                      "nvv4l2h264enc bitrate={bitrate} iframeinterval={gop} insert-sps-pps=true ! h264parse"),
+                      "nvv4l2h264enc bitrate={bitrate} iframeinterval={gop} idrinterval={gop} insert-sps-pps=true "
+                      "! h264parse"),
     "x264enc": ("videoconvert ! video/x-raw,format=I420 ! x264enc speed-preset=ultrafast tune=zerolatency "
                 "bitrate={kbitrate} key-int-max={gop} ! h264parse"),
     "openh264enc": ("videoconvert ! video/x-raw,format=I420 ! openh264enc bitrate={bitrate} gop-size={gop} "
@@ -281,11 +291,17 @@ ENCODERS = {
 }
 
 
+def appsrc_caps(width: int, height: int, fps: float, fmt: str = "BGR") -> str:
+    """The caps of the frames pushed into a sink pipeline. Rows in the buffers must have
+    GStreamer's stride for them (BGR: 3 * width rounded up to 4 bytes), see ``GstSink``."""
+    return f"video/x-raw,format={fmt},width={width},height={height},framerate={rate_fraction(fps)}"
+
+
 def appsrc_launch(width: int, height: int, fps: float, fmt: str = "BGR") -> str:
     """Frames in: timestamps set by the writer; blocking with a small queue so a slow sink
     back-pressures the loop (where drops are counted) rather than dropping silently here."""
     return (f"appsrc name=src is-live=false format=time block=true max-bytes={width * height * 3 * 3} "
-            f"caps=video/x-raw,format={fmt},width={width},height={height},framerate={rate_fraction(fps)}")
+            f"caps={appsrc_caps(width, height, fps, fmt)}")
 
 
 def pick_encoder(preferred: str | None = None) -> str | None:
@@ -298,17 +314,41 @@ def pick_encoder(preferred: str | None = None) -> str | None:
     return None
 
 
+def keyframe_interval(fps: float) -> int:
+    """Frames between key frames: about one second at the real output rate (a receiver joining a
+    stream, or a player seeking in a recording, waits at most that long)."""
+    return max(1, int(round(fps)))
+
+
 def encoder_chain(name: str, *, width: int, height: int, fps: float) -> str:
     bitrate = int(min(20e6, max(2e6, width * height * fps * 0.15)))  # ~0.15 bit/pixel, 2 Mbit/s at least
-    gop = max(1, int(round(fps)))
-    return ENCODERS[name].format(bitrate=bitrate, kbitrate=bitrate // 1000, gop=gop)
+    return ENCODERS[name].format(bitrate=bitrate, kbitrate=bitrate // 1000, gop=keyframe_interval(fps))
 
 
-def file_sink_launch(path: str, width: int, height: int, fps: float, encoder: str) -> str:
+def segment_pattern(path: str) -> str:
+    """splitmuxsink's printf location for ``--segment``: out.mp4 -> out_%05d.partial.mp4 (each
+    segment is renamed to out_00000.mp4 ... once it is complete)."""
+    root, ext = os.path.splitext(path)
+    return f"{root.replace('%', '%%')}_%05d.partial{ext}"
+
+
+def file_sink_launch(path: str, width: int, height: int, fps: float, encoder: str, *,
+                     segment_s: float = 0.0, start_index: int = 0) -> str:
+    """Encode to a crash-safe file (see MUXER_PROPS); ``segment_s > 0``: a new file every
+    ``segment_s`` seconds (splitmuxsink, split at a key frame it requests), ``path`` then being
+    ``segment_pattern(...)``-style and numbered from ``start_index``."""
     ext = os.path.splitext(path)[1].lower()
     mux = MUXERS.get(ext, "mp4mux")
-    return (f"{appsrc_launch(width, height, fps)} ! {encoder_chain(encoder, width=width, height=height, fps=fps)} ! "
-            f"{mux} ! filesink location={quote(path)}")
+    head = f"{appsrc_launch(width, height, fps)} ! {encoder_chain(encoder, width=width, height=height, fps=fps)}"
+    if segment_s > 0:
+        mprops = MUXER_PROPS.get(mux)
+        mp = f" muxer-properties={quote('properties,' + mprops.replace(' ', ','))}" if mprops else ""
+        return (f"{head} ! splitmuxsink name=mux location={quote(path)} max-size-time={int(segment_s * 1e9)} "
+                f"send-keyframe-requests=true start-index={start_index} async-finalize=true "
+                f"muxer-factory={mux}{mp} sink-factory=filesink "
+                f"sink-properties={quote(SPLITMUX_SINK_PROPS)}")
+    mprops = f" {MUXER_PROPS[mux]}" if mux in MUXER_PROPS else ""
+    return f"{head} ! {mux}{mprops} ! filesink location={quote(path)} {FILESINK_PROPS}"
 
 
 def udp_sink_launch(host: str, port: int, width: int, height: int, fps: float, encoder: str) -> str:
@@ -330,7 +370,3 @@ def udp_receiver_hint(port: int) -> str:
     return (f"gst-launch-1.0 udpsrc port={port} caps=\"application/x-rtp,media=video,encoding-name=H264,payload=96\" "
             f"! rtph264depay ! avdec_h264 ! videoconvert ! autovideosink sync=false")
 
-
-def pretty(launch: str) -> str:
-    """The launch string as one could paste it after ``gst-launch-1.0``."""
-    return " ".join(shlex.quote(p) if "(" in p else p for p in launch.split(" "))

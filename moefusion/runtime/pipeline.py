@@ -10,8 +10,9 @@ Live sources never build up latency: every queue is short and a full queue drops
 item, counted by cause (``queue_full_ir``, ``busy_infer``, ``busy_output``; camera-side losses
 as ``source_gap_*``; pairing as ``unpaired_*``). File sources are processed completely: the
 queues block instead of dropping, and the run ends at the end of the first file to end (or
-loops with ``--*-loop``). When a file is paired with a live camera it is played at its own rate
-and treated like a live source.
+loops with ``--*-loop``). When a file or image folder is paired with a live camera (or with
+``--realtime``) it is played at its own rate and treated like a live source. Two image folders
+pair by file name (``uri.pair_by_stem``). A run without a single output frame is an error.
 
 Stopping (``stop()``, SIGINT/SIGTERM, ``--max-frames``, window closed): the captures stop,
 what is already queued is finished, and the sink is finalised (EOS through the muxer), so the
@@ -35,7 +36,7 @@ from .registration import Registrar
 from .sinks import MultiSink, Sink, make_sink
 from .stats import Stats
 from .sync import Pairer
-from .uri import StreamOptions, StreamURI, parse_output_uri
+from .uri import StreamOptions, StreamURI, expand_images, pair_by_stem, parse_output_uri
 
 log = logging.getLogger("moefusion.runtime")
 
@@ -63,6 +64,8 @@ class PipelineConfig:
     reconnect_timeout: float = -1.0
     encoder: str = "auto"
     output_fps: float | None = None
+    segment_s: float = 0.0  # file outputs: a new file every segment_s seconds (0: one file)
+    overwrite: bool = False  # file outputs: replace an existing recording instead of adding a suffix
 
 
 class BoundedQueue:
@@ -197,11 +200,13 @@ class Pipeline:
         mixed = any_live and (cfg.ir.is_finite or cfg.vis.is_finite)
         self.paced = cfg.realtime or mixed
         if mixed:
-            log.info("a file is paired with a live source: the file is played at its own rate")
+            log.info("a file or image folder is paired with a live source: it is played at its own rate")
         caps = {}
+        pairing, files, rate = getattr(self, "_image_pairing", None) or (None, {}, None)
         for role, uri, opts in (("ir", cfg.ir, cfg.ir_opts), ("vis", cfg.vis, cfg.vis_opts)):
             def factory(uri=uri, opts=opts, role=role):
-                return make_capture(uri, opts, role, paced=self.paced and uri.is_finite)
+                return make_capture(uri, opts, role, paced=self.paced and uri.is_finite, pairing=pairing,
+                                    files=files.get(role), rate=rate)
             cap = factory()
             if cap.launch:
                 log.info("%s source %s: %s", ROLE_NAMES[role], uri.raw, cap.describe())
@@ -225,14 +230,34 @@ class Pipeline:
         registration file, the outputs, the source paths/devices and GStreamer elements."""
         cfg = self.cfg
         self._registrar = Registrar.from_file(cfg.registration) if cfg.registration else None
-        sinks = [make_sink(o, cfg.output_fps or 30.0, cfg.encoder) for o in cfg.outputs]
+        sinks = [make_sink(o, cfg.output_fps or 30.0, cfg.encoder, segment_s=cfg.segment_s, overwrite=cfg.overwrite)
+                 for o in cfg.outputs]
         self.sink = sinks[0] if len(sinks) == 1 else MultiSink(sinks)
         for role, uri, opts in (("ir", cfg.ir, cfg.ir_opts), ("vis", cfg.vis, cfg.vis_opts)):
             try:
                 make_capture(uri, opts, role).precheck()
             except SourceError as e:
                 raise UserError(str(e))
+        self._image_pairing = self._pair_image_folders() if cfg.ir.kind == cfg.vis.kind == "images" else None
         self._prechecked = True
+
+    def _pair_image_folders(self):
+        """Two image sequences pair by file stem (as moefusion-fuse does), at one common rate."""
+        cfg = self.cfg
+        ir_rate, vis_rate = cfg.ir_opts.rate, cfg.vis_opts.rate
+        if ir_rate and vis_rate and abs(ir_rate - vis_rate) > 1e-9:
+            raise UserError(f"--ir-rate {ir_rate:g} and --vis-rate {vis_rate:g} differ, but two image folders pair "
+                            "frame by frame by file name: give one rate (or the same to both)")
+        files = {"ir": expand_images(cfg.ir, "--ir"), "vis": expand_images(cfg.vis, "--vis")}
+        pairing = pair_by_stem(files["ir"], files["vis"], f"--ir {cfg.ir.raw}", f"--vis {cfg.vis.raw}")
+        for role, other, only in (("IR", "VIS", pairing.only_ir), ("VIS", "IR", pairing.only_vis)):
+            if only:
+                more = f" and {len(only) - 1} more" if len(only) > 1 else ""
+                log.warning("%d %s image(s) have no %s image of the same name (%s%s): counted as unpaired_%s",
+                            len(only), role, other, only[0], more, role.lower())
+        self.stats.info["image_pairing"] = {"by": "file name", "only_ir": len(pairing.only_ir),
+                                            "only_vis": len(pairing.only_vis)}
+        return pairing, files, ir_rate or vis_rate
 
     def run(self) -> dict:
         cfg, stats = self.cfg, self.stats
@@ -295,7 +320,24 @@ class Pipeline:
         for t in list(self.sources.values()) + self._threads:
             t.start()
         self._supervise()
+        if stats.frames_out == 0 and not self.errors:
+            self.errors.append(self._why_no_output())
+            log.error("%s", self.errors[-1])
         return self.summary()
+
+    def _why_no_output(self) -> str:
+        """One line: why a run ended without a single output frame."""
+        cfg, st = self.cfg, self.stats
+        n = {r: st.frames_in.get(r, 0) for r in ("ir", "vis")}
+        why = f" (the run stopped: {self.stop_reason})" if self.stop_reason and self.stop_reason != "end of input" else ""
+        for role, uri in (("ir", cfg.ir), ("vis", cfg.vis)):
+            if n[role] == 0:
+                return f"no output frame: the {ROLE_NAMES[role]} source {uri.raw} gave no frame{why}"
+        if st.pairs == 0:
+            return (f"no output frame: none of {n['ir']} IR and {n['vis']} VIS frames were within --sync-tolerance "
+                    f"{cfg.sync_tolerance_ms:g} ms of each other{why}; check that the two sources overlap in time "
+                    "(--sync-offset, --sync-tolerance; --realtime plays files and image folders at their rate)")
+        return f"no output frame: {st.pairs} pairs were made but none reached the output{why}"
 
     # -- threads ---------------------------------------------------------------------------
     def _sync_loop(self, inbox: Inbox, infer_q: BoundedQueue, registrar, any_live: bool):
@@ -463,7 +505,9 @@ class Pipeline:
     def summary(self) -> dict:
         d = self.stats.summary()
         d["output_file"] = self.output_path
+        d["output_files"] = list(self.sink.files) if self.sink is not None else []
         d["stop_reason"] = self.stop_reason
         d["errors"] = list(self.errors)
+        d["warnings"] = [s.warning for s in self.sources.values() if s.warning]
         d["ok"] = not self.errors
         return d

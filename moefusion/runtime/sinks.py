@@ -1,10 +1,14 @@
 """Outputs: display window, video file, RTSP/UDP stream, none.
 
-Each sink opens on its first frame (it needs the frame size), takes BGR uint8 frames with a
-presentation timestamp, and is finalised by ``close()``. A video file is written under a
-temporary name (``NAME.partial.EXT``) and renamed only after EOS went through the muxer and the
-pipeline stopped, so a file at the final name is always complete and playable; if finalising
-fails, the partial file is left and reported.
+Each sink opens on its first frame (it needs the frame size; the output rate is known by then),
+takes BGR uint8 frames of any width (rows are padded to GStreamer's stride) with a presentation
+timestamp, and is finalised by ``close()``. A video file is written under a temporary name
+(``NAME.partial.EXT``) and renamed only after EOS went through the muxer and the pipeline
+stopped, so a file at the final name is always complete and playable; if finalising fails, the
+partial file is left and reported. The containers are crash-safe (fragmented MP4/MOV, Matroska,
+AVI): after a hard kill the ``.partial`` file plays up to its last fragment. ``--segment S``
+writes a new file every S seconds. An existing recording is never overwritten (a numeric
+suffix is added, see ``choose_output_path``) unless ``--overwrite`` is given.
 
 Encoder: the first available of nvv4l2h264enc (Jetson), x264enc, openh264enc; without any (or
 without GStreamer) files are written by OpenCV's mp4v writer, and that is logged once.
@@ -13,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import time
 
 import cv2
 import numpy as np
@@ -43,6 +49,7 @@ class Sink:
         self.closed_by_user = False
         self.frames = 0
         self.size = None
+        self.files: list[str] = []  # output files completed (renamed to their final names)
 
     def describe(self) -> str:
         return self.kind
@@ -76,7 +83,12 @@ class NullSink(Sink):
 
 
 class GstSink(Sink):
-    """appsrc-fed pipeline; ``build(w, h)`` returns the launch string."""
+    """appsrc-fed pipeline; ``build(w, h, fps)`` returns the launch string. It is called when the
+    first frame arrives, with the output rate known by then (``fps``, set by the pipeline).
+
+    Buffers are laid out as GStreamer expects for the appsrc caps: each BGR row padded to the
+    caps' stride (3 * width rounded up to 4 bytes). Tightly packed rows of a width that is not a
+    multiple of 4 would be rejected by videoconvert (a uniform green picture)."""
 
     kind = "gstreamer"
 
@@ -87,15 +99,16 @@ class GstSink(Sink):
         self._pipe = None
         self._src = None
         self._last_pts = -1
+        self._staging = None  # (h, stride) uint8 when rows need padding
 
     def describe(self) -> str:
         return self.launch or self.what
 
     def _open(self, w: int, h: int):
         Gst = gstmod.import_gst()
-        from gi.repository import GLib
+        from gi.repository import GLib, GstVideo
 
-        self.launch = self.build(w, h)
+        self.launch = self.build(w, h, self.fps)
         log.info("output pipeline: %s", self.launch)
         gstmod.check_elements(self.launch, self.what)
         try:
@@ -103,22 +116,49 @@ class GstSink(Sink):
         except GLib.Error as e:
             raise UserError(f"{self.what}: cannot build the output pipeline: {e.message}")
         self._src = self._pipe.get_by_name("src")
+        info = GstVideo.VideoInfo.new_from_caps(self._src.get_property("caps"))
+        stride, row = info.stride[0], w * 3
+        if info.finfo.format != GstVideo.VideoFormat.BGR or stride < row or info.size != stride * h:
+            raise RuntimeError(f"{self.what}: unexpected appsrc layout {info.finfo.format} stride {stride} size {info.size}")
+        self._staging = np.zeros((h, stride), np.uint8) if stride != row else None
         if self._pipe.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
-            err = self._bus_error() or "cannot start"
+            err = self._poll_bus() or "cannot start"
             self._pipe.set_state(Gst.State.NULL)
             self._pipe = None
             raise UserError(f"{self.what}: {err}")
 
-    def _bus_error(self) -> str:
+    def _pack(self, frame: np.ndarray) -> bytes:
+        """The frame's bytes with GStreamer's row stride."""
+        if self._staging is None:
+            return frame.tobytes()
+        h, w = frame.shape[:2]
+        self._staging[:, : w * 3] = frame.reshape(h, w * 3)
+        return self._staging.tobytes()  # a copy: the staging array is reused for the next frame
+
+    def _poll_bus(self) -> str:
+        """Handle element messages (``_on_element``) and return the first error, if any."""
         Gst = gstmod.import_gst()
-        msg = self._pipe.get_bus().pop_filtered(Gst.MessageType.ERROR) if self._pipe else None
-        if msg is None:
+        if self._pipe is None:
             return ""
-        err, debug = msg.parse_error()
+        bus = self._pipe.get_bus()
+        while True:
+            msg = bus.pop_filtered(Gst.MessageType.ERROR | Gst.MessageType.ELEMENT)
+            if msg is None:
+                return ""
+            if msg.type == Gst.MessageType.ELEMENT:
+                self._on_element(msg.get_structure())
+                continue
+            return self._error_text(msg)
+
+    def _error_text(self, msg) -> str:
+        err, _debug = msg.parse_error()
         text = f"{err.message} ({msg.src.get_name() if msg.src else '?'})"
         if "window" in (err.message or "").lower() and "closed" in (err.message or "").lower():
             self.closed_by_user = True
         return text
+
+    def _on_element(self, structure) -> None:
+        pass
 
     def write(self, frame, pts_ns) -> bool:
         Gst = gstmod.import_gst()
@@ -127,11 +167,11 @@ class GstSink(Sink):
             self._open(*self.size)
         pts = max(int(pts_ns), self._last_pts + 1)
         self._last_pts = pts
-        buf = Gst.Buffer.new_wrapped(frame.tobytes())
+        buf = Gst.Buffer.new_wrapped(self._pack(frame))
         buf.pts = pts
         buf.duration = int(1e9 / self.fps) if self.fps else Gst.CLOCK_TIME_NONE
         ret = self._src.emit("push-buffer", buf)
-        err = self._bus_error()
+        err = self._poll_bus()
         if ret != Gst.FlowReturn.OK or err:
             self.error = err or f"{self.what}: the output refused a frame ({ret.value_nick})"
             return False
@@ -146,15 +186,23 @@ class GstSink(Sink):
         ok = True
         if not self.error:
             self._src.emit("end-of-stream")
-            msg = self._pipe.get_bus().timed_pop_filtered(int(timeout_s * Gst.SECOND),
-                                                          Gst.MessageType.EOS | Gst.MessageType.ERROR)
-            if msg is None:
-                ok = False
-                self.error = self.error or f"{self.what}: EOS did not get through in {timeout_s:g} s"
-            elif msg.type == Gst.MessageType.ERROR:
-                ok = False
-                err, _ = msg.parse_error()
-                self.error = self.error or f"{self.what}: {err.message}"
+            bus = self._pipe.get_bus()
+            deadline = time.monotonic() + timeout_s
+            while True:
+                left = deadline - time.monotonic()
+                msg = bus.timed_pop_filtered(int(max(0.0, left) * Gst.SECOND),
+                                             Gst.MessageType.EOS | Gst.MessageType.ERROR | Gst.MessageType.ELEMENT)
+                if msg is None:
+                    ok = False
+                    self.error = self.error or f"{self.what}: EOS did not get through in {timeout_s:g} s"
+                    break
+                if msg.type == Gst.MessageType.ELEMENT:
+                    self._on_element(msg.get_structure())
+                    continue
+                if msg.type == Gst.MessageType.ERROR:
+                    ok = False
+                    self.error = self.error or f"{self.what}: {self._error_text(msg)}"
+                break
         else:
             ok = False
         self._pipe.set_state(Gst.State.NULL)
@@ -167,24 +215,56 @@ class GstSink(Sink):
 
 
 class GstFileSink(GstSink):
+    """H.264 in a crash-safe container (fragmented MP4/MOV, Matroska, AVI; see gst.MUXER_PROPS).
+
+    One file: written as NAME.partial.EXT and renamed at the end. ``segment_s > 0``: splitmuxsink
+    starts a new file every ``segment_s`` seconds, NAME_00000.partial.EXT, ..., numbered from
+    ``start_index``; each is renamed to NAME_00000.EXT as soon as it is complete. After a hard kill
+    only the file being written keeps its ``.partial`` name, and it plays up to its last fragment."""
+
     kind = "file"
 
-    def __init__(self, path: str, fps: float, encoder: str):
+    def __init__(self, path: str, fps: float, encoder: str, *, segment_s: float = 0.0, start_index: int = 0):
         self.path = path
-        self.tmp = partial_path(path)
+        self.segment_s = segment_s
+        self.start_index = start_index
+        self.tmp = gstmod.segment_pattern(path) if segment_s > 0 else partial_path(path)
         self.encoder = encoder
         super().__init__(f"--output {path}", fps,
-                         lambda w, h: gstmod.file_sink_launch(self.tmp, w, h, self.fps, self.encoder))
+                         lambda w, h, fps: gstmod.file_sink_launch(self.tmp, w, h, fps, self.encoder,
+                                                                   segment_s=self.segment_s,
+                                                                   start_index=self.start_index))
 
     def describe(self):
+        if self.segment_s > 0:
+            return (f"file segments of {self.segment_s:g} s {os.path.basename(self.tmp)} from index {self.start_index} "
+                    f"({self.encoder}, renamed without .partial once complete)")
         return f"file {self.path} ({self.encoder}, written as {os.path.basename(self.tmp)} until finalised)"
+
+    def _on_element(self, structure) -> None:
+        if structure is None or structure.get_name() != "splitmuxsink-fragment-closed":
+            return
+        loc = structure.get_string("location")
+        if not loc or ".partial" not in os.path.basename(loc) or not os.path.isfile(loc):
+            return
+        root, ext = os.path.splitext(loc)
+        final = root[: -len(".partial")] + ext if root.endswith(".partial") else loc
+        os.replace(loc, final)
+        self.files.append(final)
+        log.info("segment complete: %s", final)
 
     def close(self):
         if self._pipe is None and self.frames == 0:
             return None
         ok = self._finish(max(10.0, self.frames / 50))
+        if self.segment_s > 0:
+            if ok and self.files:
+                return self.files[0]
+            log.error("%s: not finalised (%s); the unfinished segment keeps its .partial name", self.what, self.error)
+            return self.files[0] if self.files else None
         if ok and os.path.isfile(self.tmp):
             os.replace(self.tmp, self.path)
+            self.files.append(self.path)
             return self.path
         log.error("%s: not finalised (%s); the partial file is %s", self.what, self.error, self.tmp)
         return None
@@ -221,6 +301,7 @@ class OpenCVFileSink(Sink):
         self._w = None
         if os.path.isfile(self.tmp) and os.path.getsize(self.tmp) > 0:
             os.replace(self.tmp, self.path)
+            self.files.append(self.path)
             return self.path
         return None
 
@@ -238,11 +319,41 @@ def check_output_path(path: str) -> None:
         raise UserError(f"--output {path}: is a folder; give a file name such as {os.path.join(path, 'fused.mp4')}")
 
 
+def _segment_re(path: str):
+    root, ext = os.path.splitext(os.path.basename(path))
+    return re.compile(re.escape(root) + r"_(\d{5,})(\.partial)?" + re.escape(ext) + "$")
+
+
+def choose_output_path(path: str, *, segment_s: float = 0.0, overwrite: bool = False) -> tuple[str, int]:
+    """Where a recording goes without overwriting an earlier one: ``(path, segment start index)``.
+
+    One file: ``out.mp4`` if neither it nor ``out.partial.mp4`` (left by a killed run) exists,
+    else the first free ``out.1.mp4``, ``out.2.mp4``, ... Segments: numbering continues after the
+    highest ``out_NNNNN[.partial].mp4`` already there. ``overwrite``: the name as given, index 0."""
+    if segment_s > 0:
+        if overwrite:
+            return path, 0
+        d = os.path.dirname(os.path.abspath(path))
+        pat = _segment_re(path)
+        taken = [int(m.group(1)) for f in (os.listdir(d) if os.path.isdir(d) else []) if (m := pat.match(f))]
+        return path, (max(taken) + 1 if taken else 0)
+    if overwrite or not (os.path.exists(path) or os.path.exists(partial_path(path))):
+        return path, 0
+    root, ext = os.path.splitext(path)
+    n = 1
+    while os.path.exists(f"{root}.{n}{ext}") or os.path.exists(partial_path(f"{root}.{n}{ext}")):
+        n += 1
+    return f"{root}.{n}{ext}", 0
+
+
 _SAID_OPENCV = False
 
 
-def make_sink(uri: StreamURI, fps: float, encoder: str = "auto") -> Sink:
-    """The sink for an output URI. Checks what can be checked before any frame exists."""
+def make_sink(uri: StreamURI, fps: float, encoder: str = "auto", *, segment_s: float = 0.0,
+              overwrite: bool = False) -> Sink:
+    """The sink for an output URI. Checks what can be checked before any frame exists.
+    ``fps`` is provisional: the pipeline sets ``sink.fps`` to the real output rate before the
+    first frame, and the GStreamer pipelines are built then."""
     global _SAID_OPENCV
     if encoder not in ENCODER_CHOICES:
         raise UserError(f"--encoder {encoder}: use one of {', '.join(ENCODER_CHOICES)}")
@@ -251,8 +362,18 @@ def make_sink(uri: StreamURI, fps: float, encoder: str = "auto") -> Sink:
     gst_ok = gstmod.have_gst()
     if uri.kind == "file":
         check_output_path(uri.location)
+        path, start = choose_output_path(uri.location, segment_s=segment_s, overwrite=overwrite)
+        if segment_s > 0 and start:
+            log.warning("--output %s: segments up to %05d exist; numbering continues at %05d",
+                        uri.location, start - 1, start)
+        elif path != uri.location:
+            log.warning("--output %s: an earlier recording has that name; writing %s instead (--overwrite replaces it)",
+                        uri.location, path)
+        if segment_s > 0 and (encoder == "opencv" or not gst_ok):
+            raise UserError(f"--segment needs GStreamer's splitmuxsink ({gstmod.gst_reason() or 'not with --encoder opencv'}); "
+                            "drop --segment or use --encoder auto")
         if encoder == "opencv":
-            return OpenCVFileSink(uri.location, fps)
+            return OpenCVFileSink(path, fps)
         enc = gstmod.pick_encoder(None if encoder == "auto" else encoder) if gst_ok else None
         if enc is None:
             if encoder not in ("auto", "opencv"):
@@ -260,12 +381,18 @@ def make_sink(uri: StreamURI, fps: float, encoder: str = "auto") -> Sink:
                     raise UserError(f"--encoder {encoder} needs GStreamer ({gstmod.gst_reason()}); use --encoder auto")
                 raise UserError(f"--encoder {encoder}: the GStreamer element is not installed "
                                 f"({gstmod.ELEMENT_PACKAGES.get(encoder, 'its plugin package')}); use --encoder auto")
+            if segment_s > 0:
+                raise UserError("--segment needs an H.264 encoder element: install gstreamer1.0-plugins-ugly (x264enc) "
+                                "or gstreamer1.0-plugins-bad (openh264enc)")
             if not _SAID_OPENCV:
                 why = gstmod.gst_reason() if not gst_ok else "no H.264 encoder element (x264enc, openh264enc, nvv4l2h264enc)"
-                log.warning("writing %s with OpenCV's mp4v writer: %s", uri.location, why)
+                log.warning("writing %s with OpenCV's mp4v writer: %s", path, why)
                 _SAID_OPENCV = True
-            return OpenCVFileSink(uri.location, fps)
-        return GstFileSink(uri.location, fps, enc)
+            return OpenCVFileSink(path, fps)
+        sink = GstFileSink(path, fps, enc, segment_s=segment_s, start_index=start)
+        gstmod.check_elements(gstmod.file_sink_launch(sink.tmp, 64, 64, fps, enc, segment_s=segment_s),
+                              f"--output {uri.raw}")
+        return sink
     if not gst_ok:
         raise UserError(f"--output {uri.raw} needs GStreamer ({gstmod.gst_reason()}); install python3-gst-1.0 and "
                         "PyGObject, or write a file (--output file://out.mp4)")
@@ -274,19 +401,19 @@ def make_sink(uri: StreamURI, fps: float, encoder: str = "auto") -> Sink:
             raise UserError(f"--output {uri.raw}: no display (DISPLAY/WAYLAND_DISPLAY not set); use --output "
                             "file://out.mp4, udp://HOST:PORT or none")
         gstmod.check_elements(gstmod.display_sink_launch(64, 64, fps), f"--output {uri.raw}")
-        return GstSink(f"--output {uri.raw}", fps, lambda w, h: gstmod.display_sink_launch(w, h, fps))
+        return GstSink(f"--output {uri.raw}", fps, gstmod.display_sink_launch)
     enc = gstmod.pick_encoder(None if encoder in ("auto", "opencv") else encoder)
     if enc is None:
         raise UserError(f"--output {uri.raw} needs an H.264 encoder: install gstreamer1.0-plugins-ugly (x264enc) "
                         "or gstreamer1.0-plugins-bad (openh264enc)")
     if uri.kind == "udp":
-        build = lambda w, h: gstmod.udp_sink_launch(uri.host, uri.port, w, h, fps, enc)  # noqa: E731
-        gstmod.check_elements(build(64, 64), f"--output {uri.raw}")
+        build = lambda w, h, fps: gstmod.udp_sink_launch(uri.host, uri.port, w, h, fps, enc)  # noqa: E731
+        gstmod.check_elements(build(64, 64, fps), f"--output {uri.raw}")
         log.info("streaming RTP/H.264 to %s:%d; receive with: %s", uri.host, uri.port, gstmod.udp_receiver_hint(uri.port))
         return GstSink(f"--output {uri.raw}", fps, build)
     if uri.kind == "rtsp":
-        build = lambda w, h: gstmod.rtsp_sink_launch(uri.location, w, h, fps, enc)  # noqa: E731
-        gstmod.check_elements(build(64, 64), f"--output {uri.raw}",
+        build = lambda w, h, fps: gstmod.rtsp_sink_launch(uri.location, w, h, fps, enc)  # noqa: E731
+        gstmod.check_elements(build(64, 64, fps), f"--output {uri.raw}",
                               "rtsp:// output publishes to an RTSP server (e.g. mediamtx); or use udp://HOST:PORT")
         return GstSink(f"--output {uri.raw}", fps, build)
     raise UserError(f"--output {uri.raw}: unsupported output")
@@ -326,6 +453,7 @@ class MultiSink(Sink):
     def close(self):
         paths = [s.close() for s in self.sinks]
         for s in self.sinks:
+            self.files.extend(s.files)
             if s.error and not self.error:
                 self.error = s.error
         files = [p for p in paths if p]

@@ -6,8 +6,6 @@ uniform reservoir) for the summary.
 """
 from __future__ import annotations
 
-import json
-import os
 import random
 import threading
 import time
@@ -59,7 +57,6 @@ class Stats:
         self.out_times = deque(maxlen=window)
         self.reconnects = defaultdict(int)
         self.info: dict = {}
-        self.errors: list[str] = []
 
     def count_in(self, role: str):
         with self.lock:
@@ -143,7 +140,6 @@ class Stats:
                 "drops": dict(sorted(self.drops.items())),
                 "drops_total": int(sum(self.drops.values())),
                 "reconnects": dict(self.reconnects),
-                "errors": list(self.errors),
             }
         d["fps"] = round(self.fps_overall(), 3)
         d["latency_ms"] = percentiles(lat)
@@ -151,12 +147,3 @@ class Stats:
         d["stage_ms"] = stage
         d.update(self.info)
         return d
-
-    def write_json(self, path: str) -> None:
-        d = self.summary()
-        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(d, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)

@@ -299,6 +299,50 @@ def expand_images(uri: StreamURI, flag: str) -> list[str]:
     return sorted(files, key=natural_key)
 
 
+@dataclass(frozen=True)
+class ImagePairing:
+    """Two image sequences paired by file stem (as ``moefusion-fuse`` pairs folders): every stem
+    of either sequence gets a slot, in natural order; a frame is timed at its slot, so a file
+    missing on one side leaves only its partner unpaired and never shifts the later pairs."""
+
+    ir_slots: tuple  # slot of each IR file, in the sequence's order
+    vis_slots: tuple
+    n_slots: int
+    only_ir: tuple  # stems without a partner
+    only_vis: tuple
+
+    def slots(self, role: str) -> tuple:
+        return self.ir_slots if role == "ir" else self.vis_slots
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def pair_by_stem(ir_files: list[str], vis_files: list[str], ir_what: str = "--ir", vis_what: str = "--vis") -> ImagePairing:
+    """Slots for two image sequences paired by file stem (see ``ImagePairing``). Two single
+    images pair whatever their names. Raises UserError for a stem twice in one sequence, or
+    for two sequences with no stem in common."""
+    if len(ir_files) == 1 and len(vis_files) == 1:
+        return ImagePairing((0,), (0,), 1, (), ())
+    for files, what in ((ir_files, ir_what), (vis_files, vis_what)):
+        seen: dict[str, str] = {}
+        for f in files:
+            if _stem(f) in seen:
+                raise UserError(f"{what}: {seen[_stem(f)]} and {f} have the same name {_stem(f)!r}; image folders pair "
+                                "IR and VIS by file name, keep one of them")
+            seen[_stem(f)] = f
+    ir_stems, vis_stems = [_stem(f) for f in ir_files], [_stem(f) for f in vis_files]
+    common = set(ir_stems) & set(vis_stems)
+    if not common:
+        raise UserError(f"{ir_what} and {vis_what}: no file name in common (e.g. {ir_stems[0]!r} and {vis_stems[0]!r}); "
+                        "two image folders pair IR and VIS by file name, as moefusion-fuse does: name each pair alike")
+    order = {s: i for i, s in enumerate(sorted(set(ir_stems) | set(vis_stems), key=natural_key))}
+    return ImagePairing(tuple(order[s] for s in ir_stems), tuple(order[s] for s in vis_stems), len(order),
+                        tuple(sorted(set(ir_stems) - common, key=natural_key)),
+                        tuple(sorted(set(vis_stems) - common, key=natural_key)))
+
+
 def natural_key(s: str):
     """Sort key that orders frame_2 before frame_10."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
