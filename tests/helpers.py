@@ -27,12 +27,41 @@ REAL_PAIRS = (
 
 
 def randomise_gates(model, seed=0, scale=0.05):
-    """Trained-like gates: random weights so that different inputs pick different experts
-    (as in tests/test_model.py)."""
+    """Trained-like gates: random weights so that different inputs pick different experts.
+
+    A moments gate (mean and std per channel) sees descriptors that share a large common part
+    (the biases' contribution), so random weights alone rank the experts the same for every input:
+    the direction of the mean descriptor of varied probe inputs is projected out of the weights.
+    """
     g = torch.Generator().manual_seed(seed)
+    layers = (model.mole_fg, model.mole_bg, model.moge)
+    common = {}
+    if any(layer.pool == "moments" for layer in layers):
+        from moefusion.model.gating import gate_descriptor
+
+        hooks = [layer.register_forward_pre_hook(
+            lambda mod, args: common.setdefault(mod, []).append(gate_descriptor(args[0], mod.grid, mod.pool)))
+            for layer in layers]
+        probe = torch.Generator().manual_seed(1234)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                model(torch.rand(4, 1, 64, 64, generator=probe) * torch.linspace(0.1, 1, 4).reshape(4, 1, 1, 1),
+                      torch.rand(4, 1, 64, 64, generator=probe) ** torch.linspace(0.5, 3, 4).reshape(4, 1, 1, 1))
+        finally:
+            for h in hooks:
+                h.remove()
+            model.train(was_training)
     with torch.no_grad():
-        for layer in (model.mole_fg, model.mole_bg, model.moge):
-            layer.w_gate.copy_(torch.randn(layer.w_gate.shape, generator=g) * scale)
+        for layer in layers:
+            w = torch.randn(layer.w_gate.shape, generator=g) * scale
+            if layer in common:
+                d = torch.cat(common[layer]).mean(0)
+                d = d / d.norm().clamp_min(1e-12)
+                w = w - d[:, None] * (d @ w)[None, :]
+                w = w * (scale * layer.w_gate.shape[0] ** 0.5 / w.norm(dim=0, keepdim=True).clamp_min(1e-12))
+            layer.w_gate.copy_(w)
     return model
 
 

@@ -12,14 +12,7 @@ from moefusion.model.checkpoint import load, read_checkpoint, save_checkpoint
 from moefusion.model.experts import DISPATCH_MODES, DISPATCHERS, ExpertBank
 from moefusion.model.gating import balancing_loss, gate_descriptor, gated_logsumexp, top_k_gating
 
-
-def randomise_gates(model, seed=0, scale=0.05):
-    """Trained-like gates: random weights so that different inputs pick different experts."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in (model.mole_fg, model.mole_bg, model.moge):
-            layer.w_gate.copy_(torch.randn(layer.w_gate.shape, generator=g) * scale)
-    return model
+from helpers import randomise_gates
 
 
 def varied_batch(b=4, h=64, w=96, seed=0):
@@ -229,3 +222,157 @@ def test_checkpoint_errors(tmp_path):
         read_checkpoint(tmp_path / "missing.pt")
     with pytest.raises(UserError, match="unknown model file type"):
         load(tmp_path / "x.bin")
+
+
+# -- presets and their fields ----------------------------------------------------------------
+
+def test_moments_descriptor_is_the_same_for_a_crop_and_the_whole_frame():
+    """A scene's statistics do not depend on the crop's scale or aspect; a grid descriptor does."""
+    g = torch.Generator().manual_seed(0)
+    tile = torch.rand(1, 3, 48, 48, generator=g)
+    frame = tile.repeat(1, 1, 5, 8)  # a 240x384 frame made of the same texture
+    crop = frame[..., :96, :96]
+    for a, b in ((frame, crop), (frame, tile)):
+        torch.testing.assert_close(gate_descriptor(a, (4, 4), "moments"), gate_descriptor(b, (4, 4), "moments"),
+                                   rtol=1e-4, atol=1e-5)
+    assert gate_descriptor(frame, (4, 4), "moments").shape == (1, 6)
+    # mean and (population) std per channel, in that order
+    x = torch.arange(8.0).reshape(1, 2, 2, 2)
+    torch.testing.assert_close(gate_descriptor(x, (1, 1), "moments"),
+                               torch.tensor([[1.5, 5.5, 1.118034, 1.118034]]), rtol=1e-5, atol=1e-5)
+    ramp = frame * torch.linspace(0.5, 1.5, frame.shape[-1])  # a scene brighter to the right
+    assert not torch.allclose(gate_descriptor(ramp, (4, 4)), gate_descriptor(ramp[..., :96, :96], (4, 4)), atol=0.05)
+
+
+def test_preset_fields():
+    paper, edge = moefusion.model.preset_config("paper"), moefusion.model.preset_config("edge")
+    assert not paper.encoder_relu and paper.gate_pool == "grid" and paper.detector_norm == "frozen"
+    assert edge.gate_pool == "moments" and edge.k == 2
+    assert paper.backbone_weights == edge.backbone_weights == "DEFAULT"
+    with pytest.raises(ValueError, match="gate_pool"):
+        moefusion.build_model("edge", gate_pool="pyramid")
+    with pytest.raises(ValueError, match="k=5"):
+        moefusion.build_model("edge", k=5)
+    # k is a preset field: k=1 runs one expert per sample
+    m = moefusion.build_model("edge", k=1).eval()
+    with torch.no_grad():
+        out = m(torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64))
+    assert all(r.shape == (2, 1) for r in out.routes.values())
+
+
+def test_encoder_relu_field_is_the_only_difference():
+    torch.manual_seed(0)
+    linear = moefusion.build_model("edge", encoder_relu=False).eval()
+    relu = moefusion.build_model("edge", encoder_relu=True).eval()
+    relu.load_state_dict(linear.state_dict())
+    x = torch.rand(1, 1, 32, 32) - 0.5
+    feats_l, _ = linear.enc_vis(x)
+    feats_r, _ = relu.enc_vis(x)
+    assert (feats_l < 0).any() and (feats_r >= 0).all()
+
+
+@pytest.mark.parametrize("with_ir,with_vis", [(True, False), (False, True), (True, True)])
+def test_detector_heads_train_on_their_own_modality(with_ir, with_vis):
+    """IR boxes without VIS boxes (and the reverse) train that modality's detector only."""
+    torch.manual_seed(0)
+    model = moefusion.build_model("edge", detector_norm="group", backbone_weights=None).train()
+    x = torch.rand(2, 1, 128, 128)
+    t = [{"boxes": torch.tensor([[10.0, 20.0, 60.0, 90.0]]), "labels": torch.tensor([1])}] * 2
+    out = model(x, x, targets_ir=t if with_ir else None, targets_vis=t if with_vis else None)
+    prefixes = {k.split("_")[0] for k in out.det_losses}
+    assert prefixes == {m for m, on in (("ir", with_ir), ("vis", with_vis)) if on}
+    sum(out.det_losses.values()).backward()
+    heads = {"ir": model.attention.det_ir, "vis": model.attention.det_vis}
+    for m, head in heads.items():
+        has_grad = any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+        assert has_grad == (m in prefixes), m
+    assert out.detections is None and len(out.attention_maps) == 2
+
+
+def test_group_norm_attention_works_at_batch_one():
+    model = moefusion.build_model("edge", detector_norm="group", backbone_weights=None).train()
+    out = model(torch.rand(1, 1, 96, 96), torch.rand(1, 1, 96, 96))
+    a_vis, a_ir = out.attention_maps
+    assert a_vis.shape == (1, 1, 24, 24) and torch.isfinite(a_ir).all()
+
+
+@pytest.mark.parametrize("detector,enum_name", [("mobilenet_v3_small", "MobileNet_V3_Small_Weights"),
+                                                 ("resnet50", "ResNet50_Weights")])
+def test_pretrained_backbones_load_from_torchvision_cache(tmp_path, monkeypatch, detector, enum_name):
+    """The path users take: torchvision's weight enum, its cache file, RGB stem summed to one channel,
+    the stem frozen. No download is possible here, so a state dict is saved where torchvision looks."""
+    import torchvision
+    from torchvision import models as tvm
+
+    from moefusion.model.attention import BACKBONE_WEIGHTS, backbone_weights_enum
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        weights = backbone_weights_enum(detector, "DEFAULT")
+        assert BACKBONE_WEIGHTS[detector].__name__ == enum_name and weights is getattr(tvm, enum_name).DEFAULT
+        torch.manual_seed(1)
+        builder = torchvision.models.mobilenet_v3_small if detector == "mobilenet_v3_small" else torchvision.models.resnet50
+        classifier = builder(weights=None)
+        cache = tmp_path / "hub" / "checkpoints"
+        cache.mkdir(parents=True)
+        torch.save(classifier.state_dict(), cache / weights.url.rsplit("/", 1)[-1])
+
+        kw = {"detector": detector, "detector_norm": "frozen", "fpn_channels": 32}
+        model = moefusion.build_model("edge", **kw)
+        frozen = model.attention.load_pretrained("DEFAULT")
+        body = model.attention.backbone_ir.body
+        first = body["0"][0] if detector == "mobilenet_v3_small" else body.conv1
+        src = classifier.features[0][0].weight if detector == "mobilenet_v3_small" else classifier.conv1.weight
+        torch.testing.assert_close(first.weight, src.sum(dim=1, keepdim=True))
+        assert frozen and not first.weight.requires_grad
+        assert any(p.requires_grad for p in body.parameters())  # only the stem is frozen
+        with pytest.raises(ValueError, match="IMAGENET9K"):
+            backbone_weights_enum(detector, "IMAGENET9K")
+    finally:
+        torch.hub.set_dir(str(tmp_path / "unused"))
+
+
+def test_format1_checkpoints_keep_their_architecture(tmp_path):
+    """Checkpoints written before the preset fields existed rebuild as they were trained."""
+    from moefusion.model.checkpoint import FORMAT1_CONFIG, checkpoint_dict
+
+    model = moefusion.build_model("edge", **FORMAT1_CONFIG)
+    ckpt = checkpoint_dict(model)
+    ckpt["format_version"] = 1
+    for k in FORMAT1_CONFIG:
+        del ckpt["config"][k]
+    torch.save(ckpt, tmp_path / "v1.pt")
+    again = load(tmp_path / "v1.pt", device="cpu")
+    assert again.cfg.gate_pool == "grid" and again.cfg.encoder_relu and again.cfg.detector_norm == "batch"
+
+
+def test_moments_gate_standardises_with_running_statistics_in_training_too():
+    """A batch holds one dataset: batch statistics would erase the differences between scenes the
+    gate must see, so training normalises with the running statistics (and updates them)."""
+    from moefusion.model.moe import GatedExperts
+
+    layer = GatedExperts(4, 2, [3, 4, 3], 3, (4, 4), 0.1, pool="moments").train()
+    bright = torch.rand(4, 3, 16, 16) + 2.0
+    for _ in range(400):  # running statistics settle on a mix of dark and bright scenes
+        layer.normalise(torch.cat([layer_desc(bright), layer_desc(bright - 2.0)]))
+    d_bright = layer.normalise(layer_desc(bright))
+    assert (d_bright[:, :3] > 0.5).all()  # bright scenes stay above the mean: not standardised away
+    layer.eval()
+    torch.testing.assert_close(layer.normalise(layer_desc(bright)), d_bright)
+    assert moefusion.build_model("paper").moge.desc_norm is None  # the grid gate is the paper's
+
+
+def layer_desc(x):
+    return gate_descriptor(x, (4, 4), "moments")
+
+
+def test_decoder_sees_the_last_block_only_through_mole_in_edge():
+    model = moefusion.build_model("edge").eval()
+    cfg = model.cfg
+    assert not cfg.decoder_skips_last_block and cfg.decoder_in == 2 * (cfg.encoder_out - cfg.growth) + 2 * cfg.growth
+    assert moefusion.build_model("paper").cfg.decoder_in == 160  # upstream: every encoder feature
+    fv, fi = torch.rand(1, cfg.encoder_out, 8, 8), torch.rand(1, cfg.encoder_out, 8, 8)
+    y = torch.rand(1, cfg.growth, 8, 8)
+    enc = model.decoder_input(fv, fi, y, y)
+    assert enc.shape[1] == cfg.decoder_in and torch.equal(enc[:, : cfg.encoder_out - cfg.growth], fv[:, : -cfg.growth])

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ..model.attention import INPUT_MEAN, INPUT_STD
 from ..model.fusion import STRIDE
+from ..model.gating import gate_descriptor
 
 DISPATCHES = ("sparse", "dense")
 FLAVOURS = ("standard", "plugin")
@@ -119,6 +120,10 @@ class ExportModule(nn.Module):
 
     # -- MoE layers --------------------------------------------------------------------------
     def _route(self, layer, features):
+        if layer.pool == "moments":  # ReduceMean/Sqrt in the graph: the MoEGate plugin implements the grid only
+            desc = layer.normalise(gate_descriptor(features, layer.grid, "moments"))
+            top, idx = (desc @ layer.w_gate).topk(layer.k, dim=1)
+            return idx, torch.softmax(top, dim=1)
         if self.flavour == "plugin":
             idx, weights = _kernel_ops().gate(features, layer.w_gate, layer.grid[0], layer.grid[1], layer.k)
             return idx.long(), weights
@@ -186,7 +191,7 @@ class ExportModule(nn.Module):
         bg = (last_vis * (1 - att), last_ir * (1 - att))
         y_fg, r_fg = self._moe(m.mole_fg, torch.cat(fg, dim=1), fg)
         y_bg, r_bg = self._moe(m.mole_bg, torch.cat(bg, dim=1), bg)
-        enc = torch.cat([feat_vis, feat_ir, y_fg, y_bg], dim=1)
+        enc = m.decoder_input(feat_vis, feat_ir, y_fg, y_bg)
         y, r_dec = self._moe(m.moge, enc, enc)
 
         out = [y[..., :h, :w].clamp(0.0, 1.0), att[..., :h, :w]]

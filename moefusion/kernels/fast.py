@@ -62,11 +62,17 @@ def kernels_usable(t: Tensor) -> bool:
 
 
 # ----------------------------------------------------------------------------- the three primitives
-def gate(features: Tensor, w_gate: Tensor, grid: tuple[int, int], k: int) -> tuple[Tensor, Tensor]:
-    """(indices int32 [B, k], weights float32 [B, k]) of eval-mode top-k gating (gating.py)."""
-    if kernels_usable(features):
+def gate(features: Tensor, w_gate: Tensor, grid: tuple[int, int], k: int, pool: str = "grid",
+         normalise=None) -> tuple[Tensor, Tensor]:
+    """(indices int32 [B, k], weights float32 [B, k]) of eval-mode top-k gating (gating.py).
+    The gate kernel implements the grid descriptor; the moments descriptor (standardised by
+    ``normalise``) runs in PyTorch ops."""
+    if pool == "grid" and kernels_usable(features):
         return torch.ops.moefusion.gate(features, w_gate, int(grid[0]), int(grid[1]), int(k))
-    g = top_k_gating(gate_descriptor(features.float(), tuple(grid)), w_gate.float(), k, train=False)
+    desc = gate_descriptor(features.float(), tuple(grid), pool)
+    if normalise is not None:
+        desc = normalise(desc)
+    g = top_k_gating(desc, w_gate.float(), k, train=False)
     return g.indices.to(torch.int32), g.weights
 
 
@@ -234,7 +240,7 @@ def accelerate(model: torch.nn.Module, strategy: str = "gathered") -> torch.nn.M
         def forward(gate_features, inputs):
             if layer.training or not kernels_usable(gate_features):
                 return original(gate_features, inputs)
-            indices, weights = gate(gate_features, layer.w_gate, layer.grid, layer.k)
+            indices, weights = gate(gate_features, layer.w_gate, layer.grid, layer.k, layer.pool, layer.normalise)
             if isinstance(inputs, torch.Tensor):
                 x, groups = inputs, 1
             else:

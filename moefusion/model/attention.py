@@ -12,12 +12,14 @@ detectors see single-channel images (IR, and the visible luminance), so gray cam
 """
 from __future__ import annotations
 
+import functools
+import math
 from collections import OrderedDict
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models import mobilenet_v3_small, resnet50
+from torchvision.models import MobileNet_V3_Small_Weights, ResNet50_Weights, mobilenet_v3_small, resnet50
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -25,6 +27,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .presets import ModelConfig
@@ -36,8 +39,16 @@ NUM_LEVELS = len(ANCHOR_SIZES)  # FPN levels 0-3 and the max-pooled one
 INPUT_MEAN, INPUT_STD = 0.5, 0.25
 
 
-def _resnet50_fpn(fpn_channels: int) -> BackboneWithFPN:
-    body = resnet50(weights=None, norm_layer=nn.BatchNorm2d)
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 8 groups (a divisor of ``channels``): independent of the batch size."""
+    return nn.GroupNorm(math.gcd(8, channels), channels)
+
+
+NORM_LAYERS = {"frozen": FrozenBatchNorm2d, "batch": nn.BatchNorm2d, "group": group_norm}
+
+
+def _resnet50_fpn(fpn_channels: int, norm: str) -> BackboneWithFPN:
+    body = resnet50(weights=None, norm_layer=NORM_LAYERS[norm])
     body.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return BackboneWithFPN(
         body,
@@ -48,8 +59,11 @@ def _resnet50_fpn(fpn_channels: int) -> BackboneWithFPN:
     )
 
 
-def _mobilenet_v3_small_fpn(fpn_channels: int) -> BackboneWithFPN:
-    features = mobilenet_v3_small(weights=None).features[:12]  # up to stride 32, without the 576-ch head
+def _mobilenet_v3_small_fpn(fpn_channels: int, norm: str) -> BackboneWithFPN:
+    norm_layer = NORM_LAYERS[norm]
+    if norm == "batch":  # torchvision's own setting for MobileNetV3
+        norm_layer = functools.partial(nn.BatchNorm2d, eps=0.001, momentum=0.01)
+    features = mobilenet_v3_small(weights=None, norm_layer=norm_layer).features[:12]  # to stride 32, no 576-ch head
     first = features[0][0]
     features[0][0] = nn.Conv2d(1, first.out_channels, 3, stride=2, padding=1, bias=False)
     # strides 4, 8, 16, 32 end after blocks 1, 3, 8, 11 (16, 24, 48, 96 channels)
@@ -63,23 +77,58 @@ def _mobilenet_v3_small_fpn(fpn_channels: int) -> BackboneWithFPN:
 
 
 BACKBONES = {"resnet50": _resnet50_fpn, "mobilenet_v3_small": _mobilenet_v3_small_fpn}
+# torchvision weight enums of the classification networks the backbones are cut from, the first
+# conv of each (RGB in torchvision, one channel here), and what stays frozen when they are loaded
+# (upstream's mmdet config: frozen_stages=1, i.e. the ResNet stem and layer1).
+BACKBONE_WEIGHTS = {"resnet50": ResNet50_Weights, "mobilenet_v3_small": MobileNet_V3_Small_Weights}
+FIRST_CONV = {"resnet50": ("conv1.weight", "conv1.weight"), "mobilenet_v3_small": ("features.0.0.weight", "0.0.weight")}
+FROZEN_PREFIXES = {"resnet50": ("conv1.", "bn1.", "layer1."), "mobilenet_v3_small": ("0.",)}
+
+
+def backbone_weights_enum(detector: str, name: str):
+    """The torchvision weight enum member ``name`` ("DEFAULT", "IMAGENET1K_V1", ...) of a detector."""
+    enum = BACKBONE_WEIGHTS[detector]
+    try:
+        return enum[name] if name != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        choices = ", ".join(["DEFAULT", *enum.__members__])
+        raise ValueError(f"backbone_weights={name!r} is not a {enum.__name__} member; choose from {choices}") from None
+
+
+def pretrained_body_state(detector: str, name: str) -> dict:
+    """A backbone body's state dict from torchvision's ImageNet classifier weights (downloaded to
+    torchvision's cache on first use), the first conv summed over RGB for one-channel input."""
+    weights = backbone_weights_enum(detector, name)
+    state = weights.get_state_dict(progress=False)
+    src, dst = FIRST_CONV[detector]
+    out = {}
+    prefix = "features." if detector == "mobilenet_v3_small" else ""
+    for key, value in state.items():
+        if not key.startswith(prefix):
+            continue
+        out[key[len(prefix):]] = value
+    out[dst] = state[src].sum(dim=1, keepdim=True)
+    return out
 
 
 class AttentionHead(nn.Module):
-    """conv1x1-BN-ReLU-conv1x1-BN-sigmoid, convs shared by all FPN levels, BatchNorms per level.
+    """conv1x1-norm-ReLU-conv1x1-norm-sigmoid, convs shared by all FPN levels, norms per level.
 
     One BatchNorm shared across levels would keep running statistics that are a blend of all
     levels, so level 0's attention at inference would differ from what the fusion network saw in
-    training (where each level is normalised by its own batch statistics).
+    training (where each level is normalised by its own batch statistics). With ``norm="group"``
+    the first norm is a GroupNorm (batch-size independent) and the last conv has a bias instead of
+    a norm: normalising a one-channel map per sample would force half of every frame above 0.5.
     """
 
-    def __init__(self, channels: int, levels: int = NUM_LEVELS):
+    def __init__(self, channels: int, levels: int = NUM_LEVELS, norm: str = "batch"):
         super().__init__()
         mid = max(channels // 2, 1)
+        group = norm == "group"
         self.conv1 = nn.Conv2d(channels, mid, 1, bias=False)
-        self.conv2 = nn.Conv2d(mid, 1, 1, bias=False)
-        self.bn1 = nn.ModuleList(nn.BatchNorm2d(mid) for _ in range(levels))
-        self.bn2 = nn.ModuleList(nn.BatchNorm2d(1) for _ in range(levels))
+        self.conv2 = nn.Conv2d(mid, 1, 1, bias=group)
+        self.bn1 = nn.ModuleList((group_norm(mid) if group else nn.BatchNorm2d(mid)) for _ in range(levels))
+        self.bn2 = nn.ModuleList((nn.Identity() if group else nn.BatchNorm2d(1)) for _ in range(levels))
 
     def forward(self, x, level: int = 0):
         x = F.relu(self.bn1[level](self.conv1(x)))
@@ -143,11 +192,13 @@ class DetectionAttention(nn.Module):
         if cfg.detector not in BACKBONES:
             raise ValueError(f"unknown detector {cfg.detector!r}; choose from {', '.join(BACKBONES)}")
         c = cfg.fpn_channels
-        self.backbone_vis = BACKBONES[cfg.detector](c)
-        self.backbone_ir = BACKBONES[cfg.detector](c)
+        self.detector = cfg.detector
+        self.backbone_vis = BACKBONES[cfg.detector](c, cfg.detector_norm)
+        self.backbone_ir = BACKBONES[cfg.detector](c, cfg.detector_norm)
         self.fusion_conv = nn.Conv2d(2 * c, c, 1)
-        self.att_vis = AttentionHead(c)
-        self.att_ir = AttentionHead(c)
+        head_norm = "group" if cfg.detector_norm == "group" else "batch"
+        self.att_vis = AttentionHead(c, norm=head_norm)
+        self.att_ir = AttentionHead(c, norm=head_norm)
         self.det_vis = Detector(cfg)
         self.det_ir = Detector(cfg)
 
@@ -157,28 +208,52 @@ class DetectionAttention(nn.Module):
         a_vis, a_ir = self.att_vis(f_vis, level), self.att_ir(f_ir, level)
         return f_vis * (1 + a_vis), f_ir * (1 + a_ir), a_vis, a_ir
 
-    def level0(self, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-        """max(a_vis, a_ir) at stride 4 (inference path)."""
+    def load_pretrained(self, name: str) -> list[str]:
+        """Both backbones from torchvision's ImageNet weights ``name``; freezes the stem as upstream
+        does. Returns the names of the frozen parameters."""
+        state = pretrained_body_state(self.detector, name)
+        frozen = []
+        for tag, backbone in (("backbone_vis", self.backbone_vis), ("backbone_ir", self.backbone_ir)):
+            own = backbone.body.state_dict()
+            missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+            if missing:
+                raise ValueError(f"{name} weights lack {len(missing)} backbone entries, e.g. {missing[:2]}")
+            backbone.body.load_state_dict({k: state.get(k, own[k]) for k in own})
+            for pname, p in backbone.body.named_parameters():
+                if pname.startswith(FROZEN_PREFIXES[self.detector]):
+                    p.requires_grad_(False)
+                    frozen.append(f"attention.{tag}.body.{pname}")
+        return frozen
+
+    def level0_maps(self, vis: torch.Tensor, ir: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a_vis, a_ir) at stride 4 from the finest FPN level only (inference path)."""
         feats = []
         for backbone, x in ((self.backbone_vis, vis), (self.backbone_ir, ir)):
             body = backbone.body((x - INPUT_MEAN) / INPUT_STD)
             feats.append(_fpn_level0(backbone.fpn, list(body.values())))
         _, _, a_vis, a_ir = self._attend(*feats)
-        return torch.maximum(a_vis, a_ir)
+        return a_vis, a_ir
 
-    def forward(self, vis, ir, targets_vis=None, targets_ir=None):
-        """All levels and both detectors: (level-0 attention, detections, losses)."""
+    def level0(self, vis: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        """max(a_vis, a_ir) at stride 4 (inference path)."""
+        return torch.maximum(*self.level0_maps(vis, ir))
+
+    def forward(self, vis, ir, targets_vis=None, targets_ir=None, detect=("vis", "ir")):
+        """All levels and the detectors named in ``detect``: (level-0 attention, detections, losses,
+        level-0 (a_vis, a_ir)). A detector trains only on its own modality's targets."""
         size = tuple(vis.shape[-2:])
         fv = self.backbone_vis((vis - INPUT_MEAN) / INPUT_STD)
         fi = self.backbone_ir((ir - INPUT_MEAN) / INPUT_STD)
         ev, ei = OrderedDict(), OrderedDict()
-        att0 = None
+        maps0 = None
         for level, name in enumerate(fv):
             ev[name], ei[name], a_vis, a_ir = self._attend(fv[name], fi[name], level)
-            if att0 is None:
-                att0 = torch.maximum(a_vis, a_ir)
-        det_v, loss_v = self.det_vis(ev, size, targets_vis)
-        det_i, loss_i = self.det_ir(ei, size, targets_ir)
-        losses = {f"vis_{k}": v for k, v in loss_v.items()}
-        losses.update({f"ir_{k}": v for k, v in loss_i.items()})
-        return att0, {"vis": det_v, "ir": det_i}, losses
+            if maps0 is None:
+                maps0 = (a_vis, a_ir)
+        dets, losses = {}, {}
+        for modality, det, feats, targets in (("vis", self.det_vis, ev, targets_vis), ("ir", self.det_ir, ei, targets_ir)):
+            if modality not in detect:
+                continue
+            dets[modality], loss = det(feats, size, targets)
+            losses.update({f"{modality}_{k}": v for k, v in loss.items()})
+        return torch.maximum(*maps0), dets, losses, maps0

@@ -1,7 +1,7 @@
 """Checkpoints that rebuild their own model, and ``moefusion.load``.
 
 A checkpoint is a ``torch.save``d dict:
-    format: "moefusion-checkpoint", format_version: 1, moefusion_version,
+    format: "moefusion-checkpoint", format_version: 2, moefusion_version,
     preset: the preset it started from, config: the full ModelConfig (so it alone rebuilds the model),
     state_dict, weights_dtype ("float32" or "float16": release checkpoints store fp16 to stay small),
     meta: free-form (training config, step, metrics, data), and for resumable training checkpoints
@@ -18,10 +18,13 @@ import torch
 from .._version import __version__
 from ..errors import UserError
 from .fusion import MoEFusion
-from .presets import ModelConfig
+from .presets import ModelConfig, validate_config
 
 CHECKPOINT_FORMAT = "moefusion-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Config fields added in format 2, with the values that format-1 checkpoints were built with.
+FORMAT1_CONFIG = {"encoder_relu": True, "gate_pool": "grid", "backbone_weights": None, "detector_norm": "batch",
+                  "decoder_skips_last_block": True}
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "moefusion_edge.pt"
 
@@ -91,7 +94,10 @@ def read_checkpoint(path) -> dict:
 
 def model_from_checkpoint(ckpt: dict, dispatch: str = "sparse", source: str = "checkpoint") -> MoEFusion:
     try:
-        cfg = ModelConfig.from_dict(ckpt["config"])
+        saved = dict(ckpt["config"])
+        if ckpt.get("format_version", 1) < 2:
+            saved = {**FORMAT1_CONFIG, **saved}
+        cfg = validate_config(ModelConfig.from_dict(saved))
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{source}: invalid model config in checkpoint ({e})") from None
     model = MoEFusion(cfg, dispatch=dispatch, preset=ckpt.get("preset"))

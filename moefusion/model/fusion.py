@@ -25,20 +25,24 @@ class FusionOutput(NamedTuple):
     det_losses: dict  # detection losses (training with boxes), else {}
     detections: dict | None  # {'vis': [...], 'ir': [...]} torchvision dicts, when asked for
     routes: dict  # layer name -> expert indices [B, k]
+    gatings: dict  # layer name -> Gating (indices, weights, gates, load) of the MoE layers
+    attention_maps: tuple | None  # training: level-0 (a_vis, a_ir) at stride 4, not detached
 
 
 class DenseEncoder(nn.Module):
-    """Stem conv then three densely connected 3x3 convs (DenseFuse-style), ReLU after each."""
+    """Stem conv then three densely connected 3x3 convs (DenseFuse-style); a ReLU after each when
+    ``relu`` (upstream's encoder has none: its convs are linear)."""
 
-    def __init__(self, stem: int, growth: int):
+    def __init__(self, stem: int, growth: int, relu: bool = True):
         super().__init__()
         self.stem = nn.Conv2d(1, stem, 3, padding=1)
         self.dense = nn.ModuleList(nn.Conv2d(stem + i * growth, growth, 3, padding=1) for i in range(3))
+        self.act = nn.ReLU() if relu else nn.Identity()
 
     def forward(self, x):
-        x = F.relu(self.stem(x))
+        x = self.act(self.stem(x))
         for i, conv in enumerate(self.dense):
-            y = F.relu(conv(x))
+            y = self.act(conv(x))
             if i < len(self.dense) - 1:
                 x = torch.cat([x, y], dim=1)
         return torch.cat([x, y], dim=1), y  # all features, and the last block's (split by attention)
@@ -51,20 +55,20 @@ class MoEFusion(nn.Module):
         self.preset = preset
         g = cfg.growth
         self.attention = DetectionAttention(cfg)
-        self.enc_vis = DenseEncoder(cfg.stem, g)
-        self.enc_ir = DenseEncoder(cfg.stem, g)
+        self.enc_vis = DenseEncoder(cfg.stem, g, cfg.encoder_relu)
+        self.enc_ir = DenseEncoder(cfg.stem, g, cfg.encoder_relu)
 
         def mole():
             return GatedExperts(
                 cfg.mole_experts, cfg.k, [g, cfg.mole_hidden, g], 2 * g, cfg.mole_grid,
-                cfg.mole_loss_coef, cfg.noisy_gating, dispatch,
+                cfg.mole_loss_coef, cfg.noisy_gating, dispatch, cfg.gate_pool,
             )
 
         self.mole_fg = mole()
         self.mole_bg = mole()
         self.moge = GatedExperts(
             cfg.moge_experts, cfg.k, [cfg.decoder_in, *cfg.moge_hidden, 1], cfg.decoder_in, cfg.moge_grid,
-            cfg.moge_loss_coef, cfg.noisy_gating, dispatch,
+            cfg.moge_loss_coef, cfg.noisy_gating, dispatch, cfg.gate_pool,
         )
 
     # -- dispatch -------------------------------------------------------------------------
@@ -80,11 +84,15 @@ class MoEFusion(nn.Module):
         return self
 
     # -- forward --------------------------------------------------------------------------
-    def forward(self, ir, vis, targets_ir=None, targets_vis=None, detections: bool = False) -> FusionOutput:
+    def forward(self, ir, vis, targets_ir=None, targets_vis=None, detections: bool = False,
+                attention_override: torch.Tensor | None = None) -> FusionOutput:
         """ir, vis: [B, 1, H, W] in [0, 1] (IR and visible luminance), any H, W.
 
         targets_*: lists of {'boxes': [N, 4] xyxy px, 'labels': [N] in 1..num_classes} for the
-        detection losses in training; detections=True also returns the detectors' boxes.
+        detection losses in training, per modality (a detector trains on its own modality's boxes;
+        either may be None); detections=True also returns both detectors' boxes.
+        attention_override: a [B, 1, H, W] map used instead of the attention (ablations: how much
+        does the attention steer the fusion?).
         """
         h, w = ir.shape[-2:]
         ph, pw = (-h) % STRIDE, (-w) % STRIDE
@@ -92,13 +100,21 @@ class MoEFusion(nn.Module):
             ir = F.pad(ir, (0, pw, 0, ph), mode="replicate")
             vis = F.pad(vis, (0, pw, 0, ph), mode="replicate")
 
-        with_heads = detections or (self.training and targets_ir is not None)
-        det_losses, dets = {}, None
-        if with_heads:
-            att0, dets, det_losses = self.attention(vis, ir, targets_vis, targets_ir)
+        if detections:
+            detect = ("vis", "ir")
+        elif self.training:
+            detect = tuple(m for m, t in (("vis", targets_vis), ("ir", targets_ir)) if t is not None)
         else:
-            att0 = self.attention.level0(vis, ir)
+            detect = ()
+        det_losses, dets, maps = {}, None, None
+        if detect:
+            att0, dets, det_losses, maps = self.attention(vis, ir, targets_vis, targets_ir, detect=detect)
+        else:
+            maps = self.attention.level0_maps(vis, ir)
+            att0 = torch.maximum(*maps)
         att = F.interpolate(att0, size=vis.shape[-2:], mode="bilinear", align_corners=True).detach()
+        if attention_override is not None:
+            att = F.pad(attention_override.to(att.dtype), (0, pw, 0, ph), mode="replicate")
 
         feat_vis, last_vis = self.enc_vis(vis)
         feat_ir, last_ir = self.enc_ir(ir)
@@ -106,15 +122,26 @@ class MoEFusion(nn.Module):
         bg = (last_vis * (1 - att), last_ir * (1 - att))
         out_fg = self.mole_fg(torch.cat(fg, dim=1), fg)
         out_bg = self.mole_bg(torch.cat(bg, dim=1), bg)
-        enc = torch.cat([feat_vis, feat_ir, out_fg.y, out_bg.y], dim=1)
+        enc = self.decoder_input(feat_vis, feat_ir, out_fg.y, out_bg.y)
         out_dec = self.moge(enc, enc)
 
         fused = out_dec.y[..., :h, :w]
         aux = out_fg.aux_loss + out_bg.aux_loss + out_dec.aux_loss
-        routes = {"mole_fg": out_fg.gating.indices, "mole_bg": out_bg.gating.indices, "moge": out_dec.gating.indices}
+        gatings = {"mole_fg": out_fg.gating, "mole_bg": out_bg.gating, "moge": out_dec.gating}
+        routes = {name: g.indices for name, g in gatings.items()}
         if dets is not None and not self.training:
             dets = {m: [{**d, "labels": d["labels"] - 1} for d in ds] for m, ds in dets.items()}  # back to 0-based
-        return FusionOutput(fused, att[..., :h, :w], aux, det_losses, dets, routes)
+        if not detections:
+            dets = None
+        return FusionOutput(fused, att[..., :h, :w], aux, det_losses, dets, routes, gatings,
+                            maps if self.training else None)
+
+    def decoder_input(self, feat_vis, feat_ir, y_fg, y_bg) -> torch.Tensor:
+        """What MoGE sees: the encoders' features (all, or all but the last block's) and MoLE's outputs."""
+        if not self.cfg.decoder_skips_last_block:
+            g = self.cfg.growth
+            feat_vis, feat_ir = feat_vis[:, :-g], feat_ir[:, :-g]
+        return torch.cat([feat_vis, feat_ir, y_fg, y_bg], dim=1)
 
     # -- inference helpers ------------------------------------------------------------------
     @property

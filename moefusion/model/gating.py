@@ -3,6 +3,7 @@
 The gate of every MoE layer here is:
 
     descriptor = resize(features, grid)            # bilinear, align_corners=True  -> [B, C*gh*gw]
+                 (or per-channel mean and std: [B, 2C], see gate_descriptor)
     logits     = descriptor @ w_gate                # [B, E]
     (training) logits += N(0, 1) * (softplus(descriptor @ w_noise) + eps)
     idx, top   = topk(logits, k)                    # [B, k], sorted descending
@@ -28,11 +29,30 @@ class Gating(NamedTuple):
     load: torch.Tensor  # [E]: (soft, when noisy) number of samples routed to each expert
 
 
-def gate_descriptor(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Features [B, C, H, W] -> fixed-size gate descriptor [B, C*gh*gw]."""
+MOMENTS_EPS = 1e-6
+
+
+def gate_descriptor(features: torch.Tensor, grid: tuple[int, int], pool: str = "grid") -> torch.Tensor:
+    """Features [B, C, H, W] -> fixed-size gate descriptor.
+
+    ``grid``: resized to ``grid`` and flattened, [B, C*gh*gw] (the paper's, position-specific).
+    ``moments``: per-channel mean and standard deviation over the whole map, [B, 2C]: the same for
+    a crop and the whole frame of a scene, at any size and aspect.
+    """
+    if pool == "moments":
+        f = features.float()
+        mean = f.mean(dim=(2, 3))
+        std = (f.var(dim=(2, 3), unbiased=False) + MOMENTS_EPS).sqrt()
+        return torch.cat([mean, std], dim=1)
+    if pool != "grid":
+        raise ValueError(f"unknown gate pool {pool!r}")
     if tuple(features.shape[-2:]) != tuple(grid):
         features = F.interpolate(features, size=tuple(grid), mode="bilinear", align_corners=True)
     return features.flatten(1)
+
+
+def gate_descriptor_size(channels: int, grid: tuple[int, int], pool: str = "grid") -> int:
+    return 2 * channels if pool == "moments" else channels * grid[0] * grid[1]
 
 
 def _prob_in_top_k(clean, noisy, noise_std, top_values, k):

@@ -5,9 +5,10 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .experts import DISPATCHERS, ExpertBank
-from .gating import Gating, balancing_loss, gate_descriptor, top_k_gating
+from .gating import Gating, balancing_loss, gate_descriptor, gate_descriptor_size, top_k_gating
 
 
 class MoEOutput(NamedTuple):
@@ -17,7 +18,8 @@ class MoEOutput(NamedTuple):
 
 
 class GatedExperts(nn.Module):
-    """Top-k gated experts. The gate sees ``gate_features`` resized to ``grid``; the experts see
+    """Top-k gated experts. The gate sees ``gate_features`` resized to ``grid`` (``pool="grid"``) or
+    their per-channel mean and standard deviation (``pool="moments"``); the experts see
     ``inputs`` (one tensor, or one per modality for experts split by modality)."""
 
     def __init__(
@@ -30,6 +32,7 @@ class GatedExperts(nn.Module):
         loss_coef: float,
         noisy_gating: bool = True,
         dispatch: str = "sparse",
+        pool: str = "grid",
     ):
         super().__init__()
         if dispatch not in DISPATCHERS:
@@ -38,9 +41,16 @@ class GatedExperts(nn.Module):
             raise ValueError(f"k={k} must be between 1 and num_experts={num_experts}")
         self.k = k
         self.grid = tuple(int(g) for g in grid)
+        self.pool = pool
         self.loss_coef = loss_coef
         self.dispatch = dispatch
-        features = gate_channels * self.grid[0] * self.grid[1]
+        features = gate_descriptor_size(gate_channels, self.grid, pool)
+        # Moments descriptors are standardised by running statistics (a fixed per-feature scale and
+        # shift at inference). Raw moments share a large common part across scenes, so a
+        # zero-initialised gate's logits barely differ and the training noise alone would route.
+        # Training normalises with the running statistics too (not the batch's): a batch holds one
+        # dataset, and batch statistics would hide exactly the differences between scenes.
+        self.desc_norm = nn.BatchNorm1d(features, affine=False, momentum=0.03) if pool == "moments" else None
         # Zero init as in Shazeer et al.: all experts equally likely until the gate learns.
         self.w_gate = nn.Parameter(torch.zeros(features, num_experts))
         self.w_noise = nn.Parameter(torch.zeros(features, num_experts)) if noisy_gating else None
@@ -50,8 +60,23 @@ class GatedExperts(nn.Module):
     def num_experts(self) -> int:
         return self.experts.num_experts
 
+    def normalise(self, desc: torch.Tensor) -> torch.Tensor:
+        """The descriptor as the gate weights see it (standardised for moments, as is for a grid)."""
+        norm = self.desc_norm
+        if norm is None:
+            return desc
+        if self.training:
+            with torch.no_grad():
+                d = desc.detach().float()
+                m = norm.momentum
+                norm.running_mean.mul_(1 - m).add_(d.mean(0), alpha=m)
+                if d.shape[0] > 1:
+                    norm.running_var.mul_(1 - m).add_(d.var(0), alpha=m)
+                norm.num_batches_tracked.add_(1)
+        return F.batch_norm(desc, norm.running_mean, norm.running_var, training=False, eps=norm.eps)
+
     def route(self, gate_features: torch.Tensor) -> Gating:
-        desc = gate_descriptor(gate_features, self.grid)
+        desc = self.normalise(gate_descriptor(gate_features, self.grid, self.pool))
         return top_k_gating(desc, self.w_gate, self.k, self.w_noise, train=self.training)
 
     def forward(self, gate_features: torch.Tensor, inputs) -> MoEOutput:

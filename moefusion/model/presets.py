@@ -6,7 +6,16 @@ grids 120x160 (MoLE) and 60x80 (MoGE), i.e. the paper's x0.25 / x0.125 descripto
 
 ``edge``: the same structure budgeted for Jetson real time (<= 15 GFLOP per 640x480 frame for
 the whole inference path including attention, <= 3 M parameters): narrower encoders, experts
-and decoder, MobileNetV3-Small FPN detectors with 32 FPN channels, coarser gate grids.
+and decoder, MobileNetV3-Small FPN detectors with 32 FPN channels, and gates that see per-channel
+moments (mean, standard deviation) instead of a resized grid, so a gate learnt on training crops
+routes whole frames of any size and aspect the same way (a grid descriptor is position-specific:
+a 192x192 crop stretched to it looks nothing like a whole 640x480 frame).
+
+Detector backbones: ``backbone_weights`` names a torchvision weight enum member (``"DEFAULT"``,
+``"IMAGENET1K_V1"``...) that ``moefusion-train`` loads when it starts a run (torchvision downloads
+it to its cache), or None to learn from scratch; ``detector_norm`` is ``"frozen"``
+(FrozenBatchNorm, as upstream's mmdet config with pretrained weights), ``"batch"`` or ``"group"``
+(GroupNorm: works at the small batches of CPU or Jetson training, for backbones learnt from scratch).
 """
 from __future__ import annotations
 
@@ -19,6 +28,10 @@ class ModelConfig:
     # Encoders (one per modality): a stem conv to `stem` channels, then 3 dense convs of `growth`.
     stem: int = 16
     growth: int = 16
+    encoder_relu: bool = False  # ReLU after every encoder conv (upstream's encoder has none)
+    # The decoder sees all encoder features (upstream) or all but the last block's, which then reach
+    # it only through MoLE (fg/bg): the local experts cannot be bypassed.
+    decoder_skips_last_block: bool = True
     # MoLE: experts growth -> mole_hidden -> growth, half per modality.
     mole_experts: int = 4
     mole_hidden: int = 8
@@ -31,8 +44,11 @@ class ModelConfig:
     moge_loss_coef: float = 0.02
     k: int = 2
     noisy_gating: bool = True
+    gate_pool: str = "grid"  # grid: features resized to *_grid (the paper's); moments: per-channel mean and std
     # Detection-driven attention.
     detector: str = "resnet50"  # resnet50 | mobilenet_v3_small
+    backbone_weights: str | None = "DEFAULT"  # torchvision weight enum member loaded by moefusion-train, or None
+    detector_norm: str = "frozen"  # frozen | batch | group
     fpn_channels: int = 256
     num_classes: int = 3  # object classes, background excluded (MSRS: person, bicycle, car)
     roi_representation: int = 1024
@@ -44,8 +60,10 @@ class ModelConfig:
 
     @property
     def decoder_in(self) -> int:
-        # both encoders' dense features + MoLE foreground and background outputs
-        return 2 * self.encoder_out + 2 * self.growth
+        # both encoders' dense features (less the last block's, when MoLE alone carries them)
+        # + MoLE foreground and background outputs
+        skipped = self.encoder_out if self.decoder_skips_last_block else self.encoder_out - self.growth
+        return 2 * skipped + 2 * self.growth
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -70,11 +88,33 @@ PRESETS: dict[str, ModelConfig] = {
         mole_grid=(30, 40),
         moge_hidden=(8, 8, 4),
         moge_grid=(15, 20),
+        moge_loss_coef=0.1,
+        mole_loss_coef=0.1,
+        encoder_relu=True,
+        decoder_skips_last_block=False,
+        gate_pool="moments",
         detector="mobilenet_v3_small",
         fpn_channels=32,
         roi_representation=128,
     ),
 }
+
+
+GATE_POOLS = ("grid", "moments")
+DETECTOR_NORMS = ("frozen", "batch", "group")
+
+
+def validate_config(cfg: ModelConfig) -> ModelConfig:
+    """ValueError naming the field for a config no model can be built from."""
+    if cfg.gate_pool not in GATE_POOLS:
+        raise ValueError(f"gate_pool={cfg.gate_pool!r}; choose from {', '.join(GATE_POOLS)}")
+    if cfg.detector_norm not in DETECTOR_NORMS:
+        raise ValueError(f"detector_norm={cfg.detector_norm!r}; choose from {', '.join(DETECTOR_NORMS)}")
+    for name in ("mole", "moge"):
+        e = getattr(cfg, f"{name}_experts")
+        if not 1 <= cfg.k <= e:
+            raise ValueError(f"k={cfg.k} must be between 1 and {name}_experts={e}")
+    return cfg
 
 
 def preset_config(name: str, **overrides) -> ModelConfig:
@@ -83,7 +123,7 @@ def preset_config(name: str, **overrides) -> ModelConfig:
     cfg = dataclasses.replace(PRESETS[name])
     if overrides:
         cfg = ModelConfig.from_dict({**cfg.to_dict(), **overrides})
-    return cfg
+    return validate_config(cfg)
 
 
 def list_presets() -> list[str]:
