@@ -34,7 +34,7 @@ from .data.datasets import ConcatPairs, PairedDataset, collate_pairs, split_ids
 from .errors import UserError, cli_entry
 from .model import build_model
 from .model.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
-from .model.losses import fusion_losses
+from .model.losses import fusion_losses, target_mask
 
 log = logging.getLogger("moefusion.train")
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -44,7 +44,7 @@ DEFAULTS: dict = {
     "preset": "edge",
     "model": {},  # ModelConfig overrides
     "data": {
-        "train": [],  # dataset roots (any layout of moefusion.data)
+        "train": [],  # dataset roots (any layout of moefusion.data), or {video: ROOT, frame_step: N, exclude: [clip]}
         "val": [],  # explicit validation roots; else a held-out fraction of each training root
         "val_fraction": 0.15,
         "crop": [256, 256],  # training crop (h, w)
@@ -57,6 +57,10 @@ DEFAULTS: dict = {
         "grad": 10.0,  # Sobel max-gradient L1 (paper: 10)
         "pixel": 1.0,  # box-masked pixel L1 (paper: 1)
         "signed_grad": False,  # gradient term on signed Sobel responses (keeps edge polarity; paper: False)
+        "background_max": 0.0,  # pixel target outside the targets: 0 mean of the sources (paper) .. 1 their max
+        "ssim": 0.0,  # weight of 1 - mean SSIM to both sources (paper: none)
+        "pseudo_targets": False,  # targets = boxes + thermal saliency on every frame (paper: boxes only)
+        "attention": 0.0,  # weight of the loss teaching the attention those targets (paper: none)
     },
     "optim": {
         "lr": 1.0e-4,
@@ -159,6 +163,22 @@ class GroupedBatchSampler(Sampler):
         return len(self._batches())
 
 
+def dataset_root(entry) -> str:
+    """A data.train / data.val entry as a folder PairedDataset reads: a path as is; a video entry
+    ``{video: ROOT, frame_step: N, exclude: [clips]}`` as its cached frame folder."""
+    if isinstance(entry, dict):
+        unknown = sorted(set(entry) - {"video", "frame_step", "exclude"})
+        if "video" not in entry or unknown:
+            raise UserError(f"data entry {entry}: expected {{video: ROOT, frame_step: N, exclude: [clip, ...]}}")
+        from .data.video import extract_frame_pairs
+
+        if any(not isinstance(c, str) for c in entry.get("exclude", [])):
+            raise UserError(f"data entry {entry}: quote the clip names in exclude (YAML reads 0117_1620 as a number)")
+
+        return str(extract_frame_pairs(entry["video"], int(entry.get("frame_step", 15)), entry.get("exclude", [])))
+    return str(entry)
+
+
 def build_datasets(cfg: dict):
     d = cfg["data"]
     if not d["train"]:
@@ -168,8 +188,8 @@ def build_datasets(cfg: dict):
         raise UserError(f"data.crop={d['crop']} is too small; use at least [96, 96]")
     transform = train_transform(tuple(d["crop"]), scale_range=tuple(d["scale_range"]) if d["scale_range"] else None)
     train_sets, val_sets = [], []
-    for root in d["train"]:
-        full = PairedDataset(root)
+    for entry in d["train"]:
+        full = PairedDataset(dataset_root(entry))
         if d["val_fraction"]:
             train_ids, val_ids = split_ids(full.ids, d["val_fraction"], seed=cfg["train"]["seed"])
         else:
@@ -177,8 +197,8 @@ def build_datasets(cfg: dict):
         train_sets.append(full.subset(train_ids, transform=transform))
         if val_ids:
             val_sets.append(full.subset(val_ids, transform=None))
-    for root in d["val"]:
-        val_sets.append(PairedDataset(root))
+    for entry in d["val"]:
+        val_sets.append(PairedDataset(dataset_root(entry)))
     train = ConcatPairs(train_sets)
     val = ConcatPairs(val_sets) if val_sets else None
     return train, val
@@ -194,6 +214,52 @@ def _targets(batch, modality: str, device):
     ]
 
 
+# ----------------------------------------------------------------------------- routing statistics
+
+# A layer counts as collapsed when an expert is never chosen, or when the median of its smallest
+# selected weight falls below this (its k-th expert then contributes nothing: a dead expert's FLOPs).
+COLLAPSE_MIN_WEIGHT = 0.01
+
+
+class RoutingStats:
+    """Per MoE layer: how often each expert is chosen, the distinct expert sets, and the smallest
+    selected weight per sample (median reported)."""
+
+    def __init__(self):
+        self.counts: dict[str, np.ndarray] = {}
+        self.sets: dict[str, set] = {}
+        self.min_weights: dict[str, list] = {}
+
+    def add(self, gatings: dict) -> None:
+        for name, g in gatings.items():
+            idx = g.indices.detach().cpu().numpy()
+            e = g.gates.shape[1]
+            self.counts.setdefault(name, np.zeros(e, np.int64))
+            np.add.at(self.counts[name], idx.reshape(-1), 1)
+            self.sets.setdefault(name, set()).update(tuple(sorted(r)) for r in idx.tolist())
+            self.min_weights.setdefault(name, []).extend(g.weights.detach().float().min(dim=1).values.cpu().tolist())
+
+    def summary(self, prefix: str = "") -> dict:
+        out = {}
+        for name, counts in self.counts.items():
+            out[f"{prefix}{name}_experts"] = "/".join(str(int(c)) for c in counts)
+            out[f"{prefix}{name}_sets"] = len(self.sets[name])
+            out[f"{prefix}{name}_minw"] = round(float(np.median(self.min_weights[name])), 4)
+        return out
+
+    def collapsed(self) -> list[str]:
+        """Descriptions of the layers that collapsed, empty when all are alive."""
+        bad = []
+        for name, counts in self.counts.items():
+            dead = [str(i) for i, c in enumerate(counts) if c == 0]
+            minw = float(np.median(self.min_weights[name]))
+            if dead:
+                bad.append(f"{name}: expert(s) {', '.join(dead)} never chosen")
+            elif minw < COLLAPSE_MIN_WEIGHT:
+                bad.append(f"{name}: median smallest selected weight {minw:.2g} < {COLLAPSE_MIN_WEIGHT}")
+        return bad
+
+
 # ----------------------------------------------------------------------------- validation
 
 
@@ -207,11 +273,14 @@ def validate(model, val_set, device, max_images: int) -> dict:
     model.eval()
     scores = {n: [] for n in names}
     base = {n: [] for n in names}
+    routing = RoutingStats()
     count = min(len(val_set), max_images)
     for i in np.linspace(0, len(val_set) - 1, count).round().astype(int) if count else []:
         item = val_set[int(i)]
         ir, vis = item["ir"][None].to(device), item["vis"][None].to(device)
-        fused = model(ir, vis).fused.clamp(0, 1)[0, 0].float().cpu().numpy()
+        out = model(ir, vis)
+        routing.add(out.gatings)
+        fused = out.fused.clamp(0, 1)[0, 0].float().cpu().numpy()
         ir_np, vis_np = item["ir"][0].numpy(), item["vis"][0].numpy()
         for n, v in compute(names, fused * 255, ir_np * 255, vis_np * 255).items():
             scores[n].append(v)
@@ -220,6 +289,9 @@ def validate(model, val_set, device, max_images: int) -> dict:
     model.train(was_training)
     out = {n: float(np.mean(v)) for n, v in scores.items() if v}
     out.update({f"average_{n}": float(np.mean(v)) for n, v in base.items() if v})
+    out.update(routing.summary("val_"))
+    for problem in routing.collapsed():
+        log.warning("validation: MoE layer collapsed: %s", problem)
     return out
 
 
@@ -245,6 +317,39 @@ def _device(cfg, local_rank):
     if want.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"train.device={want} but no CUDA GPU is visible; use --device cpu")
     return torch.device(want)
+
+
+def _freeze_like(model, names) -> None:
+    params = dict(model.named_parameters())
+    for n in names:
+        if n in params:
+            params[n].requires_grad_(False)
+
+
+def _load_backbones(model) -> None:
+    """ImageNet weights for the detector backbones when the model config names them."""
+    name = model.cfg.backbone_weights
+    if not name:
+        log.info("detector backbones: learnt from scratch (backbone_weights: null)")
+        return
+    if model.cfg.detector_norm == "group":
+        raise UserError("detector_norm=group cannot take ImageNet backbone weights (they carry BatchNorm "
+                        "statistics); use --set model.detector_norm=frozen, or model.backbone_weights=null")
+    from .model.attention import BACKBONE_WEIGHTS, backbone_weights_enum
+
+    try:
+        weights = backbone_weights_enum(model.cfg.detector, name)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    try:
+        frozen = model.attention.load_pretrained(name)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError: no network, proxy, disk full
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        raise UserError(f"cannot load {BACKBONE_WEIGHTS[model.cfg.detector].__name__}.{weights.name} "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); download {weights.url} to {cache}, "
+                        "or train from scratch with --set model.backbone_weights=null "
+                        "--set model.detector_norm=group") from None
+    log.info("detector backbones: torchvision %s (%d frozen parameter tensors)", weights, len(frozen))
 
 
 def _lr_factor(epoch: int, it: int, optim_cfg: dict) -> float:
@@ -287,6 +392,7 @@ def train(cfg: dict, resume: str | None = None) -> Path:
             overrides.setdefault("num_classes", len(train_set.class_names))
             overrides.setdefault("class_names", list(train_set.class_names))
         model = build_model(cfg["preset"], dispatch="sparse", **overrides)
+        _load_backbones(model)
     model.to(device).train()
     core = model
     if world > 1:
@@ -294,6 +400,9 @@ def train(cfg: dict, resume: str | None = None) -> Path:
             model, device_ids=[local] if device.type == "cuda" else None, find_unused_parameters=True
         )
 
+    if state is not None:  # frozen stems stay frozen across a resume
+        _freeze_like(core, state["meta"].get("frozen", []))
+    frozen = [n for n, p in core.named_parameters() if not p.requires_grad]
     params = [p for p in core.parameters() if p.requires_grad]
     opt_cfg = cfg["optim"]
     optimizer = torch.optim.Adam(params, lr=opt_cfg["lr"], weight_decay=opt_cfg["weight_decay"])
@@ -323,11 +432,13 @@ def train(cfg: dict, resume: str | None = None) -> Path:
         epochs = max(epochs, start_epoch + math.ceil((max_steps - step) / max(len(sampler), 1)))
     from tqdm import tqdm
 
+    loss_cfg = cfg["loss"]
     done, nonfinite = False, 0
     last_path = out_dir / "last.pt"
     for epoch in range(start_epoch, epochs):
         sampler.epoch = epoch
         running: dict[str, float] = {}
+        routing = RoutingStats()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=rank != 0, leave=False, dynamic_ncols=True)
         t0 = time.time()
         for batch in bar:
@@ -337,9 +448,14 @@ def train(cfg: dict, resume: str | None = None) -> Path:
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 out = model(ir, vis, _targets(batch, "ir", device), _targets(batch, "vis", device))
             boxes = [b for b in batch["boxes"]] if bool(batch["has_boxes"].any()) else None
+            mask = target_mask(ir.shape, device, boxes, ir if loss_cfg["pseudo_targets"] else None)
             terms = fusion_losses(out.fused.float(), vis, ir, boxes, out.aux_loss, out.det_losses,
-                                  grad_weight=cfg["loss"]["grad"], pixel_weight=cfg["loss"]["pixel"],
-                                  signed_grad=bool(cfg["loss"]["signed_grad"]))
+                                  grad_weight=loss_cfg["grad"], pixel_weight=loss_cfg["pixel"],
+                                  signed_grad=bool(loss_cfg["signed_grad"]),
+                                  background_max=float(loss_cfg["background_max"]), ssim_weight=float(loss_cfg["ssim"]),
+                                  mask=mask, attention_maps=out.attention_maps,
+                                  attention_weight=float(loss_cfg["attention"]))
+            routing.add(out.gatings)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(terms["total"]).backward()
             scaler.unscale_(optimizer)
@@ -362,21 +478,26 @@ def train(cfg: dict, resume: str | None = None) -> Path:
                 done = True
                 break
         record = {"epoch": epoch + 1, "step": step, "seconds": round(time.time() - t0, 1),
-                  **{f"loss_{k}": round(v, 5) for k, v in running.items()}}
+                  **{f"loss_{k}": round(v, 5) for k, v in running.items()}, **routing.summary()}
+        if rank == 0:
+            for problem in routing.collapsed():
+                log.warning("epoch %d: MoE layer collapsed: %s", epoch + 1, problem)
         last_epoch = done or epoch + 1 == epochs
         if rank == 0 and val_set is not None and ((epoch + 1) % cfg["train"]["val_every"] == 0 or last_epoch):
-            record.update({k: round(v, 4) for k, v in validate(core, val_set, device, cfg["data"]["val_images"]).items()})
+            record.update({k: round(v, 4) if isinstance(v, float) else v
+                           for k, v in validate(core, val_set, device, cfg["data"]["val_images"]).items()})
         history.append(record)
         if rank == 0:
             log.info("%s", "  ".join(f"{k}={v}" for k, v in record.items()))
-            meta = {"epoch": epoch + 1, "step": step, "history": history, "train_config": cfg}
+            meta = {"epoch": epoch + 1, "step": step, "history": history, "train_config": cfg, "frozen": frozen}
             save_checkpoint(last_path, core, meta=meta, optimizer=optimizer.state_dict(),
                             scaler=scaler.state_dict() if use_amp else {})
         if done:
             break
 
     if rank == 0 and cfg["train"]["release"]:
-        meta = {"epoch": history[-1]["epoch"] if history else 0, "step": step, "history": history, "train_config": cfg}
+        meta = {"epoch": history[-1]["epoch"] if history else 0, "step": step, "history": history,
+                "train_config": cfg, "frozen": frozen}
         save_checkpoint(cfg["train"]["release"], core, meta=meta, half=True)
         log.info("release checkpoint: %s", cfg["train"]["release"])
     if world > 1:

@@ -620,3 +620,55 @@ def test_real_llvip_three_channel_ir(shared_data):
     assert read_image(ds.paths(0)[0]).shape == (1024, 1280, 3)
     item = val_transform((256, 320))(ds.load_sample(0))
     assert item["ir"].shape == (256, 320)
+
+
+# -- video clips as training pairs ------------------------------------------------------------
+
+def _write_clip(path, frames):
+    import cv2
+
+    h, w = frames[0].shape
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 10, (w, h), isColor=True)
+    assert writer.isOpened()
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
+    writer.release()
+
+
+def test_video_clips_sampled_to_an_image_cache(tmp_path):
+    from moefusion.data.video import extract_frame_pairs
+
+    root = tmp_path / "videos"
+    (root / "ir").mkdir(parents=True)
+    (root / "vis").mkdir()
+    for name, n in (("a", 7), ("b", 3)):
+        # frame k of the IR clip is a flat k*10 grey, of the VIS clip 200 - k*10: pairs are checkable
+        _write_clip(root / "ir" / f"{name}.avi", [np.full((32, 48), 10 * k, np.uint8) for k in range(n)])
+        _write_clip(root / "vis" / f"{name}.avi", [np.full((32, 48), 200 - 10 * k, np.uint8) for k in range(n)])
+    cache = tmp_path / "cache"
+    out = extract_frame_pairs(root, frame_step=3, exclude=["b"], cache_dir=cache)
+    ds = PairedDataset(out)
+    assert ds.ids == ["a_00000", "a_00003", "a_00006"]
+    for i, k in enumerate((0, 3, 6)):
+        item = ds[i]
+        assert round(float(item["ir"].mean()) * 255) == 10 * k
+        assert round(float(item["vis"].mean()) * 255) == 200 - 10 * k
+    assert extract_frame_pairs(root, frame_step=3, exclude=["b"], cache_dir=cache) == out  # cached
+    assert [p.name for p in cache.iterdir()] == [out.name]  # no temporary folder left behind
+    with pytest.raises(UserError, match="excluded clip"):
+        extract_frame_pairs(root, frame_step=3, exclude=["c"], cache_dir=cache)
+    (root / "vis" / "b.avi").unlink()
+    with pytest.raises(UserError, match="without a partner.*b"):
+        extract_frame_pairs(root, frame_step=3, cache_dir=cache)
+
+
+def test_real_m3svd_clips_sample_every_nth_frame(shared_data, tmp_path):
+    from moefusion.data.video import extract_frame_pairs
+
+    root = shared_data("m3svd_video")
+    out = extract_frame_pairs(root, frame_step=100, exclude=["0113_1714", "0117_1605", "0117_1620", "0111_1716"],
+                              cache_dir=tmp_path)
+    ds = PairedDataset(out)
+    assert ds.ids == [f"1230_1202_{n:05d}" for n in (0, 100, 200)]  # a 205-frame clip
+    item = ds[1]
+    assert item["ir"].shape == (1, 480, 640) and 0.05 < float(item["ir"].std()) and 0.05 < float(item["vis"].std())

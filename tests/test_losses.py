@@ -4,8 +4,12 @@ from __future__ import annotations
 import torch
 
 from moefusion.model.losses import (
+    attention_loss,
     box_mask,
     fusion_losses,
+    ssim,
+    target_mask,
+    thermal_saliency,
     gradient_loss,
     pixel_loss,
     signed_gradient_loss,
@@ -84,3 +88,75 @@ def test_fusion_losses_weights_and_total():
     assert abs(terms["total"].item() - expected_total.item()) < 1e-5
     terms["total"].backward()
     assert fused.grad.abs().sum() > 0
+
+
+def test_pixel_loss_background_max_moves_the_target_from_mean_to_max():
+    vis, ir = t([[0.2, 0.8]]), t([[0.6, 0.0]])  # mean 0.4, 0.4; max 0.6, 0.8
+    fused = t([[0.5, 0.6]])
+    assert abs(pixel_loss(fused, vis, ir, background_max=0.0).item() - (0.1 + 0.2) / 2) < 1e-6
+    assert abs(pixel_loss(fused, vis, ir, background_max=1.0).item() - (0.1 + 0.2) / 2) < 1e-6
+    # halfway: targets 0.5 and 0.6 -> zero loss
+    assert pixel_loss(fused, vis, ir, background_max=0.5).item() < 1e-7
+    # inside the mask the target stays the max whatever background_max is
+    mask = t([[1.0, 1.0]])
+    assert abs(pixel_loss(fused, vis, ir, mask, background_max=0.5).item() - (0.1 + 0.2) / 2) < 1e-6
+
+
+def test_thermal_saliency_marks_warm_objects_not_warm_backgrounds():
+    ir = torch.full((1, 1, 120, 160), 0.35)
+    ir[..., :, 80:] = 0.7  # a warm half-frame (sky, road in the sun): not an object
+    ir[..., 40:70, 20:32] = 0.8  # a warm person on the cool side
+    ir[..., 50:60, 130:136] = 0.95  # a hot engine on the warm side
+    m = thermal_saliency(ir)[0, 0]
+    assert m[45:65, 22:30].min() == 1 and m[52:58, 131:135].min() == 1
+    assert m[5:30, 5:70].max() == 0 and m[5:30, 95:155].max() == 0
+    assert m[100:, 5:70].max() == 0 and m[100:, 95:155].max() == 0
+    # known limit: the warm side of a warm/cool boundary is marked within half a window of it
+    assert m[100:, 80:95].max() == 1
+    cold = torch.full((1, 1, 64, 64), 0.1)
+    cold[..., 20:30, 20:30] = 0.25  # above its surround but not warm in absolute terms
+    assert thermal_saliency(cold).max() == 0
+
+
+def test_target_mask_is_the_union_of_boxes_and_saliency():
+    ir = torch.zeros(1, 1, 64, 64)
+    ir[..., 40:50, 40:50] = 0.9
+    boxes = [torch.tensor([[2.0, 2.0, 10.0, 12.0]])]
+    m = target_mask(ir.shape, "cpu", boxes, ir)[0, 0]
+    assert m[2:12, 2:10].min() == 1 and m[42:48, 42:48].min() == 1 and m[20:30, 20:30].max() == 0
+    assert torch.equal(target_mask(ir.shape, "cpu", boxes, None), box_mask(boxes, ir.shape))
+    assert target_mask(ir.shape, "cpu", None, None) is None
+
+
+def test_attention_loss_prefers_the_target():
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 16:32, 16:32] = 1
+    good = torch.full((1, 1, 16, 16), 0.02)
+    good[..., 4:8, 4:8] = 0.98
+    uniform = torch.full((1, 1, 16, 16), 0.5)
+    inverted = 1 - good
+    losses = [attention_loss((a, a * 0.5), mask).item() for a in (good, uniform, inverted)]
+    assert losses[0] < losses[1] < losses[2]
+    # the max of the two maps is what is judged: the other map being low changes nothing
+    assert abs(attention_loss((good, torch.zeros_like(good)), mask).item() - losses[0]) < 1e-6
+
+
+def test_ssim_of_identical_and_unrelated_images():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 1, 48, 48, generator=g)
+    assert abs(ssim(x, x).item() - 1) < 1e-5
+    assert ssim(x, torch.rand(1, 1, 48, 48, generator=g)).item() < 0.1
+
+
+def test_fusion_losses_optional_terms():
+    g = torch.Generator().manual_seed(0)
+    vis, ir, fused = (torch.rand(2, 1, 32, 32, generator=g) for _ in range(3))
+    maps = (torch.rand(2, 1, 8, 8, generator=g), torch.rand(2, 1, 8, 8, generator=g))
+    mask = (torch.rand(2, 1, 32, 32, generator=g) > 0.8).float()
+    terms = fusion_losses(fused, vis, ir, mask=mask, ssim_weight=2.0, attention_maps=maps, attention_weight=0.5,
+                          background_max=0.5)
+    assert abs(terms["ssim"].item() - 2.0 * (1 - (ssim(fused, vis) + ssim(fused, ir)).item() / 2)) < 1e-5
+    assert abs(terms["attention"].item() - 0.5 * attention_loss(maps, mask).item()) < 1e-6
+    assert abs(terms["pixel"].item() - pixel_loss(fused, vis, ir, mask, 0.5).item()) < 1e-6
+    assert abs(terms["total"].item() - sum(v.item() for k, v in terms.items() if k != "total")) < 1e-5
+    assert "ssim" not in fusion_losses(fused, vis, ir) and "attention" not in fusion_losses(fused, vis, ir)

@@ -84,6 +84,13 @@ def test_checkpoint_alone_rebuilds_and_resumes(tmp_path, shared_data):
     ckpt = read_checkpoint(path)
     assert ckpt["config"]["stem"] == 8 and ckpt["meta"]["train_config"]["train"]["max_steps"] == 2
     assert "optimizer" in ckpt
+    # routing statistics of every MoE layer are in the training log: k=2 choices per sample, 2 steps
+    # of at most 4 samples (a root's last batch may be smaller)
+    record = ckpt["meta"]["history"][-1]
+    for layer in ("mole_fg", "mole_bg", "moge"):
+        chosen = sum(int(c) for c in record[f"{layer}_experts"].split("/"))
+        assert chosen % 2 == 0 and 4 <= chosen <= 16
+        assert 0 < record[f"{layer}_minw"] <= 0.5 and record[f"{layer}_sets"] >= 1
     # resuming from the checkpoint alone (its embedded config) continues the step count
     code = main(["--resume", str(path), "--max-steps", "3", "--out", str(tmp_path / "again"), "-q"])
     assert code == 0
@@ -141,3 +148,44 @@ def test_held_out_pairs_never_reach_training(shared_data):
     # every training root gives up its fraction, and the explicit validation root is whole
     assert {d.name for d in val_set.datasets} == {"msrs_det", "tno_seq_duine", "tno_seq_tree"}
     assert len(train_ids) + len(val_ids) == 25 + 23 + 19
+
+
+def _gating(indices, weights, num_experts=4):
+    from moefusion.model.gating import Gating
+
+    idx, w = torch.tensor(indices), torch.tensor(weights)
+    gates = torch.zeros(len(indices), num_experts).scatter(1, idx, w)
+    return Gating(idx, w, gates, (gates > 0).sum(0).float())
+
+
+def test_routing_statistics_and_collapse_warnings():
+    from moefusion.train import RoutingStats
+
+    stats = RoutingStats()
+    stats.add({"alive": _gating([[0, 1], [2, 3], [1, 2]], [[0.6, 0.4], [0.7, 0.3], [0.5, 0.5]]),
+               "dead": _gating([[0, 3], [0, 3], [0, 3]], [[0.9, 0.1], [0.8, 0.2], [0.7, 0.3]]),
+               "confident": _gating([[0, 1], [2, 3], [3, 1]], [[1.0, 1e-8], [0.999, 1e-3], [0.99, 0.01]])})
+    s = stats.summary()
+    assert s["alive_experts"] == "1/2/2/1" and s["alive_sets"] == 3 and s["alive_minw"] == 0.4
+    assert s["dead_experts"] == "3/0/0/3" and s["dead_sets"] == 1
+    problems = stats.collapsed()
+    assert problems == ["dead: expert(s) 1, 2 never chosen",
+                        "confident: median smallest selected weight 0.001 < 0.01"]
+
+
+def test_video_entries_in_the_data_config(tmp_path, shared_data):
+    from moefusion.train import build_datasets, dataset_root
+
+    video = str(shared_data("m3svd_video"))
+    cfg = load_config("edge.yaml", [])
+    entry = {"video": video, "frame_step": 100, "exclude": ["0113_1714", "0117_1605", "0117_1620", "0111_1716"]}
+    cfg["data"].update(train=[entry], val=[], val_fraction=0.0)
+    import moefusion.data.video as video_module
+
+    video_module.DEFAULT_CACHE = tmp_path  # keep the test's cache out of the user's
+    train_set, _ = build_datasets(cfg)
+    assert [i for d in train_set.datasets for i in d.ids] == ["1230_1202_00000", "1230_1202_00100", "1230_1202_00200"]
+    with pytest.raises(UserError, match="quote the clip names"):
+        dataset_root({"video": video, "exclude": [1171620]})
+    with pytest.raises(UserError, match="expected"):
+        dataset_root({"videos": video})

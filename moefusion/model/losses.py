@@ -9,8 +9,17 @@
   background: the fused image is pulled to the mean of the sources and the gradient term
   supplies the detail.
 
-Option (training config ``loss.signed_grad``, not published): the gradient term on signed Sobel
-responses, see :func:`signed_gradient_loss`.
+Options of the training config (not published; ``edge.yaml`` uses them, ``paper.yaml`` does not):
+- ``loss.signed_grad``: the gradient term on signed Sobel responses, see :func:`signed_gradient_loss`.
+- ``loss.background_max``: the pixel target outside the targets moves from the sources' mean
+  (0, published) towards their max (1, SeAFusion / CDDFuse's intensity term: keeps the contrast of
+  whichever source has it). Below 1, targets are still brighter than the background target, so
+  the attention decides something.
+- ``loss.ssim``: weight of 1 - (SSIM(F, VIS) + SSIM(F, IR)) / 2 (SwinFusion's structure term).
+- ``loss.pseudo_targets``: the "inside" mask is the union of the boxes and a thermal-saliency mask
+  (:func:`thermal_saliency`: warm objects in IR, on every frame, labelled or not).
+- ``loss.attention``: weight of a loss that teaches the level-0 attention that mask directly
+  (:func:`attention_loss`), so it finds targets without pretrained detectors.
 """
 from __future__ import annotations
 
@@ -68,26 +77,107 @@ def box_mask(boxes_per_image, shape, device=None) -> torch.Tensor:
     return mask
 
 
-def pixel_loss(fused, vis, ir, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Box-masked L1: max of the sources inside boxes, their mean outside."""
+def pixel_loss(fused, vis, ir, mask: torch.Tensor | None = None, background_max: float = 0.0) -> torch.Tensor:
+    """Masked L1: max of the sources inside the mask; outside, their mean moved ``background_max``
+    of the way to their max (0: the published mean)."""
     if mask is None:
         mask = torch.zeros_like(fused)
-    inside = (fused - torch.maximum(vis, ir)).abs() * mask
-    outside = (fused - (vis + ir) / 2).abs() * (1 - mask)
+    high = torch.maximum(vis, ir)
+    inside = (fused - high).abs() * mask
+    mean = (vis + ir) / 2
+    low = mean + background_max * (high - mean) if background_max else mean
+    outside = (fused - low).abs() * (1 - mask)
     return (inside + outside).mean()
+
+
+# Thermal saliency: a pixel is part of a warm object when it is this much (in [0, 1] units) above
+# the mean of a window of SALIENCY_WINDOW x the shorter image side around it, and above
+# SALIENCY_FLOOR; the mask is opened (3x3 erosion, then SALIENCY_GROW px dilation).
+SALIENCY_DELTA = 0.08
+SALIENCY_WINDOW = 0.1
+SALIENCY_FLOOR = 0.3
+SALIENCY_GROW = 9
+
+
+@torch.no_grad()
+def thermal_saliency(ir: torch.Tensor) -> torch.Tensor:
+    """[B, 1, H, W] IR in [0, 1] -> {0, 1} mask of warm objects (people, engines, animals).
+
+    Self-supervised targets for frames without boxes: what is warmer than its surroundings is
+    exactly what fusion must keep. Precise (few false pixels on MSRS's IR person boxes), not
+    complete: it marks the warm core of a target, the boxes mark all of it.
+    """
+    k = max(15, int(round(min(ir.shape[-2:]) * SALIENCY_WINDOW))) | 1
+    local = F.avg_pool2d(F.pad(ir.float(), (k // 2,) * 4, mode="replicate"), k, stride=1)
+    m = ((ir - local > SALIENCY_DELTA) & (ir > SALIENCY_FLOOR)).float()
+    m = -F.max_pool2d(-m, 3, 1, 1)
+    return F.max_pool2d(m, SALIENCY_GROW, 1, SALIENCY_GROW // 2)
+
+
+def target_mask(shape, device, boxes_per_image=None, ir: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Union of the boxes (if any) and, when ``ir`` is given, its thermal saliency; None if neither."""
+    mask = box_mask(boxes_per_image, shape, device) if boxes_per_image is not None else None
+    if ir is not None:
+        sal = thermal_saliency(ir)
+        mask = sal if mask is None else torch.maximum(mask, sal)
+    return mask
+
+
+def attention_loss(maps, mask: torch.Tensor) -> torch.Tensor:
+    """Teach level-0 attention maps ``(a_vis, a_ir)`` (stride 4) the target mask (full size).
+
+    Class-balanced BCE (targets cover a few percent of a frame) on max(a_vis, a_ir), the map the
+    fusion uses, plus a soft Dice term so thin targets are not lost to the background.
+    """
+    att = torch.maximum(*maps).float().clamp(1e-6, 1 - 1e-6)
+    target = F.adaptive_avg_pool2d(mask.float(), att.shape[-2:])
+    pos = target.mean(dim=(1, 2, 3), keepdim=True).clamp(0.01, 0.99)
+    weight = target * (0.5 / pos) + (1 - target) * (0.5 / (1 - pos))
+    bce = F.binary_cross_entropy(att, target, weight=weight)
+    inter = (att * target).sum(dim=(1, 2, 3))
+    dice = 1 - (2 * inter + 1) / (att.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3)) + 1)
+    return bce + dice.mean()
+
+
+def _gauss_window(size: int = 11, sigma: float = 1.5, device=None, dtype=None) -> torch.Tensor:
+    x = torch.arange(size, device=device, dtype=dtype) - size // 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of [B, 1, H, W] images in [0, 1] (Gaussian 11x11, sigma 1.5, as Wang et al.)."""
+    w = _gauss_window(device=a.device, dtype=a.dtype)
+    c1, c2 = 0.01**2, 0.03**2
+    mu_a, mu_b = F.conv2d(a, w), F.conv2d(b, w)
+    var_a = F.conv2d(a * a, w) - mu_a**2
+    var_b = F.conv2d(b * b, w) - mu_b**2
+    cov = F.conv2d(a * b, w) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return s.mean()
 
 
 def fusion_losses(fused, vis, ir, boxes_per_image=None, aux_loss=None, det_losses=None,
                   grad_weight: float = GRAD_WEIGHT, pixel_weight: float = PIXEL_WEIGHT,
-                  signed_grad: bool = False) -> dict:
+                  signed_grad: bool = False, background_max: float = 0.0, ssim_weight: float = 0.0,
+                  mask: torch.Tensor | None = None, attention_maps=None, attention_weight: float = 0.0) -> dict:
     """All loss terms (already weighted) and their sum under 'total'. ``signed_grad`` replaces the
-    published gradient loss by :func:`signed_gradient_loss`."""
-    mask = box_mask(boxes_per_image, fused.shape, fused.device) if boxes_per_image is not None else None
+    published gradient loss by :func:`signed_gradient_loss`; ``mask`` (default: the boxes) is the
+    pixel loss's "inside" and the attention loss's target."""
+    if not 0.0 <= background_max <= 1.0:
+        raise ValueError(f"loss.background_max={background_max!r} must be in [0, 1]")
+    if mask is None and boxes_per_image is not None:
+        mask = box_mask(boxes_per_image, fused.shape, fused.device)
     grad = signed_gradient_loss if signed_grad else gradient_loss
     terms = {
         "grad": grad_weight * grad(fused, vis, ir),
-        "pixel": pixel_weight * pixel_loss(fused, vis, ir, mask),
+        "pixel": pixel_weight * pixel_loss(fused, vis, ir, mask, background_max),
     }
+    if ssim_weight:
+        terms["ssim"] = ssim_weight * (1 - (ssim(fused, vis) + ssim(fused, ir)) / 2)
+    if attention_weight and attention_maps is not None and mask is not None:
+        terms["attention"] = attention_weight * attention_loss(attention_maps, mask)
     if aux_loss is not None:
         terms["balance"] = aux_loss
     if det_losses:
