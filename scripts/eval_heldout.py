@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Evaluate a checkpoint on the held-out part of its training config's data, beside baselines.
 
-    python scripts/eval_heldout.py --weights moefusion/weights/moefusion_edge.pt \
-        --config edge.yaml --markdown docs/heldout.md
+    python scripts/eval_heldout.py --weights moefusion/weights/moefusion_edge.pt --markdown heldout.md
 
-Rebuilds exactly the validation split moefusion-train used (the ``data.val`` roots whole, plus
-``split_ids(ids, data.val_fraction, train.seed)`` of each training root), links those pairs into a
-temporary ROOT/ir + ROOT/vis per set (no copies), and runs ``moefusion-eval`` on each.
+Rebuilds exactly what moefusion-train held out (moefusion.eval.heldout: the ``data.val`` roots
+whole, ``split_ids(ids, data.val_fraction, train.seed)`` of each training root, excluded video
+clips), links those pairs into a temporary ROOT/ir + ROOT/vis per set (no copies), and runs
+``moefusion-eval`` on each.
 """
 from __future__ import annotations
 
@@ -18,34 +18,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-from moefusion.data.datasets import PairedDataset, split_ids
+from moefusion.data.datasets import PairedDataset
+from moefusion.eval.heldout import heldout_sets
+from moefusion.model.checkpoint import read_checkpoint
 from moefusion.train import load_config
 
 METRICS = "EN,SD,SF,AG,MI,SCD,VIF,Qabf,SSIM"
 METHODS = "model,average,max,laplacian,gff"
 
 
-def heldout_sets(cfg) -> list[tuple[str, PairedDataset, list[str]]]:
-    d = cfg["data"]
-    sets = []
-    for root in d["val"]:
-        ds = PairedDataset(root)
-        sets.append((f"{ds.name} (whole sequence)", ds, ds.ids))
-    if d["val_fraction"]:
-        for root in d["train"]:
-            ds = PairedDataset(root)
-            _, val_ids = split_ids(ds.ids, d["val_fraction"], seed=cfg["train"]["seed"])
-            if val_ids:
-                sets.append((f"{ds.name} ({len(val_ids)} of {len(ds)} held out)", ds, val_ids))
-    return sets
-
-
-def link_pairs(ds: PairedDataset, ids: list[str], dest: Path) -> None:
+def link_pairs(ds: PairedDataset, dest: Path) -> None:
     (dest / "ir").mkdir(parents=True)
     (dest / "vis").mkdir()
-    index = {i: n for n, i in enumerate(ds.ids)}
-    for i in ids:
-        ir, vis = ds.paths(index[i])
+    for n in range(len(ds)):
+        ir, vis = ds.paths(n)
         os.symlink(Path(ir).resolve(), dest / "ir" / Path(ir).name)
         os.symlink(Path(vis).resolve(), dest / "vis" / Path(vis).name)
 
@@ -53,19 +39,31 @@ def link_pairs(ds: PairedDataset, ids: list[str], dest: Path) -> None:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", required=True)
-    p.add_argument("--config", default="edge.yaml")
+    p.add_argument("--config", help="training config (default: the one saved in the checkpoint)")
+    p.add_argument("--unseen", nargs="*", default=["../shared/data/llvip_samples"],
+                   help="folders never used in training, evaluated whole (up to --unseen-limit pairs)")
+    p.add_argument("--unseen-limit", type=int, default=12)
     p.add_argument("--methods", default=METHODS)
     p.add_argument("--metrics", default=METRICS)
     p.add_argument("--markdown", help="write the tables here")
     p.add_argument("--sheet-dir", help="write one contact sheet per set here")
     args = p.parse_args()
-    cfg = load_config(args.config, [])
-    lines = [f"Held-out evaluation of `{args.weights}` (config `{args.config}`), metrics in the default "
-             "convention of docs/metrics.md (mean over images).", ""]
+    saved = read_checkpoint(args.weights)["meta"].get("train_config") if args.weights.endswith(".pt") else None
+    if args.config or not saved:
+        cfg = load_config(args.config or "edge.yaml", [])
+    else:
+        cfg = saved
+    lines = [f"Held-out evaluation of `{args.weights}` (config `{args.config or 'saved in the checkpoint'}`), "
+             "metrics in the default convention of docs/metrics.md (mean over images).", ""]
+    sets = [(h.name, h.dataset) for h in heldout_sets(cfg)]
+    for root in args.unseen:
+        ds = PairedDataset(root)
+        ds = ds.subset(ds.ids[: args.unseen_limit], transform=None)
+        sets.append((f"{ds.name} (never seen, first {len(ds)} pairs)", ds))
     with tempfile.TemporaryDirectory() as tmp:
-        for n, (name, ds, ids) in enumerate(heldout_sets(cfg)):
+        for n, (name, ds) in enumerate(sets):
             root = Path(tmp) / f"set{n}"
-            link_pairs(ds, ids, root)
+            link_pairs(ds, root)
             out_json = Path(tmp) / f"set{n}.json"
             cmd = [sys.executable, "-m", "moefusion.eval", "--data", str(root), "--methods", args.methods,
                    "--model", args.weights, "--metrics", args.metrics, "--json", str(out_json)]

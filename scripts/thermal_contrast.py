@@ -16,16 +16,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
-
 import moefusion
 from moefusion.data.boxes import read_yolo
 from moefusion.data.io import read_image
-from moefusion.model.losses import box_mask
-
-
-def person_contrast(img: np.ndarray, mask: np.ndarray, ring: np.ndarray) -> float:
-    return float(img[mask].mean() - img[ring].mean())
+from moefusion.eval.baselines import laplacian_pyramid
+from moefusion.eval.contrast import target_contrast
 
 
 def main():
@@ -36,7 +31,7 @@ def main():
     args = p.parse_args()
     model = moefusion.load(args.weights, device="cpu")
     root = Path(args.data)
-    print(f"{'id':8} {'IR':>7} {'VIS':>7} {'average':>8} {'model':>7}   (person minus surround, grey levels)")
+    print(f"{'id':8} {'IR':>7} {'VIS':>7} {'average':>8} {'laplacian':>9} {'model':>7}   (person minus surround, grey levels)")
     for i in args.ids:
         ir8 = read_image(next((root / "ir").glob(f"{i}.*")), cv2.IMREAD_GRAYSCALE)
         vis = read_image(next((root / "vis").glob(f"{i}.*")), cv2.IMREAD_COLOR)
@@ -44,14 +39,13 @@ def main():
         ir = ir8.astype(np.float64)
         vis_y = cv2.cvtColor(vis, cv2.COLOR_BGR2GRAY).astype(np.float64)
         boxes = read_yolo(root / "labels" / "infrared" / f"{i}.txt", ir.shape[1], ir.shape[0])
-        persons = torch.from_numpy(boxes.xyxy[boxes.labels == 0])
-        mask = box_mask([persons], (1, 1, *ir.shape))[0, 0].numpy().astype(bool)  # as the pixel loss rasterises
-        if not mask.any():
+        persons = boxes.xyxy[boxes.labels == 0]
+        lap = np.rint(np.clip(laplacian_pyramid(ir / 255, vis_y / 255), 0, 1) * 255)
+        row = [target_contrast(x, persons) for x in (ir, vis_y, (ir + vis_y) / 2, lap, fused)]
+        if row[0] is None:
             print(f"{i:8} no person boxes")
             continue
-        ring = cv2.dilate(mask.astype(np.uint8), np.ones((31, 31), np.uint8)).astype(bool) & ~mask
-        row = [person_contrast(x, mask, ring) for x in (ir, vis_y, (ir + vis_y) / 2, fused)]
-        print(f"{i:8} " + " ".join(f"{v:7.1f}" for v in row[:2]) + f" {row[2]:8.1f} {row[3]:7.1f}")
+        print(f"{i:8} " + " ".join(f"{v:7.1f}" for v in row[:2]) + f" {row[2]:8.1f} {row[3]:9.1f} {row[4]:7.1f}")
 
 
 if __name__ == "__main__":

@@ -11,10 +11,14 @@ SHARED_DATA = Path(os.environ.get("MOEFUSION_SHARED_DATA", ROOT.parent / "shared
 
 
 def shared_set(name: str) -> Path:
-    """Path of one set in ../shared/data, or skip the test when it is not there."""
+    """Path of one set in ../shared/data, or skip the test when it is not there (fail under CI=true:
+    CI must not go green by skipping every real-data test)."""
     path = SHARED_DATA / name
     if not (path / "ir").is_dir():
-        pytest.skip(f"real data set {name!r} not found at {path} (set MOEFUSION_SHARED_DATA)")
+        why = f"real data set {name!r} not found at {path} (set MOEFUSION_SHARED_DATA)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(why + "; CI=true requires the shared data")
+        pytest.skip(why)
     return path
 
 

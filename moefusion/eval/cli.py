@@ -2,7 +2,7 @@
 
     moefusion-eval --data ROOT [--methods average,max,laplacian,gff,model] [--model PATH]
                    [--metrics EN,SD,...] [--convention default|published] [--limit N]
-                   [--json F] [--csv F] [--sheet F.png] [--sheet-rows N]
+                   [--json F] [--csv F] [--sheet F.png] [--sheet-rows N] [--temporal]
 
 ROOT holds ``ir/`` and ``vis/``; images are paired by file stem (``ir/0001.png`` with
 ``vis/0001.jpg``). Eval refuses rather than skips: an unpaired id, a pair whose sizes differ or an
@@ -41,6 +41,7 @@ from ..errors import UserError, cli_entry
 from . import baselines as _baselines
 from . import metrics as _metrics
 from . import report
+from .temporal import TEMPORAL_METRICS, TemporalStats
 
 DEFAULT_BASELINES = ("average", "max", "laplacian", "gff")
 SHEET_ROWS = 8
@@ -182,7 +183,9 @@ def _to255(unit: np.ndarray, dtype) -> np.ndarray:
     return np.rint(x) if dtype == np.uint8 else x
 
 
-def evaluate(pairs, methods, metric_names, convention, sheet_rows, progress=None):
+def evaluate(pairs, methods, metric_names, convention, sheet_rows, progress=None, temporal=None):
+    """Rows of metric values per (image, method) and the contact sheet's tiles; ``temporal``: a dict
+    of method label -> TemporalStats fed every fused frame in order (the pairs are a sequence)."""
     rows: list[report.Row] = []
     sheet: list[tuple[str, list]] = []
     for i, pair in enumerate(pairs):
@@ -206,6 +209,8 @@ def evaluate(pairs, methods, metric_names, convention, sheet_rows, progress=None
                 continue
             if tiles is not None:
                 tiles.append(report.to_display(shown))
+            if temporal is not None:
+                temporal[m.label].add(fused255, ir255, vis255)
             errors = []
             for k in metric_names:
                 try:
@@ -219,6 +224,14 @@ def evaluate(pairs, methods, metric_names, convention, sheet_rows, progress=None
         if tiles is not None:
             sheet.append((pair.id, tiles))
     return rows, sheet
+
+
+def format_temporal(results: dict[str, dict]) -> str:
+    head = ["method", *TEMPORAL_METRICS]
+    body = [[label] + [f"{r[k]:.4f}" for k in TEMPORAL_METRICS] for label, r in results.items()]
+    widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                     for row in [head] + body)
 
 
 def _positive_int(s: str) -> int:
@@ -254,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write per-image and mean results as JSON")
     p.add_argument("--csv", metavar="FILE", help="write per-image and mean rows as CSV")
     p.add_argument("--sheet", metavar="FILE.png", help="write a contact sheet: rows = images, columns = IR, VIS, each method")
+    p.add_argument("--temporal", action="store_true",
+                   help="the pairs are a video sequence (natural id order): also report frame-to-frame change, "
+                        "brightness spread and change beyond the sources' own (docs/metrics.md)")
     p.add_argument("--sheet-rows", type=_positive_int, default=SHEET_ROWS, metavar="N",
                    help=f"images on the contact sheet (default {SHEET_ROWS})")
     return p
@@ -289,7 +305,8 @@ def main(argv=None) -> int:
             print(f"\r[{i + 1}/{len(pairs)}] {pair.id}   ", end="", file=sys.stderr, flush=True)
 
     sheet_rows = args.sheet_rows if "--sheet" in outputs else 0
-    rows, sheet = evaluate(pairs, methods, metric_names, args.convention, sheet_rows, progress)
+    temporal = {m.label: TemporalStats() for m in methods} if args.temporal else None
+    rows, sheet = evaluate(pairs, methods, metric_names, args.convention, sheet_rows, progress, temporal)
     if progress:
         print(file=sys.stderr)
 
@@ -307,6 +324,8 @@ def main(argv=None) -> int:
             "images": [p.id for p in pairs],
             "failures": len(failures),
         }
+        if temporal is not None:
+            summary["temporal"] = {label: t.result() for label, t in temporal.items()}
         report.atomic_write_text(outputs["--json"], report.to_json(summary, rows, mean, metric_names))
     if "--csv" in outputs:
         report.atomic_write_text(outputs["--csv"], report.to_csv(rows, mean, metric_names))
@@ -317,6 +336,9 @@ def main(argv=None) -> int:
 
     print(f"{len(pairs)} image pairs from {root}, convention '{args.convention}' (means over the images each method handled)")
     print(report.format_table(mean, metric_names, hib))
+    if temporal is not None:
+        print(f"\ntemporal, {len(pairs)} frames in id order (grey levels; lower is steadier):")
+        print(format_temporal({label: t.result() for label, t in temporal.items()}))
     if failures:
         print(f"{len(failures)} of {len(rows)} (image, method) evaluations failed:", file=sys.stderr)
         for r in failures[:10]:
