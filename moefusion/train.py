@@ -79,6 +79,7 @@ DEFAULTS: dict = {
         "val_every": 1,  # epochs
         "max_steps": None,  # stop early after this many optimiser steps (quick runs)
         "release": None,  # also write a small fp16 release checkpoint here at the end
+        "init": None,  # start from these weights (fine-tuning; fresh optimiser and schedule), e.g. the bundled ones
     },
 }
 
@@ -386,6 +387,14 @@ def train(cfg: dict, resume: str | None = None) -> Path:
     if resume:
         state = read_checkpoint(resume)
         model = model_from_checkpoint(state, source=resume).train()
+    elif cfg["train"]["init"]:
+        init = cfg["train"]["init"]
+        init_state = read_checkpoint(init)
+        model = model_from_checkpoint(init_state, source=init).float().train()
+        _freeze_like(model, init_state["meta"].get("frozen", []))  # a frozen stem stays frozen
+        if cfg["preset"] != model.preset:
+            log.warning("train.init %s is a %r model; preset %r is ignored", init, model.preset, cfg["preset"])
+        log.info("fine-tuning from %s", init)
     else:
         overrides = dict(cfg["model"])
         if train_set.class_names:

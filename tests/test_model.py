@@ -370,9 +370,11 @@ def layer_desc(x):
 def test_decoder_sees_the_last_block_only_through_mole_in_edge():
     model = moefusion.build_model("edge").eval()
     cfg = model.cfg
-    assert not cfg.decoder_skips_last_block and cfg.decoder_in == 2 * (cfg.encoder_out - cfg.growth) + 2 * cfg.growth
+    assert not cfg.decoder_skips_last_block and cfg.decoder_attention
+    assert cfg.decoder_in == 2 * (cfg.encoder_out - cfg.growth) + 2 * cfg.growth + 1
     assert moefusion.build_model("paper").cfg.decoder_in == 160  # upstream: every encoder feature
     fv, fi = torch.rand(1, cfg.encoder_out, 8, 8), torch.rand(1, cfg.encoder_out, 8, 8)
-    y = torch.rand(1, cfg.growth, 8, 8)
-    enc = model.decoder_input(fv, fi, y, y)
+    y, att = torch.rand(1, cfg.growth, 8, 8), torch.rand(1, 1, 8, 8)
+    enc = model.decoder_input(fv, fi, y, y, att)
     assert enc.shape[1] == cfg.decoder_in and torch.equal(enc[:, : cfg.encoder_out - cfg.growth], fv[:, : -cfg.growth])
+    assert torch.equal(enc[:, -1:], att)  # the attention map is the last channel

@@ -189,3 +189,15 @@ def test_video_entries_in_the_data_config(tmp_path, shared_data):
         dataset_root({"video": video, "exclude": [1171620]})
     with pytest.raises(UserError, match="expected"):
         dataset_root({"videos": video})
+
+
+def test_init_fine_tunes_from_weights_with_a_fresh_schedule(tmp_path, shared_data):
+    tno = shared_data("tno_seq_duine")
+    first = train(small_config(tmp_path / "a", [tno], steps=2))
+    cfg = small_config(tmp_path / "b", [tno], steps=1)
+    cfg["train"]["init"] = str(first)
+    second = read_checkpoint(train(cfg))
+    assert second["meta"]["step"] == 1  # a new run, not a resume
+    before = read_checkpoint(first)["state_dict"]
+    moved = [k for k, v in second["state_dict"].items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert moved and len(moved) < len(before)  # started from the weights and trained one step

@@ -191,7 +191,7 @@ class ExportModule(nn.Module):
         bg = (last_vis * (1 - att), last_ir * (1 - att))
         y_fg, r_fg = self._moe(m.mole_fg, torch.cat(fg, dim=1), fg)
         y_bg, r_bg = self._moe(m.mole_bg, torch.cat(bg, dim=1), bg)
-        enc = m.decoder_input(feat_vis, feat_ir, y_fg, y_bg)
+        enc = m.decoder_input(feat_vis, feat_ir, y_fg, y_bg, att)
         y, r_dec = self._moe(m.moge, enc, enc)
 
         out = [y[..., :h, :w].clamp(0.0, 1.0), att[..., :h, :w]]

@@ -24,7 +24,7 @@ CHECKPOINT_FORMAT = "moefusion-checkpoint"
 FORMAT_VERSION = 2
 # Config fields added in format 2, with the values that format-1 checkpoints were built with.
 FORMAT1_CONFIG = {"encoder_relu": True, "gate_pool": "grid", "backbone_weights": None, "detector_norm": "batch",
-                  "decoder_skips_last_block": True}
+                  "decoder_skips_last_block": True, "decoder_attention": False}
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "moefusion_edge.pt"
 

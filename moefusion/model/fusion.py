@@ -122,7 +122,7 @@ class MoEFusion(nn.Module):
         bg = (last_vis * (1 - att), last_ir * (1 - att))
         out_fg = self.mole_fg(torch.cat(fg, dim=1), fg)
         out_bg = self.mole_bg(torch.cat(bg, dim=1), bg)
-        enc = self.decoder_input(feat_vis, feat_ir, out_fg.y, out_bg.y)
+        enc = self.decoder_input(feat_vis, feat_ir, out_fg.y, out_bg.y, att)
         out_dec = self.moge(enc, enc)
 
         fused = out_dec.y[..., :h, :w]
@@ -136,12 +136,14 @@ class MoEFusion(nn.Module):
         return FusionOutput(fused, att[..., :h, :w], aux, det_losses, dets, routes, gatings,
                             maps if self.training else None)
 
-    def decoder_input(self, feat_vis, feat_ir, y_fg, y_bg) -> torch.Tensor:
-        """What MoGE sees: the encoders' features (all, or all but the last block's) and MoLE's outputs."""
+    def decoder_input(self, feat_vis, feat_ir, y_fg, y_bg, att) -> torch.Tensor:
+        """What MoGE sees: the encoders' features (all, or all but the last block's), MoLE's outputs
+        and, with ``decoder_attention``, the attention map."""
         if not self.cfg.decoder_skips_last_block:
             g = self.cfg.growth
             feat_vis, feat_ir = feat_vis[:, :-g], feat_ir[:, :-g]
-        return torch.cat([feat_vis, feat_ir, y_fg, y_bg], dim=1)
+        parts = [feat_vis, feat_ir, y_fg, y_bg] + ([att.to(y_fg.dtype)] if self.cfg.decoder_attention else [])
+        return torch.cat(parts, dim=1)
 
     # -- inference helpers ------------------------------------------------------------------
     @property

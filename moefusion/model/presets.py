@@ -32,6 +32,9 @@ class ModelConfig:
     # The decoder sees all encoder features (upstream) or all but the last block's, which then reach
     # it only through MoLE (fg/bg): the local experts cannot be bypassed.
     decoder_skips_last_block: bool = True
+    # The decoder also sees the attention map as one more input channel: where the targets are
+    # decides what the fused pixel should be (the losses differ inside and outside them).
+    decoder_attention: bool = False
     # MoLE: experts growth -> mole_hidden -> growth, half per modality.
     mole_experts: int = 4
     mole_hidden: int = 8
@@ -63,7 +66,7 @@ class ModelConfig:
         # both encoders' dense features (less the last block's, when MoLE alone carries them)
         # + MoLE foreground and background outputs
         skipped = self.encoder_out if self.decoder_skips_last_block else self.encoder_out - self.growth
-        return 2 * skipped + 2 * self.growth
+        return 2 * skipped + 2 * self.growth + int(self.decoder_attention)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -92,6 +95,7 @@ PRESETS: dict[str, ModelConfig] = {
         mole_loss_coef=0.1,
         encoder_relu=True,
         decoder_skips_last_block=False,
+        decoder_attention=True,
         gate_pool="moments",
         detector="mobilenet_v3_small",
         fpn_channels=32,
