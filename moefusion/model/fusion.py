@@ -16,6 +16,10 @@ from .presets import ModelConfig
 
 # Input sizes are padded up to a multiple of the deepest FPN level's stride and cropped back.
 STRIDE = 32
+# Routing smoothing for video (set_route_smoothing): weight of the past in the logits' moving
+# average, and the logit margin a new expert needs to replace a chosen one.
+ROUTE_SMOOTHING = 0.8
+ROUTE_MARGIN = 0.5
 
 
 class FusionOutput(NamedTuple):
@@ -82,6 +86,25 @@ class MoEFusion(nn.Module):
         for layer in (self.mole_fg, self.mole_bg, self.moge):
             layer.dispatch = mode
         return self
+
+    # -- video ----------------------------------------------------------------------------
+    def set_route_smoothing(self, smoothing: float = ROUTE_SMOOTHING, margin: float = ROUTE_MARGIN) -> "MoEFusion":
+        """Smooth routing across successive frames (eval, one stream per model): an exponential
+        moving average of each gate's logits (``smoothing`` = weight of the past, 0 = none) and
+        sticky experts (a new expert must beat the weakest chosen one by ``margin``). Routing that
+        flips between near-tied experts frame by frame makes the picture jump; this stops it.
+        ``set_route_smoothing(0, 0)`` turns it off. Resets the state (call it per new stream)."""
+        if not (0.0 <= smoothing < 1.0) or margin < 0:
+            raise ValueError(f"smoothing must be in [0, 1) and margin >= 0, got {smoothing}, {margin}")
+        for layer in (self.mole_fg, self.mole_bg, self.moge):
+            layer.smoothing, layer.margin = float(smoothing), float(margin)
+            layer.reset_route_state()
+        return self
+
+    def reset_route_state(self) -> None:
+        """Forget the previous frame's routing (a new stream, a cut, a seek)."""
+        for layer in (self.mole_fg, self.mole_bg, self.moge):
+            layer.reset_route_state()
 
     # -- forward --------------------------------------------------------------------------
     def forward(self, ir, vis, targets_ir=None, targets_vis=None, detections: bool = False,

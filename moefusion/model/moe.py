@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .experts import DISPATCHERS, ExpertBank
-from .gating import Gating, balancing_loss, gate_descriptor, gate_descriptor_size, top_k_gating
+from .gating import Gating, balancing_loss, gate_descriptor, gate_descriptor_size, sticky_top_k, top_k_gating
 
 
 class MoEOutput(NamedTuple):
@@ -55,6 +55,11 @@ class GatedExperts(nn.Module):
         self.w_gate = nn.Parameter(torch.zeros(features, num_experts))
         self.w_noise = nn.Parameter(torch.zeros(features, num_experts)) if noisy_gating else None
         self.experts = ExpertBank(num_experts, channels)
+        # Temporal routing smoothing for video (eval only, off by default): an exponential moving
+        # average of the gate logits over successive calls and sticky expert choice (sticky_top_k).
+        self.smoothing = 0.0
+        self.margin = 0.0
+        self._route_state = None  # (smoothed logits [B, E], indices [B, k]) of the previous call
 
     @property
     def num_experts(self) -> int:
@@ -77,7 +82,20 @@ class GatedExperts(nn.Module):
 
     def route(self, gate_features: torch.Tensor) -> Gating:
         desc = self.normalise(gate_descriptor(gate_features, self.grid, self.pool))
-        return top_k_gating(desc, self.w_gate, self.k, self.w_noise, train=self.training)
+        if self.training or not (self.smoothing or self.margin):
+            return top_k_gating(desc, self.w_gate, self.k, self.w_noise, train=self.training)
+        logits = desc.float() @ self.w_gate.float()
+        previous = None
+        if self._route_state is not None and self._route_state[0].shape == logits.shape:
+            logits = self.smoothing * self._route_state[0] + (1 - self.smoothing) * logits
+            previous = self._route_state[1]
+        idx, weights = sticky_top_k(logits, self.k, previous, self.margin)
+        self._route_state = (logits.detach(), idx.detach())
+        gates = torch.zeros_like(logits).scatter(1, idx, weights)
+        return Gating(idx, weights, gates, (gates > 0).sum(0).to(gates.dtype))
+
+    def reset_route_state(self) -> None:
+        self._route_state = None
 
     def forward(self, gate_features: torch.Tensor, inputs) -> MoEOutput:
         gating = self.route(gate_features)
