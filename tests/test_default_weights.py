@@ -1,26 +1,287 @@
-"""The bundled default weights beat averaging fusion on the pairs held out from their training."""
+"""The bundled default weights earn their place, on pairs they never trained on.
+
+Held-out pairs are rebuilt from the weights' own training config (moefusion.eval.heldout): the
+``data.val`` roots whole, the seeded fraction of every training root, the excluded video clip; plus
+llvip_samples, never used in training. Each test is one acceptance criterion of the model:
+
+- every MoE layer is alive (routes vary, no dead second expert, removing a layer changes the picture);
+- the attention sits on the labelled targets and steers the fusion there;
+- the fused image is above averaging in EN, SD, SF, AG, Qabf and SCD on every set, above the
+  Laplacian pyramid in SD and SCD, and keeps warm people brighter than averaging does.
+
+The criteria of issue 10 these weights do NOT meet yet are strict xfails (they fail the run once
+they pass, so the bar is raised with the weights): at least the Laplacian pyramid in EN, SD, SF,
+Qabf and VIF on every set; at least GFF in 5 of 9 metrics; person contrast at least the
+pyramid's; video as steady as the pyramid's (MoGE flips between near-tied experts on some frames
+of the TNO sequences; ``MoEFusion.set_route_smoothing`` reduces it, not yet enough).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
+import torch
 
+from moefusion.data.io import read_image
+from moefusion.data.preprocess import prepare_pair
+from moefusion.eval import baselines, metrics
+from moefusion.eval.contrast import box_union_mask, target_contrast
+from moefusion.eval.heldout import heldout_sets
+from moefusion.eval.temporal import temporal_metrics
 from moefusion.model.checkpoint import DEFAULT_WEIGHTS, model_from_checkpoint, read_checkpoint
-from moefusion.train import build_datasets, validate
 
-pytestmark = pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason=f"no default weights at {DEFAULT_WEIGHTS}")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason=f"no default weights at {DEFAULT_WEIGHTS}")]
+
+MOE_LAYERS = ("mole_fg", "mole_bg", "moge")
+MIN_ROUTE_SETS = 2  # distinct expert sets over the held-out frames, per layer
+MIN_SMALLEST_WEIGHT = 0.05  # median over frames of the smallest selected gate weight
+MIN_LAYER_EFFECT = 4.0  # grey levels: mean |change| when a MoE layer's output is zeroed
+MIN_ATTENTION_RATIO = 1.5  # mean attention inside target boxes / outside
+MIN_ATTENTION_EFFECT = 3.0  # grey levels inside the boxes when the attention is a uniform 0.5
+AT_LEAST_LAPLACIAN = ("EN", "SD", "SF", "Qabf", "VIF")
+GFF_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
+MIN_GFF_WINS = 5
+UNSEEN_LIMIT = 12  # llvip_samples pairs (1280x1024)
+VIDEO_FRAMES = 60  # consecutive frames of the held-out clip for the temporal check
+TARGET_CLASSES = (0, 2)  # person, car
 
 
-@pytest.mark.slow
-def test_default_weights_beat_averaging_on_their_held_out_pairs(shared_data):
+def _on_data(cfg: dict, shared_data) -> dict:
+    """The saved config with its data roots pointed at this machine's shared data."""
+    def move(entry):
+        if isinstance(entry, dict):
+            return {**entry, "video": str(shared_data(Path(entry["video"]).name))}
+        return str(shared_data(Path(entry).name))
+
+    cfg["data"]["train"] = [move(e) for e in cfg["data"]["train"]]
+    cfg["data"]["val"] = [move(e) for e in cfg["data"]["val"]]
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def shipped():
     state = read_checkpoint(DEFAULT_WEIGHTS)
-    cfg = state["meta"]["train_config"]  # the config they were trained with: the same seeded split
-    data = cfg["data"]
-    data["train"] = [str(shared_data(Path(r).name)) for r in data["train"]]
-    data["val"] = [str(shared_data(Path(r).name)) for r in data["val"]]
-    _, val_set = build_datasets(cfg)
-    assert len(val_set) >= 40  # tno_seq_tree whole + 15 % of each training root
     model = model_from_checkpoint(state).float().eval()
-    scores = validate(model, val_set, "cpu", max_images=len(val_set))
-    for name in ("SD", "SF", "AG", "Qabf"):
-        assert scores[name] > scores[f"average_{name}"], (name, scores)
+    return model, state["meta"]["train_config"]
+
+
+@pytest.fixture(scope="module")
+def held_out(shipped):
+    from conftest import shared_set
+
+    return heldout_sets(_on_data(shipped[1], shared_set))
+
+
+def _tensors(model, ir_raw, vis_raw):
+    ir_u, parts = prepare_pair(ir_raw, vis_raw)
+    t = lambda a: torch.from_numpy(a)[None, None].float()  # noqa: E731
+    return t(ir_u), t(parts.y), ir_u, parts
+
+
+def _frames(held_out):
+    for held in held_out:
+        ds = held.dataset
+        for n in range(len(ds)):
+            ir, vis = ds.paths(n)
+            yield held.name, ds.ids[n], read_image(ir), read_image(vis)
+
+
+@torch.inference_mode()
+def test_every_moe_layer_is_alive(shipped, held_out):
+    model, _ = shipped
+    sets = {n: set() for n in MOE_LAYERS}
+    smallest = {n: [] for n in MOE_LAYERS}
+    effect = {n: [] for n in MOE_LAYERS[:-1]}
+    for _, _, ir_raw, vis_raw in _frames(held_out):
+        ir, vis, _, _ = _tensors(model, ir_raw, vis_raw)
+        out = model(ir, vis)
+        fused = out.fused.clamp(0, 1) * 255
+        for n in MOE_LAYERS:
+            g = out.gatings[n]
+            sets[n].add(tuple(sorted(g.indices[0].tolist())))
+            smallest[n].append(float(g.weights[0].min()))
+        for n in effect:  # the last layer makes the image: zeroing it is not a question
+            hook = getattr(model, n).register_forward_hook(lambda m, i, o: o._replace(y=torch.zeros_like(o.y)))
+            try:
+                ablated = model(ir, vis).fused.clamp(0, 1) * 255
+            finally:
+                hook.remove()
+            effect[n].append(float((ablated - fused).abs().mean()))
+    report = {n: (len(sets[n]), float(np.median(smallest[n])), float(np.mean(effect.get(n, [np.nan]))))
+              for n in MOE_LAYERS}
+    for n in MOE_LAYERS:
+        assert len(sets[n]) >= MIN_ROUTE_SETS, report
+        assert np.median(smallest[n]) >= MIN_SMALLEST_WEIGHT, report
+    for n in effect:
+        assert np.mean(effect[n]) >= MIN_LAYER_EFFECT, report
+
+
+@torch.inference_mode()
+def test_attention_finds_the_targets_and_steers_the_fusion(shipped, held_out):
+    model, _ = shipped
+    labelled = [h for h in held_out if h.dataset.has_boxes]
+    assert labelled, "the held-out pairs must include labelled ones (msrs_det)"
+    ratios, effects = [], []
+    for held in labelled:
+        ds = held.dataset
+        for n in range(len(ds)):
+            boxes_ir, boxes_vis = ds.annotations(n)
+            xyxy = np.concatenate([b.xyxy[np.isin(b.labels, TARGET_CLASSES)] for b in (boxes_ir, boxes_vis) if b is not None])
+            ir_path, vis_path = ds.paths(n)
+            ir, vis, _, _ = _tensors(model, read_image(ir_path), read_image(vis_path))
+            inside = box_union_mask(xyxy, ir.shape[-2:])
+            if not inside.any():
+                continue
+            out = model(ir, vis)
+            att = out.attention[0, 0].numpy()
+            ratios.append(att[inside].mean() / max(att[~inside].mean(), 1e-6))
+            uniform = model(ir, vis, attention_override=torch.full_like(ir, 0.5))
+            diff = ((uniform.fused - out.fused).clamp(-1, 1) * 255).abs()[0, 0].numpy()
+            effects.append(float(diff[inside].mean()))
+    assert len(ratios) >= 3
+    assert np.mean(ratios) >= MIN_ATTENTION_RATIO, ratios
+    assert np.mean(effects) >= MIN_ATTENTION_EFFECT, effects
+
+
+@pytest.fixture(scope="module")
+def quality(shipped, held_out):
+    """Per set: mean of every metric for the model, the Laplacian pyramid and GFF."""
+    from conftest import shared_set
+    from moefusion.data.datasets import PairedDataset
+
+    model, _ = shipped
+    llvip = PairedDataset(shared_set("llvip_samples"))
+    sets = [(h.name, h.dataset) for h in held_out] + [("llvip_samples (never seen)", llvip.subset(llvip.ids[:UNSEEN_LIMIT], None))]
+    names = list(dict.fromkeys(AT_LEAST_LAPLACIAN + GFF_METRICS + ABOVE_AVERAGE))
+    out = {}
+    for name, ds in sets:
+        scores = {m: {k: [] for k in names} for m in ("model", "average", "laplacian", "gff")}
+        for n in range(len(ds)):
+            ir_path, vis_path = ds.paths(n)
+            ir_raw, vis_raw = read_image(ir_path), read_image(vis_path)
+            ir_u, parts = prepare_pair(ir_raw, vis_raw)
+            fused = {"model": split_y(model.fuse(ir_raw, vis_raw))}
+            for b in ("average", "laplacian", "gff"):
+                fused[b] = np.rint(np.clip(baselines.BASELINES[b](ir_u, parts.y), 0, 1) * 255)
+            for m, f in fused.items():
+                for k, v in metrics.compute(names, f, np.rint(ir_u * 255.0), np.rint(parts.y * 255.0)).items():
+                    scores[m][k].append(v)
+        out[name] = {m: {k: float(np.mean(v)) for k, v in s.items()} for m, s in scores.items()}
+    return out
+
+
+ABOVE_AVERAGE = ("EN", "SD", "SF", "AG", "Qabf", "SCD")
+ABOVE_LAPLACIAN = ("SD", "SCD")
+NOT_YET = "issue 10: below this bar with the bundled weights (docs/model_card.md, Known limits)"
+
+
+def test_above_averaging_and_above_the_pyramid_in_contrast_on_every_held_out_set(quality):
+    worse = [(s, k, b, round(r["model"][k], 4), round(r[b][k], 4))
+             for s, r in quality.items()
+             for b, names in (("average", ABOVE_AVERAGE), ("laplacian", ABOVE_LAPLACIAN))
+             for k in names if r["model"][k] <= r[b][k]]
+    assert not worse, worse
+
+
+@pytest.mark.xfail(strict=True, reason=NOT_YET)
+def test_at_least_the_laplacian_pyramid_on_every_held_out_set(quality):
+    worse = [(s, k, round(r["model"][k], 4), round(r["laplacian"][k], 4))
+             for s, r in quality.items() for k in AT_LEAST_LAPLACIAN if r["model"][k] < r["laplacian"][k]]
+    assert not worse, worse
+
+
+@pytest.mark.xfail(strict=True, reason=NOT_YET)
+def test_at_least_gff_in_most_metrics_on_every_held_out_set(quality):
+    for s, r in quality.items():
+        wins = [k for k in GFF_METRICS if r["model"][k] >= r["gff"][k]]
+        assert len(wins) >= MIN_GFF_WINS, (s, wins, r)
+
+
+@pytest.fixture(scope="module")
+def person_contrast(shipped, held_out):
+    """(id, model, averaging, pyramid) person-minus-surround contrast on the held-out labelled pairs."""
+    model, _ = shipped
+    rows = []
+    with torch.inference_mode():
+        for held in held_out:
+            ds = held.dataset
+            if not ds.has_boxes:
+                continue
+            for n in range(len(ds)):
+                boxes_ir, _ = ds.annotations(n)
+                if boxes_ir is None or not (boxes_ir.labels == 0).any():
+                    continue
+                ir_path, vis_path = ds.paths(n)
+                ir_raw, vis_raw = read_image(ir_path), read_image(vis_path)
+                ir_u, parts = prepare_pair(ir_raw, vis_raw)
+                fused = split_y(model.fuse(ir_raw, vis_raw))
+                avg = np.rint(np.clip(baselines.average(ir_u, parts.y), 0, 1) * 255)
+                lap = np.rint(np.clip(baselines.laplacian_pyramid(ir_u, parts.y), 0, 1) * 255)
+                persons = boxes_ir.xyxy[boxes_ir.labels == 0]
+                rows.append((ds.ids[n], *(target_contrast(x, persons) for x in (fused, avg, lap))))
+    assert rows
+    return rows
+
+
+def test_warm_people_stay_brighter_than_their_surround(person_contrast):
+    assert all(r[1] > 0 for r in person_contrast), person_contrast
+    assert np.mean([r[1] for r in person_contrast]) > np.mean([r[2] for r in person_contrast]), person_contrast
+
+
+@pytest.mark.xfail(strict=True, reason=NOT_YET)
+def test_warm_people_at_least_as_bright_as_in_the_pyramid(person_contrast):
+    assert np.mean([r[1] for r in person_contrast]) >= np.mean([r[3] for r in person_contrast]), person_contrast
+
+
+def split_y(img: np.ndarray) -> np.ndarray:
+    """Luminance of a fused 8-bit frame, 0..255, as moefusion-eval reads it."""
+    from moefusion.data.preprocess import split_visible
+
+    return np.rint(split_visible(img).y.astype(np.float64) * 255)
+
+
+def _sequence_frames(shared_data, name):
+    root = shared_data(name)
+    ids = sorted((p.stem for p in (root / "ir").iterdir()), key=int)
+    for i in ids:
+        yield (read_image(next((root / "ir").glob(f"{i}.*"))), read_image(next((root / "vis").glob(f"{i}.*"))))
+
+
+def _clip_frames(shared_data, clip, count):
+    root = shared_data("m3svd_video")
+    caps = [cv2.VideoCapture(str(root / m / f"{clip}.mp4")) for m in ("ir", "vis")]
+    try:
+        for _ in range(count):
+            (ok_ir, ir), (ok_vis, vis) = (c.read() for c in caps)
+            assert ok_ir and ok_vis
+            yield cv2.cvtColor(ir, cv2.COLOR_BGR2GRAY), vis
+    finally:
+        for c in caps:
+            c.release()
+
+
+@pytest.mark.xfail(strict=True, reason=NOT_YET)
+@torch.inference_mode()
+def test_fused_video_is_as_steady_as_the_pyramid(shipped, shared_data):
+    model, cfg = shipped
+    video = next(e for e in cfg["data"]["train"] if isinstance(e, dict))
+    clip = video["exclude"][0]
+    sequences = {n: _sequence_frames(shared_data, n) for n in ("tno_seq_tree", "tno_seq_duine", "tno_seq_nato_camp")}
+    sequences[f"m3svd {clip}"] = _clip_frames(shared_data, clip, VIDEO_FRAMES)
+    report = {}
+    model.set_route_smoothing()  # as for live video
+    for name, frames in sequences.items():
+        model.reset_route_state()
+        model_frames, lap_frames = [], []
+        for ir_raw, vis_raw in frames:
+            ir_u, parts = prepare_pair(ir_raw, vis_raw)
+            model_frames.append(split_y(model.fuse(ir_raw, vis_raw)))
+            lap_frames.append(np.rint(np.clip(baselines.laplacian_pyramid(ir_u, parts.y), 0, 1) * 255))
+        report[name] = (temporal_metrics(model_frames), temporal_metrics(lap_frames))
+    model.set_route_smoothing(0.0, 0.0)
+    for name, (m, lap) in report.items():
+        for k in ("brightness_sd", "change"):
+            assert m[k] <= lap[k], (name, k, report)
