@@ -79,6 +79,16 @@ def make_model(preset: str, seed: int = 0, prefer_default: bool = True):
     return model
 
 
+def grid_gate_edge(seed: int = 0):
+    """An untrained edge model with grid gates (the plugin flavour's MoEGate), outputs in (0, 1)."""
+    torch.manual_seed(seed)
+    model = randomise_gates(moefusion.build_model("edge", gate_pool="grid"), seed=seed).eval()
+    with torch.no_grad():
+        model.moge.experts.weights[-1].mul_(8.0)
+        model.moge.experts.biases[-1].add_(0.5)
+    return model
+
+
 def read_pair(root: Path, pair_id: str | None):
     """Raw (ir, vis) frames of one pair of a shared data set (first pair when pair_id is None)."""
     from moefusion.data.io import read_image
@@ -157,7 +167,11 @@ def exported(preset: str, flavour: str = "standard", opset: int = 18, dynamic: b
 def _exported(preset, flavour, opset, dynamic, routes, dispatch, batch, half):
     from moefusion.export.api import run_export
 
-    model = make_model(preset)
+    if flavour == "plugin" and preset == "edge":
+        # the MoEGate plugin implements the grid descriptor; the bundled edge weights gate on moments
+        model = grid_gate_edge()
+    else:
+        model = make_model(preset)
     name = f"{preset}-{flavour}-{opset}-{'dyn' if dynamic else 'static'}-{dispatch}-b{batch}{'-fp16' if half else ''}"
     given = {"opset": opset, "dispatch": dispatch, "batch": batch, "half": half or None,
              "plugins": "on" if flavour == "plugin" else None, "output": str(work_dir() / f"{name}.onnx")}

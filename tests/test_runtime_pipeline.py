@@ -4,6 +4,7 @@ mid-stream and is reconnected, the demo, and the one-line user errors."""
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -389,21 +390,31 @@ def test_stats_json_to_stdout_is_json_only(shared_data, tmp_path):
 
 
 @gst_test
-def test_stream_output_is_built_for_the_real_rate(tmp_path, capsys):
+def test_stream_output_is_built_for_the_real_rate(tmp_path, capsys, caplog):
     """A 9 Hz thermal camera with a 30 Hz one: the UDP stream is encoded at 9 fps with a key frame
     every 9 frames (one a second), not at a 30 fps guessed before the cameras were open."""
     import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:  # bound, so the datagrams are accepted
-        rx.bind(("127.0.0.1", 0))
-        port = rx.getsockname()[1]
-        rc = main(["--ir", "test://ball", "--ir-rate", "9", "--ir-width", "64", "--ir-height", "48",
-                   "--vis", "test://smpte", "--vis-rate", "30", "--vis-width", "64", "--vis-height", "48",
-                   "--output", f"udp://127.0.0.1:{port}", "--backend", "average", "--max-frames", "5",
-                   "--stats-interval", "0", "--log-level", "info"])
+    # the sink's own log records (moefusion's loggers do not propagate to pytest's root handler,
+    # and which stream their handler writes to depends on the tests before)
+    sinks_log = logging.getLogger("moefusion.runtime")
+    old_level = sinks_log.level
+    sinks_log.addHandler(caplog.handler)
+    sinks_log.setLevel(logging.INFO)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:  # bound, so the datagrams are accepted
+            rx.bind(("127.0.0.1", 0))
+            port = rx.getsockname()[1]
+            rc = main(["--ir", "test://ball", "--ir-rate", "9", "--ir-width", "64", "--ir-height", "48",
+                       "--vis", "test://smpte", "--vis-rate", "30", "--vis-width", "64", "--vis-height", "48",
+                       "--output", f"udp://127.0.0.1:{port}", "--backend", "average", "--max-frames", "5",
+                       "--stats-interval", "0", "--log-level", "info"])
+    finally:
+        sinks_log.removeHandler(caplog.handler)
+        sinks_log.setLevel(old_level)
     err = capsys.readouterr().err
     assert rc == 0, err
-    line = next(ln for ln in err.splitlines() if "output pipeline:" in ln)
+    line = next(m for m in caplog.messages if "output pipeline:" in m)
     assert "framerate=9/1 " in line and "key-int-max=9 " in line and "udpsink" in line
 
 

@@ -180,7 +180,7 @@ class ExportModule(nn.Module):
 
         dets = None
         if self.detections:
-            att0, dets, _ = m.attention(vis, ir)
+            att0, dets, _, _ = m.attention(vis, ir)
         else:
             att0 = self._level0(vis, ir)
         att = F.interpolate(att0, scale_factor=4.0, mode="bilinear", align_corners=True)
