@@ -5,6 +5,7 @@
     python scripts/bench_pipeline.py --case average --case synthetic:6 --size 640x480 --frames 200
     python scripts/bench_pipeline.py --case torch:edge --frames 20      # MoEFusion edge preset (untrained)
     python scripts/bench_pipeline.py --case model:/path/to/model.onnx
+    python scripts/bench_pipeline.py --only-own                         # the pipeline's own cost per frame
 
 Input: a pair of synthetic clips (samples' procedural scene, scaled to --size) written to a
 temporary folder as MPEG-4 files, read by the real capture (GStreamer, or OpenCV when
@@ -118,14 +119,17 @@ def model_only(backend, ir_path, vis_path, iters: int, min_seconds: float):
         c.close()
         assert st is Status.OK
         frames[role] = f.image
-    prep = Preprocessor()(frames["ir"], frames["vis"])
-    backend.warmup(prep.vis_y.shape[2], prep.vis_y.shape[3], iters=3)
+    from moefusion.runtime.fit import plan_model_fit
+
+    # a fixed-size model gets the frames fitted to its input, as in the pipeline
+    prep = Preprocessor(fit_for=lambda h, w: plan_model_fit((h, w), backend.size_range))(frames["ir"], frames["vis"])
+    backend.warmup(prep.model_vis.shape[2], prep.model_vis.shape[3], iters=3)
     times = []
     cpu0 = time.process_time()
     t_end = time.perf_counter() + min_seconds
     while len(times) < iters or time.perf_counter() < t_end:
         t0 = time.perf_counter()
-        backend.infer(prep.ir_unit, prep.vis_y)
+        backend.infer(prep.model_ir, prep.model_vis)
         times.append((time.perf_counter() - t0) * 1000)
         if len(times) >= 10 * iters:
             break
@@ -159,10 +163,15 @@ def pipeline_live(backend, size, rate: float, frames: int):
 
 
 def own_cpu_cost(size, frames: int = 900):
-    """Steady-state CPU time per frame, all threads, with the average backend and non-live test
-    sources (no file decoding): the whole pipeline, and the two sources alone (pattern generation,
-    colour conversion, appsink, copy into numpy). The difference is the pipeline's own cost:
-    pairing, pre/postprocessing, queues, statistics. Setup is removed by differencing two run lengths."""
+    """Steady-state cost per frame, all threads, with the average backend and non-live test sources
+    (no file decoding), output none: CPU time and minor page faults of the whole pipeline, of the two
+    sources alone (pattern generation, colour conversion, appsink, copy into numpy; captured exactly
+    as the pipeline captures them: VIS as I420), and of the average backend's inference alone. The
+    pipeline's own work (pairing, pre/postprocessing, queues, statistics) is the pipeline minus the
+    sources; "without inference" also takes the backend's cost off. Setup is removed by differencing
+    two run lengths (best of two runs each). Also the stage table (mean ms) of the long run."""
+    import resource
+
     from moefusion.runtime.capture import make_capture
     from moefusion.runtime.capture import Status as St
 
@@ -173,32 +182,89 @@ def own_cpu_cost(size, frames: int = 900):
                 parse_input_uri(f"test://smpte?is-live=false&num-buffers={n}"))
 
     opts = StreamOptions(width=w, height=h)
+    stages = {}
+
+    def faults():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
     def run_pipe(n):
         ir, vis = uris(n)
         cfg = PipelineConfig(ir=ir, vis=vis, ir_opts=opts, vis_opts=opts, outputs=[parse_output_uri("none")],
                              stats_interval=0)
-        c0 = time.process_time()
-        Pipeline(cfg, AverageBackend()).run()
-        return (time.process_time() - c0) * 1000
+        f0, c0 = faults(), time.process_time()
+        s = Pipeline(cfg, AverageBackend()).run()
+        stages[n] = {k: v["mean"] for k, v in s["stage_ms"].items()}
+        return (time.process_time() - c0) * 1000, faults() - f0
 
     def run_sources(n):
-        total = 0.0
+        total = nf = 0.0
         for role, u in zip(("ir", "vis"), uris(n)):
-            c = make_capture(u, opts, role)
-            c0 = time.process_time()
+            c = make_capture(u, opts, role, yuv=role == "vis")
+            f0, c0 = faults(), time.process_time()
             c.open()
             while c.read(2.0)[0] is St.OK:
                 pass
             c.close()
             total += (time.process_time() - c0) * 1000
-        return total
+            nf += faults() - f0
+        return total, nf
 
-    short = 100
-    pipe = (min(run_pipe(frames) for _ in range(2)) - min(run_pipe(short) for _ in range(2))) / (frames - short)
-    src = (min(run_sources(frames) for _ in range(2)) - min(run_sources(short) for _ in range(2))) / (frames - short)
+    def per_frame(fn):
+        short = 100
+        long_ = [fn(frames) for _ in range(2)]
+        short_ = [fn(short) for _ in range(2)]
+        return tuple((min(x[i] for x in long_) - min(x[i] for x in short_)) / (frames - short) for i in (0, 1))
+
+    pipe, pipe_f = per_frame(run_pipe)
+    src, src_f = per_frame(run_sources)
+    rng = np.random.default_rng(0)
+    a, b = rng.random((1, 1, h, w), dtype=np.float32), rng.random((1, 1, h, w), dtype=np.float32)
+    avg = AverageBackend()
+    c0 = time.process_time()
+    for _ in range(200):
+        avg.infer(a, b)
+    infer = (time.process_time() - c0) * 1000 / 200
     return {"pipeline_cpu_ms_per_frame": round(pipe, 3), "sources_cpu_ms_per_frame": round(src, 3),
-            "pipeline_own_cpu_ms_per_frame": round(pipe - src, 3)}
+            "pipeline_own_cpu_ms_per_frame": round(pipe - src, 3), "average_infer_cpu_ms": round(infer, 3),
+            "pipeline_own_cpu_ms_without_inference": round(pipe - src - infer, 3),
+            "page_faults_per_frame": round(pipe_f, 1), "sources_page_faults_per_frame": round(src_f, 1),
+            "stage_mean_ms": stages.get(frames)}
+
+
+def stage_costs(size, n: int = 400):
+    """CPU time of the per-frame Python work alone (no threads, no GStreamer), on 16 different
+    synthetic frames in turn (not one frame hot in the cache): preprocessing and postprocessing
+    for a BGR visible frame (OpenCV, image files) and an I420 one (GStreamer's fast path), with
+    buffers from a pool as in the pipeline, and page faults per frame."""
+    import resource
+
+    from moefusion.runtime.process import BufferPool, postprocess
+    from moefusion.runtime.yuv import I420Frame
+
+    w, h = size
+    rng = np.random.default_rng(0)
+    irs = [rng.integers(0, 256, (h, w), np.uint8) for _ in range(16)]
+    bgr = [rng.integers(0, 256, (h, w, 3), np.uint8) for _ in range(16)]
+    out = {}
+    for name, viss in (("bgr", bgr), ("i420", [I420Frame.from_bgr(v) for v in bgr])):
+        pre, avg = Preprocessor(pool=BufferPool()), AverageBackend()
+        t_pre = t_post = 0.0
+        for i in range(n + 20):
+            if i == 20:  # after warm-up
+                t_pre = t_post = 0.0
+                f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            c0 = time.process_time()
+            p = pre(irs[i % 16], viss[i % 16])
+            c1 = time.process_time()
+            fused, _ = avg.infer(p.model_ir, p.model_vis)
+            c2 = time.process_time()
+            postprocess(fused[0, 0], p)
+            p.release()
+            t_pre += c1 - c0
+            t_post += time.process_time() - c2
+        out[name] = {"preprocess_ms": round(t_pre * 1000 / n, 3), "postprocess_ms": round(t_post * 1000 / n, 3),
+                     "page_faults_per_frame": round((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / n, 1)}
+    return out
 
 
 def main():
@@ -216,11 +282,13 @@ def main():
     ap.add_argument("--no-own-cpu", dest="own_cpu", action="store_false",
                     help="skip the steady-state CPU cost measurement of the pipeline itself")
     ap.add_argument("--model-seconds", type=float, default=2.0, help="minimum time per model-only measurement")
+    ap.add_argument("--only-own", action="store_true",
+                    help="only the pipeline's own cost (steady-state CPU, page faults, stage costs): no cases")
     args = ap.parse_args()
     global ORT_THREADS
     ORT_THREADS = args.ort_threads
     w, h = (int(v) for v in args.size.split("x"))
-    cases = args.case or ["average", "synthetic:1", "synthetic:4"]
+    cases = [] if args.only_own else (args.case or ["average", "synthetic:1", "synthetic:4"])
     outputs = args.output or ["none", "file"]
     try:
         load = os.getloadavg()
@@ -237,7 +305,7 @@ def main():
         pass
     results = []
     with tempfile.TemporaryDirectory() as d:
-        ir_path, vis_path = write_inputs(d, (w, h), max(args.frames, 10))
+        ir_path, vis_path = write_inputs(d, (w, h), max(args.frames, 10)) if cases else (None, None)
         for case in cases:
             backend, name = make_backend(case, d)
             for out in outputs:
@@ -275,10 +343,17 @@ def main():
         print(f"steady-state CPU per frame at {w}x{h} (average backend, non-live test sources): pipeline "
               f"{own['pipeline_cpu_ms_per_frame']:.2f} ms, of which the two sources {own['sources_cpu_ms_per_frame']:.2f} ms "
               f"and the pipeline's own work (pairing, pre/postprocessing, queues, statistics) "
-              f"{own['pipeline_own_cpu_ms_per_frame']:.2f} ms", flush=True)
+              f"{own['pipeline_own_cpu_ms_per_frame']:.2f} ms, {own['pipeline_own_cpu_ms_without_inference']:.2f} ms "
+              f"without the average backend's {own['average_infer_cpu_ms']:.2f} ms; page faults per frame "
+              f"{own['page_faults_per_frame']:.0f} (sources alone {own['sources_page_faults_per_frame']:.0f}); "
+              f"stage means (ms, wall) {own['stage_mean_ms']}", flush=True)
+    costs = stage_costs((w, h))
+    for name, c in costs.items():
+        print(f"per-frame Python work alone at {w}x{h}, {name} visible frames: preprocess {c['preprocess_ms']:.2f} ms, "
+              f"postprocess {c['postprocess_ms']:.2f} ms CPU, {c['page_faults_per_frame']:.1f} page faults", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "results": results, "own_cpu": own}, f, indent=2)
+            json.dump({"info": info, "results": results, "own_cpu": own, "stage_costs": costs}, f, indent=2)
     print(json.dumps(info))
 
 

@@ -183,12 +183,17 @@ def test_cli_points_file_and_pattern_with_preview(tmp_path):
     (["register", "--points", "1,2:3,4", "-o", "r.txt"], ".yaml, .yml or .json"),
     (["register", "--points-file", "/no/such.csv", "-o", "r.yaml"], "no such file"),
     (["register", "--points", "0,0:0,0", "1,0:1,0", "0,1:0,1", "1,1:1,1", "-o", "r.yaml"], "--ir-size"),
+    (["register", "--points", "0,0:0,0", "9,0:9,0", "0,9:0,9", "9,9:9,9", "--ir-size", "10x10", "--vis-size", "10x10",
+      "-o", "r.yaml", "--preview", "check.png"], "--preview needs the --ir and --vis images"),
+    (["register", "--ir", "ir.png", "--vis", "vis.png", "--pattern", "chessboard:9x6", "-o", "r.yaml",
+      "--preview", "check.nope"], "--preview check.nope: cannot write that image type"),
 ])
 def test_cli_user_errors(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rc = cli.main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error:") and needle in err[0]
+    assert not (tmp_path / "r.yaml").exists()  # nothing written: the mistake is found first
 
 
 def test_cli_has_subcommands():

@@ -151,17 +151,50 @@ def test_fixed_size_model_names_its_size_and_the_fix(fixed_size_onnx):
         b.warmup(30, 40)
 
 
-def test_run_pipeline_with_a_fixed_size_model_of_another_size_is_one_line(fixed_size_onnx, capsys):
+def test_run_pipeline_fits_frames_to_a_fixed_size_model(fixed_size_onnx, tmp_path, capsys):
+    """The 20x16 model runs on the demo's registration crop (254x186: 256x188 at (31, 23) in VIS
+    pixels, shrunk to even corners for 4:2:0): letterboxed into 20x16 and back, the choice logged;
+    the output is what ONNX Runtime gives on the letterboxed frame."""
     from pathlib import Path
 
+    import cv2
+    import onnxruntime as ort
+
     from moefusion.runtime.cli import main
+    from moefusion.runtime.registration import Registrar
+    from moefusion.runtime.yuv import I420Frame
 
     demo = Path(__file__).resolve().parents[1] / "samples" / "demo"
-    code = main(["--ir", str(demo / "ir.mp4"), "--vis", str(demo / "vis.mp4"), "--model", str(fixed_size_onnx),
-                 "--output", "none"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and "takes 20x16 frames" in err[-1] and "--imgsz" in err[-1]
-    assert not any("Traceback" in line for line in err)
+    out, sj = tmp_path / "fixed.mkv", tmp_path / "s.json"
+    code = main(["--ir", str(demo / "ir.mp4"), "--vis", str(demo / "vis.mp4"), "--registration",
+                 str(demo / "registration.yaml"), "--model", str(fixed_size_onnx), "--output", str(out),
+                 "--max-frames", "2", "--stats-interval", "0", "--stats-json", str(sj)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "frames 254x186 are letterboxed into the model input 20x16" in err
+    import json
+
+    st = json.loads(sj.read_text())
+    assert st["size"] == [254, 186] and st["model_size"] == [20, 16] and "letterboxed" in st["model_fit"]
+    cap = cv2.VideoCapture(str(out))
+    ok, got = cap.read()
+    assert ok and got.shape == (186, 254, 3)
+    # reference: the first frames decoded by OpenCV, registered, letterboxed by hand, the model, back
+    ir = cv2.cvtColor(cv2.VideoCapture(str(demo / "ir.mp4")).read()[1], cv2.COLOR_BGR2GRAY)
+    vis = cv2.VideoCapture(str(demo / "vis.mp4")).read()[1]
+    ir, vis = Registrar.from_file(str(demo / "registration.yaml")).apply(ir, I420Frame.from_bgr(vis))
+    y = cv2.cvtColor(vis.to_bgr(), cv2.COLOR_BGR2YCrCb)[:, :, 0]
+    w, h = 20, 15  # 254x186 scaled by 20/254 -> 20x15, one padded row at the bottom
+
+    def box(img):
+        small = cv2.resize(img.astype(np.float32) / 255, (w, h), interpolation=cv2.INTER_AREA)
+        return cv2.copyMakeBorder(small, 0, 16 - h, 0, 0, cv2.BORDER_REPLICATE)[None, None]
+
+    sess = ort.InferenceSession(str(fixed_size_onnx), providers=["CPUExecutionProvider"])
+    fused = sess.run(["fused"], {"ir": box(ir), "vis": box(y)})[0][0, 0]
+    want = np.clip(cv2.resize(fused[:h, :w], (254, 186), interpolation=cv2.INTER_LINEAR) * 255, 0, 255)
+    got_y = cv2.cvtColor(got, cv2.COLOR_BGR2YCrCb)[:, :, 0].astype(np.float32)
+    assert np.abs(got_y - want).mean() < 4.0  # H.264 is lossy
 
 
 def test_onnxruntime_backend_rejects_a_model_with_other_names(tiny_onnx, tmp_path):

@@ -173,14 +173,16 @@ def test_sigint_mid_run_leaves_a_playable_file(tmp_path):
 
 
 @gst_test
+@pytest.mark.slow
 def test_demo_runs_without_a_camera(tmp_path, monkeypatch):
+    """The demo as shipped: the real clips at 640x480 through the default weights (torch on the CPU)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     rc = main(["--demo", "--max-frames", "3", "--stats-interval", "0", "--log-level", "warning"])
     assert rc == 0
     st = json.loads((tmp_path / "out" / "run_pipeline_demo.json").read_text())
-    assert st["frames_out"] == 3 and st["registration"].endswith("registration.yaml") and st["view"] == "grid"
+    assert st["frames_out"] == 3 and st["view"] == "grid" and st["backend"] == "torch"  # the default weights
     frames = read_video(tmp_path / "out" / "run_pipeline_demo.mp4")
     assert len(frames) == 3
 
@@ -537,3 +539,307 @@ def test_truncated_input_warns_with_the_count(tmp_path, capsys, ext):
     assert st["warnings"] == [f"VIS source {cut} (--vis): ended after {n} of the 60 frames its header announces, "
                               f"{60 - n} missing (truncated or corrupt file?)"]
     assert st["warnings"][0] in err
+
+
+# -- fixed-size models: frames scaled to the model's input and back -------------------------------
+
+@pytest.fixture(scope="module")
+def edge_onnx_640x480(tmp_path_factory):
+    """MoE-Fusion edge (untrained: this checks the geometry, not the fusion) exported by
+    moefusion-export with a fixed 640x480 input, as for a TensorRT engine on a Jetson."""
+    pytest.importorskip("onnxruntime")
+    torch = pytest.importorskip("torch")
+    import moefusion
+    from moefusion.model.checkpoint import save_checkpoint
+
+    d = tmp_path_factory.mktemp("edge_onnx")
+    torch.manual_seed(0)
+    save_checkpoint(str(d / "edge.pt"), moefusion.build_model("edge"))
+    onnx = d / "edge_480x640.onnx"
+    r = subprocess.run([sys.executable, "-m", "moefusion.export", "--weights", str(d / "edge.pt"), "--format", "onnx",
+                        "--imgsz", "480", "640", "-o", str(onnx)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and onnx.exists(), r.stderr[-2000:]
+    return onnx
+
+
+def ort_reference(onnx, ir_u8, vis_y8, inner, model_hw=(480, 640)):
+    """What a fixed-size model should give for one frame, computed by hand: both planes scaled into
+    ``inner`` (x, y, w, h) of the model input, edges repeated, the model, the picture cropped and
+    scaled back to the frame's size; as uint8 luminance."""
+    import onnxruntime as ort
+
+    x, y, w, h = inner
+    mh, mw = model_hw
+    fh, fw = vis_y8.shape
+
+    def box(img):
+        interp = cv2.INTER_AREA if w * h < fw * fh else cv2.INTER_LINEAR
+        small = cv2.resize(img.astype(np.float32) / 255, (w, h), interpolation=interp)
+        return cv2.copyMakeBorder(small, y, mh - h - y, x, mw - w - x, cv2.BORDER_REPLICATE)[None, None]
+
+    sess = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    fused = sess.run(["fused"], {"ir": box(ir_u8), "vis": box(vis_y8)})[0][0, 0, y:y + h, x:x + w]
+    interp = cv2.INTER_AREA if fw * fh < w * h else cv2.INTER_LINEAR
+    return np.clip(np.rint(cv2.resize(fused, (fw, fh), interpolation=interp) * 255), 0, 255)
+
+
+def luma(img):
+    return img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2YCrCb)[:, :, 0]
+
+
+@gst_test
+@pytest.mark.slow
+def test_fixed_640x480_onnx_runs_on_360x270_frames(edge_onnx_640x480, shared_data, tmp_path):
+    stems = copy_tno(shared_data, tmp_path, n=2)
+    out = tmp_path / "fused.mkv"
+    rc, st = run(["--ir", str(tmp_path / "ir"), "--vis", str(tmp_path / "vis"), "--model", str(edge_onnx_640x480),
+                  "--output", str(out)], tmp_path)
+    assert rc == 0 and st["ok"] and st["frames_out"] == 2
+    assert st["size"] == [360, 270] and st["model_size"] == [640, 480]
+    assert st["model_fit"].startswith("frames 360x270 are letterboxed into the model input 640x480: scaled 1.78x to "
+                                      "640x480, no padding")  # the choice, as logged
+    frames = read_video(out)
+    assert len(frames) == 2 and frames[0].shape == (270, 360, 3)
+    for f, s in zip(frames, stems):
+        ir = cv2.imread(str(tmp_path / "ir" / f"{s}.bmp"), cv2.IMREAD_GRAYSCALE)
+        vis = luma(cv2.imread(str(tmp_path / "vis" / f"{s}.bmp"), cv2.IMREAD_UNCHANGED))
+        want = ort_reference(edge_onnx_640x480, ir, vis, (0, 0, 640, 480))
+        d = np.abs(luma(f).astype(np.float64) - want)
+        assert d.mean() < 4.0, d.mean()  # H.264 is lossy
+
+
+@gst_test
+@pytest.mark.slow
+def test_fixed_640x480_onnx_on_a_registration_crop_of_a_720p_camera(edge_onnx_640x480, tmp_path):
+    """samples/jetson/moefusion-pipeline.env's set-up: a 640x512 thermal camera registered into a
+    1280x720 visible one, and an engine built for 480x640: the crop is letterboxed into 640x480."""
+    from moefusion.calibration import cli as calib
+
+    reg = tmp_path / "rig.yaml"
+    assert calib.main(["register", "--points", "0,0:190,0", "639,0:1089,0", "639,511:1089,719", "0,511:190,719",
+                       "80,100:302.5,140.6", "--ir-size", "640x512", "--vis-size", "1280x720", "-o", str(reg)]) == 0
+    out = tmp_path / "rig.mkv"
+    rc, st = run(["--ir", "test://ball?is-live=false&num-buffers=2", "--ir-format", "GRAY8", "--ir-width", "640",
+                  "--ir-height", "512", "--vis", "test://smpte?is-live=false&num-buffers=2", "--vis-width", "1280",
+                  "--vis-height", "720", "--registration", str(reg), "--model", str(edge_onnx_640x480),
+                  "--output", str(out)], tmp_path)
+    assert rc == 0 and st["ok"] and st["frames_out"] == 2
+    w, h = st["size"]
+    assert 880 <= w <= 900 and 700 <= h <= 720 and st["model_size"] == [640, 480]
+    assert st["model_fit"].startswith(f"frames {w}x{h} are letterboxed into the model input 640x480")
+    assert "left/right" in st["model_fit"]
+    frames = read_video(out)
+    assert len(frames) == 2 and frames[0].shape == (h - h % 2, w - w % 2, 3)
+    assert frames[0].std() > 10  # a picture, not a uniform frame
+
+
+# -- no silent rescaling: IR of another size, output frames of other sizes ------------------------
+
+@gst_test
+def test_ir_of_another_size_is_letterboxed_into_vis_with_one_warning(tmp_path):
+    """A 5:4 thermal camera beside a 16:9 visible one, no --registration: IR keeps its aspect ratio
+    (scaled to 450x360, centred) with black bands, not stretched to 640x360; said once."""
+    out = tmp_path / "bands.mkv"
+    rc, st = run(["--ir", "test://white?is-live=false&num-buffers=3", "--ir-format", "GRAY8", "--ir-width", "320",
+                  "--ir-height", "256", "--vis", "test://solid-color?is-live=false&num-buffers=3&foreground-color=0xff808080",
+                  "--vis-width", "640", "--vis-height", "360", "--output", str(out), "--backend", "average"], tmp_path)
+    assert rc == 0 and st["frames_out"] == 3
+    ir_warn = [w for w in st["warnings"] if w.startswith("IR frames are 320x256 but VIS frames 640x360")]
+    assert len(ir_warn) == 1 and "450x360, centred in the VIS frame, with 95+95 px black bands left/right" in ir_warn[0]
+    f = read_video(out)[0][:, :, 1].astype(np.float64)
+    band = np.concatenate([f[:, 5:88], f[:, 552:635]], axis=1).mean()  # average of VIS and nothing (0)
+    inside = f[:, 102:538].mean()  # average of VIS and white IR
+    assert 110 < inside - band < 130 and 40 < band < 90, (inside, band)  # white: 235 or 255
+    assert f[:, 5:88].std() < 3 and f[:, 102:538].std() < 3  # no stretched IR edge inside the bands
+
+
+@gst_test
+def test_output_frames_of_other_sizes_are_letterboxed_not_squeezed(shared_data, tmp_path):
+    """RoadScene pairs have many sizes: the output takes the first frame's size, and a later frame of
+    another aspect ratio is scaled keeping it, with black bars; said once."""
+    import shutil
+
+    rs = shared_data("roadscene")
+    names = ["FLIR_00006.jpg", "FLIR_00018.jpg", "FLIR_00288.jpg"]  # 500x329, 478x322, 609x346
+    for role in ("ir", "vis"):
+        (tmp_path / role).mkdir()
+        for n in names:
+            shutil.copy(rs / role / n, tmp_path / role / n)
+    out = tmp_path / "rs.mkv"
+    rc, st = run(["--ir", str(tmp_path / "ir"), "--vis", str(tmp_path / "vis"), "--output", str(out),
+                  "--backend", "average"], tmp_path)
+    assert rc == 0 and st["frames_out"] == 3
+    out_warn = [w for w in st["warnings"] if w.startswith("output: a frame of")]
+    assert len(out_warn) == 1 and "478x322 does not match the output size 500x328" in out_warn[0]
+    frames = read_video(out)
+    assert len(frames) == 3 and all(f.shape == (328, 500, 3) for f in frames)
+    # the wide frame (609x346 -> 500x284): bars top and bottom, the picture undistorted in between
+    ir = cv2.imread(str(tmp_path / "ir" / names[2]), cv2.IMREAD_GRAYSCALE).astype(np.float32)
+    vis = cv2.imread(str(tmp_path / "vis" / names[2]))
+    ycc = cv2.cvtColor(vis, cv2.COLOR_BGR2YCrCb)
+    ycc[:, :, 0] = np.rint((ir + ycc[:, :, 0]) / 2).astype(np.uint8)
+    want = cv2.resize(cv2.cvtColor(ycc, cv2.COLOR_YCrCb2BGR), (500, 284), interpolation=cv2.INTER_AREA)
+    got = frames[2].astype(np.float64)
+    assert got[:20].mean() < 4 and got[-20:].mean() < 4  # black bars (22 px each; H.264 bleeds a little)
+    d = np.abs(got[22:306] - want)
+    assert d.mean() < 5.0, d.mean()
+
+
+# -- real footage: the five M3SVD clip pairs --------------------------------------------------------
+
+M3SVD_CLIPS = ["0111_1716", "0113_1714", "0117_1605", "0117_1620", "1230_1202"]
+
+
+@gst_test
+@pytest.mark.parametrize("clip", M3SVD_CLIPS)
+def test_m3svd_clips_end_to_end(clip, shared_data, tmp_path):
+    """Real synchronised thermal + visible video (MPEG-4, decoded by GStreamer): lockstep pairing,
+    every frame out (the whole of the shortest clip, 151 frames; the first 60 of the others with
+    --max-frames), each output frame the fusion of IR frame k and VIS frame k as decoded
+    independently by OpenCV."""
+    root = shared_data("m3svd_video")
+    ir_path, vis_path = root / "ir" / f"{clip}.mp4", root / "vis" / f"{clip}.mp4"
+    whole = clip == "0111_1716"
+    n = 151 if whole else 60
+    out = tmp_path / f"{clip}.mkv"
+    rc, st = run(["--ir", str(ir_path), "--vis", str(vis_path), "--output", str(out), "--backend", "average"]
+                 + ([] if whole else ["--max-frames", str(n)]), tmp_path)
+    assert rc == 0 and st["ok"] and st["mode"].startswith("files")
+    assert st["frames_out"] == n and st["size"] == [640, 480]
+    if whole:  # every frame of both files, paired one to one, nothing dropped
+        assert st["frames_in"] == {"ir": n, "vis": n} and st["pairs"] == n and st["drops_total"] == 0
+        assert st["stop_reason"] == "end of input" and st["warnings"] == []
+    else:  # frames read ahead when --max-frames stopped the run are counted, nothing else
+        assert st["pairs"] >= n and set(st["drops"]) <= {"unprocessed_at_stop"}
+    assert st["skew_ms"]["abs"]["max"] == 0.0  # frame k with frame k
+    frames = read_video(out)
+    assert len(frames) == n
+    ir_cap, vis_cap = cv2.VideoCapture(str(ir_path)), cv2.VideoCapture(str(vis_path))
+    for k in range(n):
+        ir, vis = ir_cap.read()[1], vis_cap.read()[1]
+        if k % 20:
+            continue
+        want = (cv2.cvtColor(ir, cv2.COLOR_BGR2GRAY).astype(np.float64) + luma(vis)) / 2
+        d = np.abs(luma(frames[k]).astype(np.float64) - want)
+        assert d.mean() < 4.0, (clip, k, d.mean())  # MPEG-4 in, H.264 out: both lossy
+
+
+@gst_test
+def test_demo_plays_the_real_m3svd_clips(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    rc = main(["--demo", "--max-frames", "2", "--backend", "average", "--stats-interval", "0", "--log-level", "warning"])
+    assert rc == 0
+    st = json.loads((tmp_path / "out" / "run_pipeline_demo.json").read_text())
+    assert st["ir"].endswith("m3svd_0117_1620_ir.mp4") and st["vis"].endswith("m3svd_0117_1620_vis.mp4")
+    assert st["registration"] is None and st["size"] == [640, 480] and st["view"] == "grid"
+    frames = read_video(tmp_path / "out" / "run_pipeline_demo.mp4")
+    assert len(frames) == 2 and frames[0].shape == (960, 1280, 3)
+    demo = ROOT / "samples" / "demo"
+    assert "Copyright (c) 2025 Linfeng Tang" in (demo / "LICENSE_M3SVD.txt").read_text()
+    assert sum((demo / f).stat().st_size for f in ("m3svd_0117_1620_ir.mp4", "m3svd_0117_1620_vis.mp4")) < 3_000_000
+    cap = cv2.VideoCapture(str(demo / "m3svd_0117_1620_vis.mp4"))
+    assert 150 <= cap.get(cv2.CAP_PROP_FRAME_COUNT) <= 240 and cap.get(cv2.CAP_PROP_FPS) == 30  # 5-8 s
+
+
+# -- --output-rate: another rate, the same duration ------------------------------------------------
+
+@gst_test
+@pytest.mark.parametrize("rate", [10, 60])
+def test_output_rate_changes_the_rate_not_the_speed(rate, tmp_path):
+    write_clip(tmp_path / "ir.mp4", 30, 30.0)  # one second at 30 Hz; frame i has background 30 + 6 i
+    write_clip(tmp_path / "vis.mp4", 30, 30.0)
+    out = tmp_path / f"r{rate}.mkv"
+    rc, st = run(["--ir", str(tmp_path / "ir.mp4"), "--vis", str(tmp_path / "vis.mp4"), "--output", str(out),
+                  "--backend", "average", "--output-rate", str(rate)], tmp_path)
+    assert rc == 0 and st["pairs"] == 30
+    cap = cv2.VideoCapture(str(out))
+    assert abs(cap.get(cv2.CAP_PROP_FPS) - rate) < 0.5
+    frames = read_video(out)
+    assert len(frames) == st["frames_out"] == rate  # one second of output, at the new rate
+    level = [float(np.median(f[:, :, 1])) for f in frames]
+    if rate == 10:  # every third source frame; the others skipped and counted
+        assert st["drops"] == {"output_rate": 20} and st["repeated"] == 0
+        want = [30 + 6 * 3 * k for k in range(10)]
+    else:  # every source frame twice
+        assert st["repeated"] == 30 and not st["drops"]
+        want = [30 + 6 * (k // 2) for k in range(60)]
+    assert np.abs(np.array(level[: len(want)]) - want).max() < 5, level
+
+
+# -- the display: an explicit window sink, checked before anything starts ---------------------------
+
+def _free_display() -> int:
+    import os
+
+    for n in range(61, 200):
+        if not os.path.exists(f"/tmp/.X11-unix/X{n}") and not os.path.exists(f"/tmp/.X{n}-lock"):
+            return n
+    pytest.skip("no free X display number")
+
+
+@pytest.fixture
+def xvfb():
+    """A real X server (Xvfb) for the window sinks; skipped with the fix when Xvfb is not installed."""
+    import os
+    import shutil
+
+    exe = shutil.which("Xvfb")
+    if exe is None:
+        pytest.skip("Xvfb is not installed (apt-get install xvfb; scripts/install.sh does)")
+    n = _free_display()
+    p = subprocess.Popen([exe, f":{n}", "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: os.path.exists(f"/tmp/.X11-unix/X{n}") or p.poll() is not None, timeout=30)
+        if p.poll() is not None:
+            pytest.skip(f"Xvfb :{n} did not start")
+        yield f":{n}"
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
+def run_cli(args, cwd, env_extra, timeout=300):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "MOEFUSION_DISPLAY_SINK")}
+    env.update(env_extra)
+    return subprocess.run([sys.executable, "-m", "moefusion.runtime.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+SMALL_FILES = ["--ir", "test://ball?is-live=false&num-buffers=30", "--vis", "test://smpte?is-live=false&num-buffers=30",
+               "--ir-width", "160", "--ir-height", "120", "--vis-width", "160", "--vis-height", "120",
+               "--backend", "average", "--stats-interval", "0"]
+
+
+@gst_test
+def test_display_on_a_real_x_server(xvfb, tmp_path):
+    out = tmp_path / "also.mkv"
+    r = run_cli(SMALL_FILES + ["--output", "display://0", "--output", str(out), "--max-frames", "5",
+                               "--log-level", "info", "--stats-json", str(tmp_path / "s.json")], tmp_path, {"DISPLAY": xvfb})
+    assert r.returncode == 0, r.stderr[-3000:]
+    sink = next(ln for ln in r.stderr.splitlines() if "window sink" in ln).rsplit(" ", 1)[-1]
+    assert sink in ("xvimagesink", "glimagesink", "ximagesink")
+    assert any("output pipeline:" in ln and f"! videoconvert ! {sink} sync=false" in ln for ln in r.stderr.splitlines())
+    st = json.loads((tmp_path / "s.json").read_text())
+    assert st["frames_out"] == 5 and len(read_video(out)) == 5
+
+
+@gst_test
+def test_display_that_cannot_open_is_one_line_before_anything_starts(tmp_path):
+    n = _free_display()  # nothing listens there
+    out = tmp_path / "never.mkv"
+    r = run_cli(SMALL_FILES + ["--output", "display://0", "--output", str(out)], tmp_path, {"DISPLAY": f":{n}"})
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert err[-1].startswith(f"error: --output display://0: no window can be opened (DISPLAY=:{n}; tried xvimagesink: ")
+    assert "install gstreamer1.0-x and gstreamer1.0-gl" in err[-1] and "Traceback" not in r.stderr
+    assert not list(tmp_path.glob("never*"))  # checked before the sources, the model and the file
+    # the demo's window is optional: without a usable display the demo still writes its file
+    r = run_cli(["--demo", "--max-frames", "2", "--backend", "average", "--stats-interval", "0"], tmp_path,
+                {"DISPLAY": f":{n}"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "no window can be opened" in r.stderr and (tmp_path / "out" / "run_pipeline_demo.mp4").exists()

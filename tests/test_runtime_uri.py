@@ -262,3 +262,37 @@ def test_segment_launch():
             'sink-properties="properties,buffer-mode=2"') in s
     m = gst.file_sink_launch(gst.segment_pattern("o.mkv"), 64, 48, 30, "x264enc", segment_s=5)
     assert "muxer-factory=matroskamux sink-factory=filesink" in m and "muxer-properties" not in m
+
+
+def test_display_sink_is_chosen_explicitly():
+    """Never autovideosink (it can fall through to kmssink and crash): the window sinks to try,
+    best first, from the environment; MOEFUSION_DISPLAY_SINK forces one."""
+    c = gst.display_sink_candidates
+    assert c(x11=True, wayland=False, jetson=False) == ["xvimagesink", "glimagesink", "ximagesink"]
+    assert c(x11=False, wayland=True, jetson=False) == ["waylandsink", "glimagesink"]
+    assert c(x11=True, wayland=True, jetson=False) == ["waylandsink", "glimagesink", "xvimagesink", "ximagesink"]
+    assert c(x11=True, wayland=False, jetson=True)[0] == "nv3dsink"
+    assert c(x11=True, wayland=False, jetson=False, forced="ximagesink") == ["ximagesink"]
+    assert c(x11=False, wayland=False, jetson=False) == []
+    d = gst.display_sink_launch(322, 240, 15, "glimagesink", "I420")
+    assert d.endswith("! videoconvert ! glimagesink sync=false") and "autovideosink" not in d
+    assert "caps=video/x-raw,format=I420,colorimetry=bt601,width=322,height=240,framerate=15/1" in d
+    assert gst.ELEMENT_PACKAGES["xvimagesink"] == "gstreamer1.0-x" and gst.ELEMENT_PACKAGES["glimagesink"] == "gstreamer1.0-gl"
+
+
+def test_i420_fast_path_caps():
+    """A colour VIS stream can be delivered as I420 in BT.601 limited range (the fast path); IR
+    and gray VIS never are."""
+    from moefusion.runtime.uri import StreamOptions, parse_input_uri
+
+    v = gst.source_launch(parse_input_uri("clip.mp4"), StreamOptions(), "vis", yuv=True)
+    assert v.endswith("videoconvert ! video/x-raw,format=I420,colorimetry=bt601 ! appsink name=sink max-buffers=4 "
+                      "drop=false sync=false enable-last-sample=false")
+    assert "format=GRAY8 !" in gst.source_launch(parse_input_uri("clip.mp4"), StreamOptions(), "ir", yuv=True)
+    assert "format=GRAY8 !" in gst.source_launch(parse_input_uri("clip.mp4"), StreamOptions(format="GRAY8"), "vis", yuv=True)
+    assert "format=BGR !" in gst.source_launch(parse_input_uri("clip.mp4"), StreamOptions(), "vis")
+    csi = gst.source_launch(parse_input_uri("csi://0"), StreamOptions(), "vis", yuv=True)
+    assert "nvvidconv flip-method=0 ! video/x-raw,format=I420 ! videoconvert ! video/x-raw,format=I420,colorimetry=bt601" in csi
+    f = gst.file_sink_launch("o.mp4", 640, 480, 30, "x264enc", fmt="I420")
+    assert "caps=video/x-raw,format=I420,colorimetry=bt601,width=640,height=480,framerate=30/1 ! videoconvert ! " \
+           "video/x-raw,format=I420 ! x264enc" in f

@@ -123,6 +123,12 @@ def run_register(args: argparse.Namespace) -> int:
     if not args.output.lower().endswith((".yaml", ".yml", ".json")):
         raise UserError(f"--output {args.output}: use a .yaml, .yml or .json file name")
     have_points = bool(args.points or args.points_file)
+    if args.preview:  # checked before anything is computed or written
+        if not (args.ir and args.vis):
+            raise UserError("--preview needs the --ir and --vis images (the check image draws the warped IR "
+                            "edges on VIS); add them, or drop --preview")
+        if not cv2.haveImageWriter(args.preview):
+            raise UserError(f"--preview {args.preview}: cannot write that image type; use a .png name")
     if args.pattern and have_points:
         raise UserError("give either point pairs (--points/--points-file) or --pattern with --ir/--vis images, not both")
     preview_pair = None
@@ -167,6 +173,8 @@ def run_register(args: argparse.Namespace) -> int:
     else:
         raise UserError("give point pairs (--points X,Y:U,V ... or --points-file FILE) or a pattern "
                         "(--ir IMG --vis IMG --pattern chessboard:COLSxROWS)")
+    if args.preview and preview_pair is None:
+        raise UserError("--preview needs the --ir and --vis images")
     save_registration(reg, args.output)
     x, y, w, h = reg.crop
     print(f"wrote {args.output}: {reg.inliers}/{reg.points} inliers, RMS {reg.rms_px:.3f} px, "
@@ -174,8 +182,6 @@ def run_register(args: argparse.Namespace) -> int:
     if reg.rms_px is not None and reg.rms_px > 3.0:
         print(f"warning: RMS {reg.rms_px:.2f} px is high; check the point pairs", file=sys.stderr)
     if args.preview:
-        if preview_pair is None:
-            raise UserError("--preview needs the --ir and --vis images")
         if not cv2.imwrite(args.preview, overlay_preview(preview_pair[0], preview_pair[1], reg)):
             raise UserError(f"--preview {args.preview}: cannot write it (use a .png name in a writable folder)")
         print(f"wrote {args.preview}")
@@ -185,7 +191,7 @@ def run_register(args: argparse.Namespace) -> int:
 SUBCOMMANDS = {
     "register": ("estimate the IR-to-VIS homography (from point pairs or a pattern) for run_pipeline --registration",
                  add_register_args, run_register),
-    "int8": ("INT8 calibration: build an INT8 TensorRT engine and its calibration cache from IR/VIS pairs",
+    "int8": ("INT8 calibration frames: read, preprocess and count IR/VIS pairs for moefusion-export --int8",
              add_int8_args, run_int8),
 }
 

@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import UserError
 from . import gst as gstmod
 from .uri import ImagePairing, StreamOptions, StreamURI, expand_images
+from .yuv import I420Frame
 
 log = logging.getLogger("moefusion.runtime")
 
@@ -47,6 +48,8 @@ class Frame:
     index: int
     role: str
     arrival_ns: int = 0
+    buffer: np.ndarray | None = None  # the pooled array behind ``image`` (given back after the output)
+    copy_s: float = 0.0  # time taken to copy the frame out of GStreamer ("capture" stage)
 
 
 class SourceError(Exception):
@@ -270,11 +273,16 @@ class ImageSequenceCapture(Capture):
 class GstCapture(Capture):
     kind = "gstreamer"
 
-    def __init__(self, uri, opts, role, *, paced: bool = False, open_timeout: float | None = None):
+    def __init__(self, uri, opts, role, *, paced: bool = False, open_timeout: float | None = None, pool=None,
+                 yuv: bool = False):
         super().__init__(uri, opts, role)
+        self.pool = pool  # a process.BufferPool for the frames' arrays (None: fresh arrays)
         self.paced = paced  # a file played at its own rate (beside a live camera)
         self.live = uri.is_live or paced
-        self.launch = gstmod.source_launch(uri, opts, role, sync=paced)
+        self.yuv = yuv  # colour VIS frames as yuv.I420Frame (the pipeline's fast path)
+        self._said_odd = False
+        self._expand = None  # see _limited_luma
+        self.launch = gstmod.source_launch(uri, opts, role, sync=paced, yuv=yuv)
         self.open_timeout = open_timeout or (15.0 if uri.kind == "rtsp" else 8.0)
         self._pipeline = None
         self._sink = None
@@ -324,6 +332,7 @@ class GstCapture(Capture):
             sample = self._sink.try_pull_sample(100 * Gst.MSECOND)
             if sample is not None:
                 self._pending = sample
+                self._expand = self._limited_luma()
                 self._opened_at_index = self.index
                 self._expected = self._announced_frames(sample) if self.uri.kind == "file" else None
                 return
@@ -337,6 +346,29 @@ class GstCapture(Capture):
         self.close()
         raise SourceError(f"{self.what}: no frame within {self.open_timeout:g} s; check the camera/URL, "
                           f"and its mode (--{self.role}-width/-height/-rate/-format)")
+
+    def _limited_luma(self):
+        """A uint8 table expanding 16..235 to 0..255 when a GRAY8 stream comes from limited-range YUV
+        (a video file, a YUYV/NV12 camera): videoconvert copies the Y plane into GRAY8 without
+        expanding it (a thermal picture would lose 14 % of its contrast and be lifted by 16). None
+        when the stream is gray already (a GRAY8 camera) or full range."""
+        from gi.repository import GstVideo
+
+        if gstmod.appsink_format(self.role, self.opts, self.yuv) != "GRAY8":
+            return None
+        convs = [e for e in self._pipeline.iterate_sorted() if e.get_factory() is not None
+                 and e.get_factory().get_name() == "videoconvert"]
+        caps = convs[-1].get_static_pad("sink").get_current_caps() if convs else None  # the first one upstream
+        if caps is None:
+            return None
+        info = GstVideo.VideoInfo.new_from_caps(caps)
+        if info is None or not info.finfo.flags & GstVideo.VideoFormatFlags.YUV or \
+                info.finfo.flags & GstVideo.VideoFormatFlags.GRAY or \
+                info.colorimetry.range != getattr(GstVideo.VideoColorRange, "16_235"):
+            return None
+        log.info("%s: limited-range %s in, its luma expanded to full range", self.what,
+                 GstVideo.VideoFormat.to_string(info.finfo.format))
+        return np.clip(np.rint((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)
 
     def _announced_frames(self, sample) -> int | None:
         """Frames the file's header announces (duration x frame rate), to notice a file that ends
@@ -435,23 +467,46 @@ class GstCapture(Capture):
         if self._fmt_cache[0] != key:
             info = GstVideo.VideoInfo.new_from_caps(caps)
             fmt = GstVideo.VideoFormat.to_string(info.finfo.format)
-            dtype, ch = {"GRAY8": (np.uint8, 1), "GRAY16_LE": (np.uint16, 1), "BGR": (np.uint8, 3)}[fmt]
+            dtype, ch = {"GRAY8": (np.uint8, 1), "GRAY16_LE": (np.uint16, 1), "BGR": (np.uint8, 3),
+                         "I420": (np.uint8, 0)}[fmt]
             fps = info.fps_n / info.fps_d if info.fps_d and info.fps_n else None
             self.fps = fps or self.fps
             self._frame_dur = int(1e9 / fps) if fps else 0
-            self._fmt_cache = (key, (info.width, info.height, info.stride[0], dtype, ch))
-        w, h, stride, dtype, ch = self._fmt_cache[1]
+            planes = tuple((info.offset[p], info.stride[p]) for p in range(info.finfo.n_planes))
+            if ch == 0 and (info.width % 2 or info.height % 2) and not self._said_odd:
+                log.warning("%s: %dx%d frames are cropped to %dx%d (4:2:0 needs even sizes)", self.what,
+                            info.width, info.height, info.width & ~1, info.height & ~1)
+                self._said_odd = True
+            self._fmt_cache = (key, (info.width, info.height, info.stride[0], dtype, ch, planes, info.size))
+        w, h, stride, dtype, ch, planes, size = self._fmt_cache[1]
+        t0 = time.perf_counter()
         buf = sample.get_buffer()
         ok, mi = buf.map(Gst.MapFlags.READ)
         if not ok:
             raise SourceError(f"{self.what}: cannot map a buffer")
+        pool = self.pool
         try:
-            raw = np.frombuffer(mi.data, np.uint8, count=stride * h).reshape(h, stride)
-            itemsize = np.dtype(dtype).itemsize
-            img = np.array(raw[:, : w * ch * itemsize]).view(dtype)  # a copy: the mapping ends below
+            if ch == 0:  # I420: the three planes into one (h * 3 / 2, w) array (yuv.I420Frame)
+                we, he = w & ~1, h & ~1
+                own = pool.get((he * 3 // 2, we), np.uint8) if pool is not None else np.empty((he * 3 // 2, we), np.uint8)
+                img = I420Frame(own, we, he)
+                for (off, st), dst, (pw, ph) in zip(planes, (img.y, img.u, img.v),
+                                                    ((we, he), (we // 2, he // 2), (we // 2, he // 2))):
+                    np.copyto(dst, np.ndarray((ph, pw), np.uint8, buffer=mi.data, offset=off, strides=(st, 1)))
+            else:
+                row = w * ch * np.dtype(dtype).itemsize
+                raw = np.frombuffer(mi.data, np.uint8, count=stride * h).reshape(h, stride)
+                # a copy (the mapping ends below), into a reused array when there is a pool
+                own = pool.get((h, row), np.uint8) if pool is not None else np.empty((h, row), np.uint8)
+                if self._expand is not None:  # limited-range luma to full range, in the same pass
+                    cv2.LUT(raw[:, :row], self._expand, dst=own)
+                else:
+                    np.copyto(own, raw[:, :row])
+                img = own.view(dtype)
+                img = img.reshape(h, w, ch) if ch > 1 else img.reshape(h, w)
         finally:
             buf.unmap(mi)
-        img = img.reshape(h, w, ch) if ch > 1 else img.reshape(h, w)
+        copy_s = time.perf_counter() - t0
         now = time.monotonic_ns()
         pts = buf.pts
         if self.live:  # capture time on the monotonic clock: base time + PTS (never in the future)
@@ -466,7 +521,8 @@ class GstCapture(Capture):
             ts = self._loop_offset + base
             cap = now
         self._last_ts = ts
-        f = Frame(img, int(ts), int(cap), self.index, self.role)
+        f = Frame(img, int(ts), int(cap), self.index, self.role, buffer=own if self.pool is not None else None,
+                  copy_s=copy_s)
         self.index += 1
         return f
 
@@ -578,10 +634,12 @@ _FALLBACK_SAID = False
 
 def make_capture(uri: StreamURI, opts: StreamOptions, role: str, *, paced: bool = False,
                  pairing: ImagePairing | None = None, files: list[str] | None = None,
-                 rate: float | None = None) -> Capture:
+                 rate: float | None = None, pool=None, yuv: bool = False) -> Capture:
     """The capture for a URI: image sequences directly (``pairing``/``files``/``rate``: two
     folders paired by file name), everything else through GStreamer, or OpenCV when
-    GStreamer/PyGObject is missing (said once)."""
+    GStreamer/PyGObject is missing (said once). ``pool``: GStreamer frames are copied into arrays
+    from it (``process.BufferPool``), given back by the pipeline once written. ``yuv``: a colour
+    VIS stream through GStreamer comes as ``yuv.I420Frame`` (others ignore it)."""
     global _FALLBACK_SAID
     if uri.kind == "images":
         if pairing is not None:
@@ -589,7 +647,7 @@ def make_capture(uri: StreamURI, opts: StreamOptions, role: str, *, paced: bool 
                                         n_slots=pairing.n_slots, rate=rate)
         return ImageSequenceCapture(uri, opts, role, paced=paced)
     if gstmod.have_gst():
-        return GstCapture(uri, opts, role, paced=paced)
+        return GstCapture(uri, opts, role, paced=paced, pool=pool, yuv=yuv)
     if not _FALLBACK_SAID:
         log.warning("GStreamer is not available (%s): using OpenCV capture for devices and files",
                     gstmod.gst_reason())

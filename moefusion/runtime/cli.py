@@ -21,6 +21,7 @@ import sys
 
 from ..errors import UserError, cli_entry
 from .backends import BACKENDS, select_backend
+from .fit import FIT_MODES
 from .pipeline import Pipeline, PipelineConfig
 from .process import VIEWS
 from .sinks import ENCODER_CHOICES, display_available
@@ -39,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Sources and outputs are URIs (after jetson-utils). See docs/runtime.md.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--demo", action="store_true",
-                   help=f"run on the bundled synthetic clips (no camera): writes {DEMO_OUTPUT}, prints statistics, "
-                        "opens a window when a display exists")
+                   help=f"run on the bundled real thermal + visible clips (6 s of people in smoke, M3SVD; no camera "
+                        f"needed): writes {DEMO_OUTPUT}, prints statistics, opens a window when a display exists")
     add_stream_args(p, "ir", "thermal (IR)")
     add_stream_args(p, "vis", "visible (VIS)")
     m = p.add_argument_group("model")
@@ -51,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--precision", choices=("auto", "fp16", "fp32"), default="auto",
                    help="torch backend: auto = fp16 on a GPU, fp32 on the CPU")
     m.add_argument("--no-cuda-graphs", action="store_true", help="torch backend: do not capture CUDA graphs")
+    m.add_argument("--model-fit", choices=FIT_MODES, default="letterbox",
+                   help="a model with a fixed input size (.onnx exported without --dynamic, an engine): frames are "
+                        "scaled to it and the output back; letterbox (default) keeps the aspect ratio and pads, "
+                        "stretch fills the input. Dynamic models run at the frames' size")
     m.add_argument("--trt-plugins", action="append", metavar="LIB",
                    help="TensorRT plugin library to load (default: from <engine>.json or MOEFUSION_TRT_PLUGINS)")
     s = p.add_argument_group("synchronisation and registration")
@@ -70,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--encoder", choices=ENCODER_CHOICES, default="auto",
                    help="H.264 encoder for file/stream outputs (auto: nvv4l2h264enc, x264enc, openh264enc; "
                         "files fall back to OpenCV mp4v)")
-    o.add_argument("--output-rate", type=float, metavar="HZ", help="output frame rate (default: the slower source)")
+    o.add_argument("--output-rate", type=float, metavar="HZ",
+                   help="output frame rate (default: the slower source's): frames are skipped or repeated by their "
+                        "timestamps, so the output keeps the input's duration")
     o.add_argument("--segment", type=float, default=0.0, metavar="S",
                    help="file outputs: start a new file every S seconds (NAME_00000.EXT, ...; each renamed from "
                         ".partial once complete)")
@@ -116,18 +123,38 @@ def _setup_logging(level: str):
     root.propagate = False
 
 
+def _window_possible() -> bool:
+    """For the demo's optional window: a display is set and a window sink opens on it (if not, the
+    demo still writes its file, and says why there is no window)."""
+    if not display_available():
+        return False
+    from . import gst as gstmod
+
+    try:
+        gstmod.choose_display_sink("--demo window")
+    except UserError as e:
+        log.warning("%s; the demo writes %s only", e, DEMO_OUTPUT)
+        return False
+    return True
+
+
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """Validate the flags and build the configuration (UserError on any mistake)."""
     if args.demo:
-        from .samplegen import ensure_demo_clips
+        from .samplegen import ensure_demo_clips, real_demo_clips
 
-        d = ensure_demo_clips()
-        args.ir = args.ir or str(d / "ir.mp4")
-        args.vis = args.vis or str(d / "vis.mp4")
-        if args.registration is None:
-            args.registration = str(d / "registration.yaml")
+        real = real_demo_clips() if not (args.ir or args.vis) else None
+        if real is not None:  # real footage, already registered (samples/demo/README.md)
+            args.ir, args.vis = str(real[0]), str(real[1])
+        else:
+            d = ensure_demo_clips()
+            log.info("demo: the real clips (samples/demo/m3svd_*) are not here; playing the synthetic ones")
+            args.ir = args.ir or str(d / "ir.mp4")
+            args.vis = args.vis or str(d / "vis.mp4")
+            if args.registration is None:
+                args.registration = str(d / "registration.yaml")
         if args.output is None:
-            args.output = [DEMO_OUTPUT] + (["display://0"] if display_available() else [])
+            args.output = [DEMO_OUTPUT] + (["display://0"] if _window_possible() else [])
         args.view = args.view or "grid"
         args.overlay = True
         args.overwrite = True  # the demo's output is a scratch file, replaced on every run
@@ -165,7 +192,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         registration=args.registration, max_frames=args.max_frames, queue_size=args.queue_size,
         realtime=args.realtime, stats_interval=args.stats_interval, stall_timeout=args.stall_timeout,
         reconnect_timeout=args.reconnect_timeout, encoder=args.encoder, output_fps=args.output_rate,
-        segment_s=args.segment, overwrite=args.overwrite)
+        segment_s=args.segment, overwrite=args.overwrite, model_fit=args.model_fit)
 
 
 def write_json(d: dict, path: str) -> None:

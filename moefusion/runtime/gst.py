@@ -12,6 +12,7 @@ import re
 
 from ..errors import UserError
 from .uri import FLIPS, StreamOptions, StreamURI, rate_fraction
+from .yuv import COLORIMETRY as YUV_COLORIMETRY
 
 log = logging.getLogger("moefusion.runtime")
 
@@ -29,6 +30,8 @@ ELEMENT_PACKAGES = {
     "matroskamux": "gstreamer1.0-plugins-good", "avimux": "gstreamer1.0-plugins-good",
     "splitmuxsink": "gstreamer1.0-plugins-good",
     "autovideosink": "gstreamer1.0-plugins-good", "x264enc": "gstreamer1.0-plugins-ugly",
+    "xvimagesink": "gstreamer1.0-x", "ximagesink": "gstreamer1.0-x", "glimagesink": "gstreamer1.0-gl",
+    "waylandsink": "gstreamer1.0-plugins-bad",
     "openh264enc": "gstreamer1.0-plugins-bad", "h264parse": "gstreamer1.0-plugins-bad",
     "rtspclientsink": "gstreamer1.0-rtsp", "avdec_h264": "gstreamer1.0-libav",
     "avdec_mpeg4": "gstreamer1.0-libav",
@@ -162,15 +165,21 @@ def _props(params) -> str:
 # Sources
 # ----------------------------------------------------------------------------------------------
 
-def appsink_format(role: str, opts: StreamOptions) -> str:
+def appsink_format(role: str, opts: StreamOptions, yuv: bool = False) -> str:
     """What the capture hands to Python: IR is gray (16-bit kept for radiometric cameras); VIS is BGR
-    unless the camera itself is gray."""
+    unless the camera itself is gray, or with ``yuv`` I420 in BT.601 limited range (the pipeline's
+    fast path, see yuv.py)."""
     fmt = opts.format
     if role == "ir":
         return "GRAY16_LE" if fmt == "GRAY16_LE" else "GRAY8"
     if fmt in ("GRAY8", "GRAY16_LE"):
         return fmt
-    return "BGR"
+    return "I420" if yuv else "BGR"
+
+
+def format_caps(fmt: str) -> str:
+    """``video/x-raw,format=FMT``, with the colorimetry the I420 fast path assumes."""
+    return f"video/x-raw,format={fmt}" + (f",colorimetry={YUV_COLORIMETRY}" if fmt == "I420" else "")
 
 
 def _raw_caps(fmt: str | None, opts: StreamOptions, media: str = "video/x-raw") -> str:
@@ -186,10 +195,10 @@ def _raw_caps(fmt: str | None, opts: StreamOptions, media: str = "video/x-raw") 
     return ",".join(fields)
 
 
-def _tail(role: str, opts: StreamOptions, *, scale: bool, live: bool, sync: bool) -> str:
+def _tail(role: str, opts: StreamOptions, *, scale: bool, live: bool, sync: bool, yuv: bool = False) -> str:
     """videoconvert [! scale] [! flip] ! <appsink caps> ! appsink."""
     parts = ["videoconvert"]
-    final = f"video/x-raw,format={appsink_format(role, opts)}"
+    final = format_caps(appsink_format(role, opts, yuv))
     flip = opts.flip and opts.flip != "none"
     if scale and (opts.width or opts.height):
         dims = ",".join(f for f in (f"width={opts.width}" if opts.width else "",
@@ -215,10 +224,11 @@ def appsink_launch(*, live: bool, sync: bool = False) -> str:
     return f"appsink name=sink max-buffers=4 drop=false sync={str(sync).lower()} enable-last-sample=false"
 
 
-def source_launch(uri: StreamURI, opts: StreamOptions, role: str, *, sync: bool = False) -> str:
+def source_launch(uri: StreamURI, opts: StreamOptions, role: str, *, sync: bool = False, yuv: bool = False) -> str:
     """The capture pipeline for a source URI (not for image sequences, which are read directly).
 
     ``sync=True`` paces a file at its own frame rate (used when a file is paired with a live camera).
+    ``yuv=True``: a colour VIS stream is delivered as I420 (see ``appsink_format``).
     """
     live = uri.is_live or sync
     if uri.kind == "v4l2":
@@ -230,12 +240,14 @@ def source_launch(uri: StreamURI, opts: StreamOptions, role: str, *, sync: bool 
             head = f"v4l2src device={quote(uri.location)}{_props(uri.params)}"
             if caps != "video/x-raw":
                 head += f" ! {caps}"
-        return f"{head} ! {_tail(role, opts, scale=False, live=True, sync=False)}"
+        return f"{head} ! {_tail(role, opts, scale=False, live=True, sync=False, yuv=yuv)}"
     if uri.kind == "csi":
         w, h, r = opts.width or 1280, opts.height or 720, opts.rate or 30
         flip = FLIPS[opts.flip or "none"][1]
-        out = appsink_format(role, opts)
-        conv = "video/x-raw,format=GRAY8" if out == "GRAY8" else "video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR"
+        out = appsink_format(role, opts, yuv)
+        conv = {"GRAY8": "video/x-raw,format=GRAY8",
+                "I420": f"video/x-raw,format=I420 ! videoconvert ! {format_caps('I420')}"}.get(
+            out, "video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR")
         return (f"nvarguscamerasrc sensor-id={uri.location}{_props(uri.params)} ! "
                 f"video/x-raw(memory:NVMM),width={w},height={h},framerate={rate_fraction(r)},format=NV12 ! "
                 f"nvvidconv flip-method={flip} ! {conv} ! {appsink_launch(live=True)}")
@@ -244,10 +256,10 @@ def source_launch(uri: StreamURI, opts: StreamOptions, role: str, *, sync: bool 
         params.setdefault("latency", "200")
         props = _props(params.items())
         return (f"rtspsrc location={quote(uri.location)}{props} ! decodebin ! "
-                f"{_tail(role, opts, scale=True, live=True, sync=False)}")
+                f"{_tail(role, opts, scale=True, live=True, sync=False, yuv=yuv)}")
     if uri.kind == "file":
         head = f"filesrc location={quote(uri.location)} ! decodebin"
-        tail = _tail(role, opts, scale=True, live=live, sync=sync)
+        tail = _tail(role, opts, scale=True, live=live, sync=sync, yuv=yuv)
         if opts.rate:
             tail = tail.replace("videoconvert", f"videorate ! video/x-raw,framerate={rate_fraction(opts.rate)} ! videoconvert", 1)
         return f"{head} ! {tail}"
@@ -260,7 +272,7 @@ def source_launch(uri: StreamURI, opts: StreamOptions, role: str, *, sync: bool 
         caps = f"video/x-raw,{'format=' + fmt + ',' if fmt else ''}width={w},height={h},framerate={rate_fraction(r)}"
         nocaps = StreamOptions(format=opts.format, flip=opts.flip)
         return (f"videotestsrc pattern={uri.location}{_props(params.items())} ! {caps} ! "
-                f"{_tail(role, nocaps, scale=False, live=is_live, sync=False)}")
+                f"{_tail(role, nocaps, scale=False, live=is_live, sync=False, yuv=yuv)}")
     raise ValueError(f"no GStreamer source for kind {uri.kind!r}")
 
 
@@ -292,9 +304,10 @@ ENCODERS = {
 
 
 def appsrc_caps(width: int, height: int, fps: float, fmt: str = "BGR") -> str:
-    """The caps of the frames pushed into a sink pipeline. Rows in the buffers must have
-    GStreamer's stride for them (BGR: 3 * width rounded up to 4 bytes), see ``GstSink``."""
-    return f"video/x-raw,format={fmt},width={width},height={height},framerate={rate_fraction(fps)}"
+    """The caps of the frames pushed into a sink pipeline (BGR, or I420 from the fast path). Rows in
+    the buffers must have GStreamer's strides for them (BGR: 3 * width rounded up to 4 bytes), see
+    ``GstSink``."""
+    return f"{format_caps(fmt)},width={width},height={height},framerate={rate_fraction(fps)}"
 
 
 def appsrc_launch(width: int, height: int, fps: float, fmt: str = "BGR") -> str:
@@ -333,13 +346,13 @@ def segment_pattern(path: str) -> str:
 
 
 def file_sink_launch(path: str, width: int, height: int, fps: float, encoder: str, *,
-                     segment_s: float = 0.0, start_index: int = 0) -> str:
+                     segment_s: float = 0.0, start_index: int = 0, fmt: str = "BGR") -> str:
     """Encode to a crash-safe file (see MUXER_PROPS); ``segment_s > 0``: a new file every
     ``segment_s`` seconds (splitmuxsink, split at a key frame it requests), ``path`` then being
     ``segment_pattern(...)``-style and numbered from ``start_index``."""
     ext = os.path.splitext(path)[1].lower()
     mux = MUXERS.get(ext, "mp4mux")
-    head = f"{appsrc_launch(width, height, fps)} ! {encoder_chain(encoder, width=width, height=height, fps=fps)}"
+    head = f"{appsrc_launch(width, height, fps, fmt)} ! {encoder_chain(encoder, width=width, height=height, fps=fps)}"
     if segment_s > 0:
         mprops = MUXER_PROPS.get(mux)
         mp = f" muxer-properties={quote('properties,' + mprops.replace(' ', ','))}" if mprops else ""
@@ -351,19 +364,86 @@ def file_sink_launch(path: str, width: int, height: int, fps: float, encoder: st
     return f"{head} ! {mux}{mprops} ! filesink location={quote(path)} {FILESINK_PROPS}"
 
 
-def udp_sink_launch(host: str, port: int, width: int, height: int, fps: float, encoder: str) -> str:
-    return (f"{appsrc_launch(width, height, fps)} ! {encoder_chain(encoder, width=width, height=height, fps=fps)} ! "
+def udp_sink_launch(host: str, port: int, width: int, height: int, fps: float, encoder: str, fmt: str = "BGR") -> str:
+    return (f"{appsrc_launch(width, height, fps, fmt)} ! {encoder_chain(encoder, width=width, height=height, fps=fps)} ! "
             f"rtph264pay config-interval=1 pt=96 ! udpsink host={quote(host)} port={port} sync=false async=false")
 
 
-def rtsp_sink_launch(location: str, width: int, height: int, fps: float, encoder: str) -> str:
-    return (f"{appsrc_launch(width, height, fps)} ! {encoder_chain(encoder, width=width, height=height, fps=fps)} ! "
+def rtsp_sink_launch(location: str, width: int, height: int, fps: float, encoder: str, fmt: str = "BGR") -> str:
+    return (f"{appsrc_launch(width, height, fps, fmt)} ! {encoder_chain(encoder, width=width, height=height, fps=fps)} ! "
             f"rtspclientsink location={quote(location)}")
 
 
-def display_sink_launch(width: int, height: int, fps: float) -> str:
-    sink = "nv3dsink" if element_exists("nv3dsink") else "autovideosink"
-    return f"{appsrc_launch(width, height, fps)} ! videoconvert ! {sink} sync=false"
+# Window sinks, chosen explicitly (autovideosink can fall through to kmssink/fbdevsink when no X
+# video sink is installed, and those crash or grab the console). Best first for each environment.
+DISPLAY_SINKS_JETSON = ("nv3dsink",)
+DISPLAY_SINKS_WAYLAND = ("waylandsink", "glimagesink")
+DISPLAY_SINKS_X11 = ("xvimagesink", "glimagesink", "ximagesink")
+
+
+def display_sink_candidates(*, x11: bool, wayland: bool, jetson: bool, forced: str | None = None) -> list[str]:
+    """The window sinks to try, best first: ``forced`` (MOEFUSION_DISPLAY_SINK) alone; else nv3dsink
+    on a Jetson, waylandsink under Wayland, xvimagesink (XVideo), glimagesink, ximagesink under X."""
+    if forced:
+        return [forced]
+    out = list(DISPLAY_SINKS_JETSON) if jetson else []
+    if wayland:
+        out += DISPLAY_SINKS_WAYLAND
+    if x11:
+        out += DISPLAY_SINKS_X11
+    return list(dict.fromkeys(out))
+
+
+def display_sink_launch(width: int, height: int, fps: float, sink: str = "xvimagesink", fmt: str = "BGR") -> str:
+    return f"{appsrc_launch(width, height, fps, fmt)} ! videoconvert ! {sink} sync=false"
+
+
+def probe_sink(name: str) -> str | None:
+    """Bring a sink element to READY (where X/Wayland sinks open the display) in a pipeline of its
+    own and back to NULL: None when it works, else why not (one short phrase)."""
+    Gst = import_gst()
+    if Gst is None:
+        return gst_reason()
+    if not element_exists(name):
+        return f"not installed ({ELEMENT_PACKAGES.get(name, 'its plugin package')})"
+    pipe = Gst.Pipeline.new(f"probe-{name}")
+    el = Gst.ElementFactory.make(name, None)
+    pipe.add(el)
+    try:
+        ret = pipe.set_state(Gst.State.READY)
+        msg = pipe.get_bus().pop_filtered(Gst.MessageType.ERROR)
+        if ret == Gst.StateChangeReturn.FAILURE or msg is not None:
+            if msg is not None:
+                err, _ = msg.parse_error()
+                return err.message.rstrip(".")
+            return "cannot start"
+        return None
+    finally:
+        pipe.set_state(Gst.State.NULL)
+
+
+def choose_display_sink(what: str) -> str:
+    """The first window sink that reaches READY here (see ``display_sink_candidates``); a one-line
+    UserError naming what was tried and why each failed, and the fix, when none does."""
+    import platform
+
+    env = os.environ
+    if env.get("DISPLAY") and not env.get("WAYLAND_DISPLAY"):
+        env.setdefault("GST_GL_WINDOW", "x11")  # glimagesink: X only (no EGL/Wayland probing and its noise)
+    cands = display_sink_candidates(x11=bool(env.get("DISPLAY")), wayland=bool(env.get("WAYLAND_DISPLAY")),
+                                    jetson=platform.machine() == "aarch64" and element_exists("nv3dsink"),
+                                    forced=env.get("MOEFUSION_DISPLAY_SINK") or None)
+    tried = []
+    for name in cands:
+        why = probe_sink(name)
+        if why is None:
+            log.info("%s: window sink %s", what, name)
+            return name
+        tried.append(f"{name}: {why}")
+    where = ", ".join(f"{k}={env[k]}" for k in ("DISPLAY", "WAYLAND_DISPLAY") if env.get(k)) or "no DISPLAY"
+    raise UserError(f"{what}: no window can be opened ({where}; tried {'; '.join(tried) or 'nothing'}); install "
+                    "gstreamer1.0-x and gstreamer1.0-gl, check the display (xdpyinfo), or use --output "
+                    "file://out.mp4, udp://HOST:PORT or none")
 
 
 def udp_receiver_hint(port: int) -> str:

@@ -21,6 +21,7 @@ output file is complete and playable.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -31,7 +32,8 @@ import numpy as np
 from ..errors import UserError
 from .backends import Backend
 from .capture import ROLE_NAMES, SourceError, SourceThread, Status, make_capture
-from .process import Preprocessor, compose, draw_overlay, postprocess
+from .fit import FIT_MODES, plan_model_fit
+from .process import BufferPool, Preprocessor, attention_to_frame, compose, draw_overlay, postprocess
 from .registration import Registrar
 from .sinks import MultiSink, Sink, make_sink
 from .stats import Stats
@@ -66,6 +68,7 @@ class PipelineConfig:
     output_fps: float | None = None
     segment_s: float = 0.0  # file outputs: a new file every segment_s seconds (0: one file)
     overwrite: bool = False  # file outputs: replace an existing recording instead of adding a suffix
+    model_fit: str = "letterbox"  # fixed-size models: letterbox | stretch (see fit.py)
 
 
 class BoundedQueue:
@@ -118,6 +121,8 @@ class Inbox:
         self.cond = threading.Condition()
 
     def put(self, role: str, frame) -> bool:
+        if frame.copy_s:
+            self.stats.stage_time("capture", frame.copy_s)
         with self.cond:
             q = self.q[role]
             if self.live[role]:
@@ -152,6 +157,7 @@ class Item:
     ts_ns: int
     fused: np.ndarray | None = None
     attention: np.ndarray | None = None
+    frames: tuple = ()  # the source frames (their pooled buffers go back once the output is written)
 
 
 class Pipeline:
@@ -168,6 +174,10 @@ class Pipeline:
         self.sink: Sink | None = None
         self._threads: list[threading.Thread] = []
         self.sources: dict[str, SourceThread] = {}
+        self.pool = BufferPool()  # frames' arrays, reused (see process.BufferPool)
+        self.notes: dict[str, str] = {}  # warnings said once: geometry changes, output resizing
+        self._fits: dict = {}
+        self._fit_lock = threading.Lock()
 
     # -- control ---------------------------------------------------------------------------
     def stop(self, reason: str = "stop requested") -> None:
@@ -181,6 +191,31 @@ class Pipeline:
             self.errors.append(msg)
             log.error("%s", msg)
         self.stop(f"error: {msg}")
+
+    def _note(self, key: str, text: str) -> None:
+        """A warning said once (log and the statistics' ``warnings``)."""
+        if key not in self.notes:
+            self.notes[key] = text
+            log.warning("%s", text)
+
+    def _fit_for(self, h: int, w: int):
+        """How frames of h x w reach the model (``fit.ModelFit``), planned once per size and logged."""
+        fit = self._fits.get((h, w))
+        if fit is not None:
+            return fit
+        with self._fit_lock:
+            fit = self._fits.get((h, w))
+            if fit is None:
+                fit = plan_model_fit((h, w), getattr(self.backend, "size_range", None), self.cfg.model_fit)
+                self._fits[(h, w)] = fit
+                if not fit.native:
+                    rng = self.backend.size_range
+                    takes = (f"{rng[0][1]}x{rng[0][0]} only" if rng[0] == rng[1] else
+                             f"{rng[0][1]}x{rng[0][0]} to {rng[1][1]}x{rng[1][0]}")
+                    log.info("model input: %s takes %s; %s (--model-fit %s)", self.backend.path or self.backend.name,
+                             takes, fit.describe(), self.cfg.model_fit)
+                    self.stats.info.setdefault("model_fit", fit.describe())
+        return fit
 
     def _guard(self, fn, name):
         def run():
@@ -206,7 +241,7 @@ class Pipeline:
         for role, uri, opts in (("ir", cfg.ir, cfg.ir_opts), ("vis", cfg.vis, cfg.vis_opts)):
             def factory(uri=uri, opts=opts, role=role):
                 return make_capture(uri, opts, role, paced=self.paced and uri.is_finite, pairing=pairing,
-                                    files=files.get(role), rate=rate)
+                                    files=files.get(role), rate=rate, pool=self.pool, yuv=role == "vis")
             cap = factory()
             if cap.launch:
                 log.info("%s source %s: %s", ROLE_NAMES[role], uri.raw, cap.describe())
@@ -276,10 +311,14 @@ class Pipeline:
             if registrar is not None:
                 ir0, vis0 = registrar.apply(ir0, vis0)
             h, w = vis0.shape[:2]
+            if cfg.model_fit not in FIT_MODES:
+                raise UserError(f"--model-fit {cfg.model_fit}: use one of {', '.join(FIT_MODES)}")
+            fit = self._fit_for(h, w)
+            mh, mw = fit.model
             t0 = time.perf_counter()
-            warm = self.backend.warmup(h, w, iters=2)
+            warm = self.backend.warmup(mh, mw, iters=2)
             log.info("backend: %s (%s); warm-up %.0f ms, then %.1f ms per frame at %dx%d", self.backend.describe(),
-                     self.backend_reason or self.backend.name, (time.perf_counter() - t0) * 1000, warm, w, h)
+                     self.backend_reason or self.backend.name, (time.perf_counter() - t0) * 1000, warm, mw, mh)
         except BaseException:
             for cap, _ in caps.values():
                 cap.close()
@@ -290,7 +329,8 @@ class Pipeline:
         stats.info.update({
             "backend": self.backend.name, "backend_detail": self.backend.describe(), "backend_reason": self.backend_reason,
             "ir": cfg.ir.raw, "vis": cfg.vis.raw, "output": [o.raw for o in cfg.outputs], "view": cfg.view,
-            "size": [w, h], "registration": cfg.registration, "sync_tolerance_ms": cfg.sync_tolerance_ms,
+            "size": [w, h], "model_size": [mw, mh], "registration": cfg.registration,
+            "sync_tolerance_ms": cfg.sync_tolerance_ms,
             "mode": "files (lockstep)" if not (cfg.ir.is_live or cfg.vis.is_live or cfg.realtime) else "live",
         })
         live = {}
@@ -344,14 +384,14 @@ class Pipeline:
         cfg, stats = self.cfg, self.stats
         pairer = Pairer(int(cfg.sync_tolerance_ms * 1e6), finite=not any_live,
                         offset_ns=int(cfg.sync_offset_ms * 1e6), max_wait_ns=int(cfg.max_wait_ms * 1e6))
-        pre = Preprocessor()
+        pre = Preprocessor(pool=self.pool, fit_for=self._fit_for, on_note=self._note)
         ended = {"ir": False, "vis": False}
         reconnects = {"ir": 0, "vis": 0}
         try:
             while not self.stop_event.is_set():
                 eos_seen = {r: s.eos.is_set() for r, s in self.sources.items()}
-                t0 = time.perf_counter()
                 batch = inbox.take(0.02 if any_live else 0.1)
+                t0 = time.perf_counter()  # "sync" is the pairing work, not the wait for frames
                 for role, src in self.sources.items():
                     if src.counters.reconnects != reconnects[role]:  # timestamps restart after a reconnect
                         reconnects[role] = src.counters.reconnects
@@ -370,8 +410,11 @@ class Pipeline:
                         pairer.end(role)
                         log.info("%s source ended after %d frames", ROLE_NAMES[role], src.counters.frames)
                 events = pairer.poll(time.monotonic_ns())
-                if events:
-                    stats.stage_time("sync", time.perf_counter() - t0)
+                n_pairs = sum(1 for ev in events if ev[0] == "pair")
+                if n_pairs:  # per pair: the work of pairing since the frames arrived
+                    dt = (time.perf_counter() - t0) / n_pairs
+                    for _ in range(n_pairs):
+                        stats.stage_time("sync", dt)
                 for ev in events:
                     if ev[0] == "drop":
                         stats.drop(ev[1])
@@ -384,7 +427,7 @@ class Pipeline:
                         ir, vis = registrar.apply(ir, vis)
                     prep = pre(ir, vis)
                     stats.stage_time("preprocess", time.perf_counter() - t1)
-                    item = Item(prep, min(p.ir.capture_ns, p.vis.capture_ns), p.vis.ts_ns)
+                    item = Item(prep, min(p.ir.capture_ns, p.vis.capture_ns), p.vis.ts_ns, frames=(p.ir, p.vis))
                     if not infer_q.put(item):
                         break
                 if (ended["ir"] and pairer.pending("ir") == 0) or (ended["vis"] and pairer.pending("vis") == 0):
@@ -416,7 +459,7 @@ class Pipeline:
                 if item is _END:
                     return
                 t0 = time.perf_counter()
-                fused, att = backend.infer(item.prep.ir_unit, item.prep.vis_y)
+                fused, att = backend.infer(item.prep.model_ir, item.prep.model_vis)
                 stats.stage_time("infer", time.perf_counter() - t0)
                 item.fused = fused[0, 0]
                 item.attention = att[0, 0] if att is not None else None
@@ -424,48 +467,118 @@ class Pipeline:
         finally:
             out_q.close()
 
+    def _release(self, item: Item) -> None:
+        """The frame's arrays go back to the pool (its output has been written or dropped)."""
+        item.prep.release()
+        for f in item.frames:
+            if f.buffer is not None:
+                self.pool.put(f.buffer)
+                f.buffer = None
+
     def _output_loop(self, out_q: BoundedQueue, fps: float, any_live: bool):
+        """Postprocess, compose the view and write. Presentation times: the capture time for live
+        sources, frame n at n / rate for files.
+
+        ``--output-rate``: files are resampled to the requested rate by their media timestamps,
+        sample and hold: output slot k (at k / rate) shows the latest frame at or before it, so a
+        lower rate skips frames (counted as ``output_rate`` drops) and a higher one repeats them
+        (``repeated``), and the output lasts as long as the input (never slow or fast motion).
+        Live sources: a frame is written when the next slot is due (within half a slot), with its
+        capture time; the others are skipped."""
         cfg, stats, sink = self.cfg, self.stats, self.sink
         first_ns = None
         n = 0
         overlay_lines: list[str] = []
+        convert = cfg.output_fps is not None
+        period = 1e9 / fps
+        eps = 1e6  # 1 ms: media timestamps are rounded to ns
+        t_first = None
+        next_slot = 0
+        held = None  # files with --output-rate: [frame copy, media time, capture time, slots it got]
+        last_dt = 0
+
+        def full() -> bool:
+            return bool(cfg.max_frames) and n >= cfg.max_frames
+
+        def write_held(until_ns: float) -> bool:
+            """Files with --output-rate: the held frame into every slot before ``until_ns``."""
+            nonlocal n, next_slot
+            while held is not None and next_slot * period + eps < until_ns and not full():
+                t1 = time.perf_counter()
+                ok = self._write(held[0], int(round(next_slot * period)))
+                stats.stage_time("sink", time.perf_counter() - t1)
+                if not ok:
+                    return False
+                stats.output(held[2], repeat=held[3] > 0)
+                held[3] += 1
+                n += 1
+                next_slot += 1
+                if full():
+                    self.stop(f"--max-frames {cfg.max_frames} reached")
+            return True
+
         try:
             while True:
                 item = out_q.get()
                 if item is _END:
+                    if held is not None:
+                        write_held(held[1] + last_dt)
+                        if held[3] == 0:
+                            stats.drop("output_rate")
                     return
-                if cfg.max_frames and n >= cfg.max_frames:
+                if full():
                     stats.drop("unprocessed_at_stop")
+                    self._release(item)
                     continue
+                if convert:
+                    t = item.capture_ns if any_live else item.ts_ns
+                    t_first = t if t_first is None else t_first
+                    t -= t_first
+                    if any_live and t < next_slot * period - period / 2:
+                        stats.drop("output_rate")  # too early for the next slot
+                        self._release(item)
+                        continue
+                    if not any_live:
+                        if not write_held(t):
+                            self._output_failed()
+                            self._release(item)
+                            continue
+                        if held is not None:
+                            last_dt = t - held[1]
+                            if held[3] == 0:
+                                stats.drop("output_rate")  # no slot between it and this frame
                 t0 = time.perf_counter()
-                out = postprocess(item.fused, item.prep)
-                frame = compose(cfg.view, out, item.prep, item.attention)
+                out = postprocess(item.fused, item.prep, in_place=cfg.view == "fused")
+                att = attention_to_frame(item.attention, item.prep) if cfg.view == "grid" else None
+                frame = compose(cfg.view, out, item.prep, att)
                 if cfg.overlay:
                     if n % 10 == 0:
                         lat = stats.latency_window()
                         overlay_lines = [f"{stats.fps_window():.1f} FPS  latency {lat['p50'] or 0:.0f} ms",
                                          f"{self.backend.name}"]
-                    if frame is out:
-                        frame = frame.copy()
-                    draw_overlay(frame, overlay_lines)
+                    draw_overlay(frame, overlay_lines)  # the frame is this item's own buffer
                 t1 = time.perf_counter()
                 stats.stage_time("postprocess", t1 - t0)
+                if convert and not any_live:  # held until the next frame says how many slots it gets
+                    held = [frame.copy(), t, item.capture_ns, 0]
+                    self._release(item)
+                    continue
                 if any_live:
                     first_ns = item.capture_ns if first_ns is None else first_ns
                     pts = item.capture_ns - first_ns
+                    if convert:
+                        next_slot = int(math.floor(t / period + 0.5)) + 1
                 else:
                     pts = int(round(n * 1e9 / fps))
-                ok = sink.write(frame, pts)
+                ok = self._write(frame, pts)
                 stats.stage_time("sink", time.perf_counter() - t1)
+                self._release(item)
                 if not ok:
-                    if sink.closed_by_user:
-                        self.stop("the window was closed")
-                    else:
-                        self._fail(sink.error or "the output failed")
+                    self._output_failed()
                     continue
                 stats.output(item.capture_ns)
                 n += 1
-                if cfg.max_frames and n >= cfg.max_frames:
+                if full():
                     self.stop(f"--max-frames {cfg.max_frames} reached")
         finally:
             try:
@@ -474,6 +587,15 @@ class Pipeline:
                 self._fail(f"finalising the output: {e}")
             if sink.error and not sink.closed_by_user and sink.error not in self.errors:
                 self._fail(sink.error)
+
+    def _write(self, frame, pts: int) -> bool:
+        return self.sink.write(frame, pts)
+
+    def _output_failed(self) -> None:
+        if self.sink.closed_by_user:
+            self.stop("the window was closed")
+        else:
+            self._fail(self.sink.error or "the output failed")
 
     def _supervise(self):
         cfg, stats = self.cfg, self.stats
@@ -508,6 +630,7 @@ class Pipeline:
         d["output_files"] = list(self.sink.files) if self.sink is not None else []
         d["stop_reason"] = self.stop_reason
         d["errors"] = list(self.errors)
-        d["warnings"] = [s.warning for s in self.sources.values() if s.warning]
+        d["warnings"] = (list(self.notes.values()) + [s.warning for s in self.sources.values() if s.warning]
+                         + (list(self.sink.warnings) if self.sink is not None else []))
         d["ok"] = not self.errors
         return d

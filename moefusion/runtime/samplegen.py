@@ -163,6 +163,17 @@ def cache_dir() -> Path:
     return Path(base) / "moefusion" / "demo"
 
 
+REAL_DEMO = ("m3svd_0117_1620_ir.mp4", "m3svd_0117_1620_vis.mp4")  # real footage (samples/demo/README.md)
+
+
+def real_demo_clips() -> tuple[Path, Path] | None:
+    """The real-footage demo pair in samples/demo/ (IR, VIS), or None where it is not shipped
+    (an installed wheel): then the demo plays the synthetic clips."""
+    d = repo_demo_dir()
+    ir, vis = (d / f for f in REAL_DEMO)
+    return (ir, vis) if ir.is_file() and vis.is_file() else None
+
+
 def ensure_demo_clips() -> Path:
     """samples/demo/ of the repository, else a generated copy in the user's cache."""
     for d in (repo_demo_dir(), cache_dir()):

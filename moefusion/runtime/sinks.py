@@ -2,7 +2,9 @@
 
 Each sink opens on its first frame (it needs the frame size; the output rate is known by then),
 takes BGR uint8 frames of any width (rows are padded to GStreamer's stride) with a presentation
-timestamp, and is finalised by ``close()``. A video file is written under a temporary name
+timestamp, and is finalised by ``close()``. The first frame sets the output's size; a later frame
+of another size (an image folder of many sizes) is scaled keeping its aspect ratio and padded with
+black bars to that size, and that is said once (log and ``warnings``). A video file is written under a temporary name
 (``NAME.partial.EXT``) and renamed only after EOS went through the muxer and the pipeline
 stopped, so a file at the final name is always complete and playable; if finalising fails, the
 partial file is left and reported. The containers are crash-safe (fragmented MP4/MOV, Matroska,
@@ -25,6 +27,8 @@ import numpy as np
 
 from ..errors import UserError
 from . import gst as gstmod
+from .fit import letterbox_into, letterbox_rect
+from .yuv import I420Frame
 from .uri import StreamURI
 
 log = logging.getLogger("moefusion.runtime")
@@ -50,6 +54,9 @@ class Sink:
         self.frames = 0
         self.size = None
         self.files: list[str] = []  # output files completed (renamed to their final names)
+        self.warnings: list[str] = []  # said once each (also logged)
+        self.boxed = 0  # frames letterboxed to the output's size
+        self._box = None
 
     def describe(self) -> str:
         return self.kind
@@ -63,19 +70,41 @@ class Sink:
         return None
 
     def _fit(self, frame: np.ndarray) -> np.ndarray:
-        """Even width/height for 4:2:0 encoders; one size for the whole output."""
+        """Even width/height for 4:2:0 encoders; one size for the whole output, set by the first
+        frame: a frame of another size is letterboxed into it (aspect kept, black bars), said once.
+        The result may be a view with row padding (GStreamer sinks copy row by row)."""
         if self.size is None:
             h, w = frame.shape[:2]
             self.size = (w - w % 2, h - h % 2)
         w, h = self.size
         if frame.shape[1] != w or frame.shape[0] != h:
+            if isinstance(frame, I420Frame):  # rare (a size change): through BGR
+                return I420Frame.from_bgr(self._letterbox(frame.to_bgr()))
             if frame.shape[1] in (w, w + 1) and frame.shape[0] in (h, h + 1):
                 frame = frame[:h, :w]
             else:
-                frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+                frame = self._letterbox(frame)
         if frame.ndim == 2:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-        return np.ascontiguousarray(frame)
+        return frame
+
+    def _letterbox(self, frame: np.ndarray) -> np.ndarray:
+        w, h = self.size
+        fh, fw = frame.shape[:2]
+        shape = (h, w) + frame.shape[2:]
+        if self._box is None or self._box.shape != shape or self._box.dtype != frame.dtype:
+            self._box = np.empty(shape, frame.dtype)
+        self.boxed += 1
+        if not self.warnings:
+            x, y, bw, bh = letterbox_rect((fw, fh), (w, h))
+            bars = "no bars" if (bw, bh) == (w, h) else (
+                f"black bars left/right ({x}+{w - bw - x} px)" if bw < w else f"black bars top/bottom ({y}+{h - bh - y} px)")
+            text = (f"output: a frame of {fw}x{fh} does not match the output size {w}x{h} (set by the first frame): "
+                    f"it is scaled keeping its aspect ratio to {bw}x{bh} with {bars}, and so is every later frame of "
+                    "another size")
+            self.warnings.append(text)
+            log.warning("%s", text)
+        return letterbox_into(frame, self._box, 0)
 
 
 class NullSink(Sink):
@@ -83,12 +112,16 @@ class NullSink(Sink):
 
 
 class GstSink(Sink):
-    """appsrc-fed pipeline; ``build(w, h, fps)`` returns the launch string. It is called when the
-    first frame arrives, with the output rate known by then (``fps``, set by the pipeline).
+    """appsrc-fed pipeline; ``build(w, h, fps[, fmt])`` returns the launch string. It is called when
+    the first frame arrives, with the output rate known by then (``fps``, set by the pipeline), and
+    the frames' format: BGR, or I420 (``yuv.I420Frame``, the fast path: the encoder takes it as it
+    is; ``build`` is then called with ``fmt="I420"``).
 
     Buffers are laid out as GStreamer expects for the appsrc caps: each BGR row padded to the
     caps' stride (3 * width rounded up to 4 bytes). Tightly packed rows of a width that is not a
-    multiple of 4 would be rejected by videoconvert (a uniform green picture)."""
+    multiple of 4 would be rejected by videoconvert (a uniform green picture). The buffers come
+    from a GStreamer buffer pool: each frame is copied once, row by row, into a buffer that returns
+    to the pool when the pipeline is done with it (no allocation per frame)."""
 
     kind = "gstreamer"
 
@@ -99,7 +132,9 @@ class GstSink(Sink):
         self._pipe = None
         self._src = None
         self._last_pts = -1
-        self._staging = None  # (h, stride) uint8 when rows need padding
+        self._bufpool = None
+        self._layout = None  # ((offset, stride) per plane, size)
+        self.fmt = "BGR"
 
     def describe(self) -> str:
         return self.launch or self.what
@@ -108,7 +143,7 @@ class GstSink(Sink):
         Gst = gstmod.import_gst()
         from gi.repository import GLib, GstVideo
 
-        self.launch = self.build(w, h, self.fps)
+        self.launch = self.build(w, h, self.fps, self.fmt) if self.fmt != "BGR" else self.build(w, h, self.fps)
         log.info("output pipeline: %s", self.launch)
         gstmod.check_elements(self.launch, self.what)
         try:
@@ -117,23 +152,42 @@ class GstSink(Sink):
             raise UserError(f"{self.what}: cannot build the output pipeline: {e.message}")
         self._src = self._pipe.get_by_name("src")
         info = GstVideo.VideoInfo.new_from_caps(self._src.get_property("caps"))
-        stride, row = info.stride[0], w * 3
-        if info.finfo.format != GstVideo.VideoFormat.BGR or stride < row or info.size != stride * h:
-            raise RuntimeError(f"{self.what}: unexpected appsrc layout {info.finfo.format} stride {stride} size {info.size}")
-        self._staging = np.zeros((h, stride), np.uint8) if stride != row else None
+        want = GstVideo.VideoFormat.I420 if self.fmt == "I420" else GstVideo.VideoFormat.BGR
+        if info.finfo.format != want or info.stride[0] < (w if self.fmt == "I420" else w * 3):
+            raise RuntimeError(f"{self.what}: unexpected appsrc layout {info.finfo.format} stride {info.stride[0]} "
+                               f"size {info.size}")
+        self._layout = (tuple((info.offset[p], info.stride[p]) for p in range(info.finfo.n_planes)), info.size)
+        self._bufpool = Gst.BufferPool.new()
+        conf = self._bufpool.get_config()
+        Gst.BufferPool.config_set_params(conf, self._src.get_property("caps"), info.size, 2, 0)
+        if not self._bufpool.set_config(conf) or not self._bufpool.set_active(True):
+            raise RuntimeError(f"{self.what}: cannot set up a buffer pool of {info.size} bytes")
         if self._pipe.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
             err = self._poll_bus() or "cannot start"
             self._pipe.set_state(Gst.State.NULL)
             self._pipe = None
             raise UserError(f"{self.what}: {err}")
 
-    def _pack(self, frame: np.ndarray) -> bytes:
-        """The frame's bytes with GStreamer's row stride."""
-        if self._staging is None:
-            return frame.tobytes()
+    def _buffer(self, frame):
+        """A pooled Gst.Buffer holding the frame with GStreamer's strides (one copy)."""
+        Gst = gstmod.import_gst()
+        ret, buf = self._bufpool.acquire_buffer(None)
+        if ret != Gst.FlowReturn.OK:
+            raise RuntimeError(f"{self.what}: no buffer from the pool ({ret.value_nick})")
+        planes, size = self._layout
         h, w = frame.shape[:2]
-        self._staging[:, : w * 3] = frame.reshape(h, w * 3)
-        return self._staging.tobytes()  # a copy: the staging array is reused for the next frame
+        ok, mi = buf.map(Gst.MapFlags.WRITE)
+        if not ok:
+            raise RuntimeError(f"{self.what}: cannot map an output buffer")
+        try:
+            if isinstance(frame, I420Frame):
+                for (off, st), src in zip(planes, (frame.y, frame.u, frame.v)):
+                    np.copyto(np.ndarray(src.shape, np.uint8, buffer=mi.data, offset=off, strides=(st, 1)), src)
+            else:
+                np.copyto(np.ndarray((h, w, 3), np.uint8, buffer=mi.data, strides=(planes[0][1], 3, 1)), frame)
+        finally:
+            buf.unmap(mi)
+        return buf
 
     def _poll_bus(self) -> str:
         """Handle element messages (``_on_element``) and return the first error, if any."""
@@ -164,10 +218,15 @@ class GstSink(Sink):
         Gst = gstmod.import_gst()
         frame = self._fit(frame)
         if self._pipe is None:
+            self.fmt = "I420" if isinstance(frame, I420Frame) else "BGR"
             self._open(*self.size)
+        if self.fmt == "I420" and not isinstance(frame, I420Frame):
+            frame = I420Frame.from_bgr(frame)
+        elif self.fmt == "BGR" and isinstance(frame, I420Frame):
+            frame = frame.to_bgr()
         pts = max(int(pts_ns), self._last_pts + 1)
         self._last_pts = pts
-        buf = Gst.Buffer.new_wrapped(self._pack(frame))
+        buf = self._buffer(frame)
         buf.pts = pts
         buf.duration = int(1e9 / self.fps) if self.fps else Gst.CLOCK_TIME_NONE
         ret = self._src.emit("push-buffer", buf)
@@ -207,6 +266,9 @@ class GstSink(Sink):
             ok = False
         self._pipe.set_state(Gst.State.NULL)
         self._pipe = None
+        if self._bufpool is not None:
+            self._bufpool.set_active(False)
+            self._bufpool = None
         return ok
 
     def close(self):
@@ -231,7 +293,7 @@ class GstFileSink(GstSink):
         self.tmp = gstmod.segment_pattern(path) if segment_s > 0 else partial_path(path)
         self.encoder = encoder
         super().__init__(f"--output {path}", fps,
-                         lambda w, h, fps: gstmod.file_sink_launch(self.tmp, w, h, fps, self.encoder,
+                         lambda w, h, fps, fmt="BGR": gstmod.file_sink_launch(self.tmp, w, h, fps, self.encoder, fmt=fmt,
                                                                    segment_s=self.segment_s,
                                                                    start_index=self.start_index))
 
@@ -285,12 +347,14 @@ class OpenCVFileSink(Sink):
 
     def write(self, frame, pts_ns) -> bool:
         frame = self._fit(frame)
+        if isinstance(frame, I420Frame):
+            frame = frame.to_bgr()
         if self._w is None:
             self._w = cv2.VideoWriter(self.tmp, cv2.VideoWriter_fourcc(*self.fourcc), float(self.fps or 30), self.size)
             if not self._w.isOpened():
                 raise UserError(f"--output {self.path}: OpenCV cannot open a {self.fourcc} writer for it; "
                                 "use a .mp4 or .avi name, or install GStreamer for H.264")
-        self._w.write(frame)
+        self._w.write(np.ascontiguousarray(frame))
         self.frames += 1
         return True
 
@@ -400,19 +464,23 @@ def make_sink(uri: StreamURI, fps: float, encoder: str = "auto", *, segment_s: f
         if not display_available():
             raise UserError(f"--output {uri.raw}: no display (DISPLAY/WAYLAND_DISPLAY not set); use --output "
                             "file://out.mp4, udp://HOST:PORT or none")
-        gstmod.check_elements(gstmod.display_sink_launch(64, 64, fps), f"--output {uri.raw}")
-        return GstSink(f"--output {uri.raw}", fps, gstmod.display_sink_launch)
+        what = f"--output {uri.raw}"
+        name = gstmod.choose_display_sink(what)  # brought to READY here: a failure is one line, before any start
+        gstmod.check_elements(gstmod.display_sink_launch(64, 64, fps, name), what)
+        sink = GstSink(what, fps, lambda w, h, fps, fmt="BGR": gstmod.display_sink_launch(w, h, fps, name, fmt))
+        sink.kind = "display"
+        return sink
     enc = gstmod.pick_encoder(None if encoder in ("auto", "opencv") else encoder)
     if enc is None:
         raise UserError(f"--output {uri.raw} needs an H.264 encoder: install gstreamer1.0-plugins-ugly (x264enc) "
                         "or gstreamer1.0-plugins-bad (openh264enc)")
     if uri.kind == "udp":
-        build = lambda w, h, fps: gstmod.udp_sink_launch(uri.host, uri.port, w, h, fps, enc)  # noqa: E731
+        build = lambda w, h, fps, fmt="BGR": gstmod.udp_sink_launch(uri.host, uri.port, w, h, fps, enc, fmt)  # noqa: E731
         gstmod.check_elements(build(64, 64, fps), f"--output {uri.raw}")
         log.info("streaming RTP/H.264 to %s:%d; receive with: %s", uri.host, uri.port, gstmod.udp_receiver_hint(uri.port))
         return GstSink(f"--output {uri.raw}", fps, build)
     if uri.kind == "rtsp":
-        build = lambda w, h, fps: gstmod.rtsp_sink_launch(uri.location, w, h, fps, enc)  # noqa: E731
+        build = lambda w, h, fps, fmt="BGR": gstmod.rtsp_sink_launch(uri.location, w, h, fps, enc, fmt)  # noqa: E731
         gstmod.check_elements(build(64, 64, fps), f"--output {uri.raw}",
                               "rtsp:// output publishes to an RTSP server (e.g. mediamtx); or use udp://HOST:PORT")
         return GstSink(f"--output {uri.raw}", fps, build)
@@ -441,6 +509,7 @@ class MultiSink(Sink):
         return " + ".join(s.describe() for s in self.sinks)
 
     def write(self, frame, pts_ns) -> bool:
+        frame = self._fit(frame)  # one size for all outputs (a size change is said once, here)
         ok = True
         for s in self.sinks:
             if not s.write(frame, pts_ns):

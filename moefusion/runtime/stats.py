@@ -49,6 +49,7 @@ class Stats:
         self.frames_in = defaultdict(int)
         self.pairs = 0
         self.frames_out = 0
+        self.repeated = 0
         self.drops = defaultdict(int)
         self.latency = Reservoir()
         self.latency_win = deque(maxlen=window)
@@ -82,7 +83,9 @@ class Stats:
         with self.lock:
             self.stage[stage].add(seconds * 1000.0)
 
-    def output(self, capture_ns: int, now_ns: int | None = None):
+    def output(self, capture_ns: int, now_ns: int | None = None, *, repeat: bool = False):
+        """A frame went to the output. ``repeat``: the previous frame again, to fill a slot of
+        ``--output-rate`` (counted in ``frames_out`` and ``repeated``, no latency sample)."""
         now_ns = now_ns or time.monotonic_ns()
         lat = (now_ns - capture_ns) / 1e6
         t = time.monotonic()
@@ -90,9 +93,12 @@ class Stats:
             self.frames_out += 1
             if self.t_first_out is None:
                 self.t_first_out = t
+            self.out_times.append(t)
+            if repeat:
+                self.repeated += 1
+                return
             self.latency.add(lat)
             self.latency_win.append(lat)
-            self.out_times.append(t)
 
     def fps_window(self) -> float:
         with self.lock:
@@ -137,6 +143,7 @@ class Stats:
                 "frames_in": dict(self.frames_in),
                 "pairs": self.pairs,
                 "frames_out": self.frames_out,
+                "repeated": self.repeated,
                 "drops": dict(sorted(self.drops.items())),
                 "drops_total": int(sum(self.drops.values())),
                 "reconnects": dict(self.reconnects),
