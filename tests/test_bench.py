@@ -270,3 +270,10 @@ def test_batch_throughput_uses_a_batch_export(tmp_path, capsys):
         assert r["latency_ms"]["n"] == 1
     assert "(b2)" in capsys.readouterr().out
     assert np.isfinite([r["fps"] for r in result["rows"]]).all()
+
+
+def test_report_and_run_do_not_import_each_other():
+    """bench/run imports bench/report (machine facts); report needs nothing of run (shared constants live in table)."""
+    code = "import sys, moefusion.bench.report; print('moefusion.bench.run' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == "False"

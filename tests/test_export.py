@@ -247,20 +247,50 @@ def test_fp16_onnx(shared_data):
         np.testing.assert_allclose(got[1], att, atol=2e-2, err_msg=name)
 
 
-def test_plugin_flavour_nodes_and_reference_numerics(shared_data):
+def _grid_gate_model():
+    """An untrained edge model with grid gates (what the MoEGate plugin implements), prepared as
+    helpers.make_model prepares untrained models (random gates, decoder output inside (0, 1))."""
+    import moefusion
+    from helpers import randomise_gates
+
+    torch.manual_seed(0)
+    model = randomise_gates(moefusion.build_model("edge", gate_pool="grid"), seed=0).eval()
+    with torch.no_grad():
+        model.moge.experts.weights[-1].mul_(8.0)
+        model.moge.experts.biases[-1].add_(0.5)
+    return model
+
+
+def _plugin_nodes_match(proto, model):
+    """3 MoECombine; a MoEGate for each grid gate, a TopK for each moments gate (the plugin has no moments)."""
+    custom = [(n.domain, n.op_type) for n in proto.graph.node if n.domain]
+    layers = (model.mole_fg, model.mole_bg, model.moge)
+    grid = sum(layer.pool != "moments" for layer in layers)
+    assert custom.count(("moefusion", "MoECombine")) == 3
+    assert custom.count(("moefusion", "MoEGate")) == grid
+    assert [n.op_type for n in proto.graph.node].count("TopK") == 3 - grid
+
+
+@pytest.mark.parametrize("which", ["grid", "default"])
+def test_plugin_flavour_nodes_and_reference_numerics(which, shared_data, tmp_path):
     """The plugin flavour: MoEGate/MoECombine nodes (kernels/README.md); numerically the same function
-    (run with onnx.reference and the kernels' NumPy references: no TensorRT, no GPU)."""
+    (run with onnx.reference and the kernels' NumPy references: no TensorRT, no GPU). ``default``: the
+    test edge model (the bundled weights: moments gates stay standard ops, combines are plugins)."""
     from onnx.reference import ReferenceEvaluator
 
     from moefusion.kernels.onnx import reference_ops
 
-    path, _, model = exported("edge", flavour="plugin", opset=17)
+    if which == "grid":
+        model = _grid_gate_model()
+        path = run_export({"plugins": "on", "opset": 17, "dynamic": ((16, 16), (1088, 1920)),
+                           "output": str(tmp_path / "grid.plugins.onnx")}, model=model, routes=True).outputs[0]
+    else:
+        path, _, model = exported("edge", flavour="plugin", opset=17)
     proto = onnx.load(str(path))
-    custom = [(n.domain, n.op_type) for n in proto.graph.node if n.domain]
-    assert custom.count(("moefusion", "MoEGate")) == 3 and custom.count(("moefusion", "MoECombine")) == 3
-    assert "TopK" not in [n.op_type for n in proto.graph.node]
-    gate = next(n for n in proto.graph.node if n.op_type == "MoEGate")
-    assert {a.name for a in gate.attribute} == {"grid_h", "grid_w", "k"}
+    _plugin_nodes_match(proto, model)
+    if which == "grid":
+        gate = next(n for n in proto.graph.node if n.op_type == "MoEGate")
+        assert {a.name for a in gate.attribute} == {"grid_h", "grid_w", "k"}
     assert read_metadata(path)["flavour"] == "plugin"
     with pytest.raises(Exception):  # ONNX Runtime cannot run it: it always gets the standard flavour
         ort_session(path)
@@ -275,11 +305,10 @@ def test_plugin_flavour_nodes_and_reference_numerics(shared_data):
 
 
 @pytest.mark.slow
-def test_plugin_flavour_dynamo_exporter():
-    path, _, _ = exported("edge", flavour="plugin", opset=18)
-    proto = onnx.load(str(path))
-    assert sum(n.op_type == "MoEGate" and n.domain == "moefusion" for n in proto.graph.node) == 3
-    assert sum(n.op_type == "MoECombine" and n.domain == "moefusion" for n in proto.graph.node) == 3
+def test_plugin_flavour_dynamo_exporter(tmp_path):
+    model = _grid_gate_model()
+    path = run_export({"plugins": "on", "output": str(tmp_path / "grid18.plugins.onnx")}, model=model).outputs[0]
+    _plugin_nodes_match(onnx.load(str(path)), model)  # both MoEGate and MoECombine through the dynamo mappings
 
 
 @pytest.mark.slow

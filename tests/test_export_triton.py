@@ -131,14 +131,24 @@ def test_dense_dynamic_export_gives_a_batching_repository(tmp_path):
 
 @pytest.mark.skipif(import_trt() is None, reason="neither tensorrt nor tensorrt_rtx is installed")
 def test_tensorrt_repository(tmp_path):
+    """Full TensorRT: a plan beside its sidecar. TensorRT-RTX: a one-line error before any work (Triton's
+    TensorRT backend cannot load TensorRT-RTX plans), nothing written."""
     onnx_path, _, _ = exported("edge", opset=17)
-    res = run_export({"weights": str(onnx_path), "format": "triton", "triton_platform": "tensorrt", "half": True,
-                      "output": str(tmp_path / "repo")})
+    given = {"weights": str(onnx_path), "format": "triton", "triton_platform": "tensorrt", "half": True,
+             "output": str(tmp_path / "repo")}
+    if import_trt().__name__ == "tensorrt_rtx":
+        with pytest.raises(UserError) as e:
+            run_export(given)
+        msg = str(e.value)
+        assert "\n" not in msg and "Triton's TensorRT backend cannot load" in msg and "--triton-platform onnxruntime" in msg
+        assert not (tmp_path / "repo").exists()
+        return
+    res = run_export(given)
     model_dir = res.outputs[0]
     assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.plan", "model.plan.json"]
     cfg = parse_config(model_dir / "config.pbtxt")
     assert cfg.platform == "tensorrt_plan" and cfg.max_batch_size == 0
-    assert res.engine.sidecar["precision"] == "fp16"
+    assert res.engine.sidecar["precision"] == "fp16" and "TensorRT engine" in res.engine.sidecar["runs_on"]["summary"]
 
 
 def test_triton_bad_inputs(tmp_path):

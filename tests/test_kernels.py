@@ -96,7 +96,7 @@ def test_cmake_build_exports_only_the_c_abi(built):
     if not any((p / "NvInfer.h").exists() for p in (
         kbuild.Path("/usr/include/x86_64-linux-gnu"), kbuild.Path("/usr/include/aarch64-linux-gnu"))) \
             and not os.environ.get("TensorRT_ROOT"):
-        assert "TensorRT plugins: OFF (NvInfer.h not found; set TensorRT_ROOT)" in configure_log
+        assert "TensorRT plugins: OFF (NvInfer.h not found; set TensorRT_INCLUDE_DIR or TensorRT_ROOT)" in configure_log
     assert (out / "moefusion_kernels_selftest").is_file()
 
 
@@ -334,22 +334,19 @@ def test_ops_trace_under_torch_compile():
 
 # ----------------------------------------------------------------------------- ONNX
 class _Tiny(torch.nn.Module):
-    """Split -> gate -> combine -> fused last conv: every node, routing decided per input."""
+    """Gate -> combine: the two plugin-flavour nodes (the export emits no others), routing decided per input."""
 
     def __init__(self):
         super().__init__()
         g = torch.Generator().manual_seed(1)
         self.w_gate = torch.nn.Parameter(torch.randn(16 * 4 * 5, 4, generator=g))
-        self.w = torch.nn.Parameter(torch.randn(4, 1, 8, 3, 3, generator=g) * 0.2)
-        self.b = torch.nn.Parameter(torch.randn(4, 1, generator=g))
 
     def forward(self, x0, x1, att):
-        fg, bg = torch.ops.moefusion.attention_split(x0, x1, att)
+        fg = torch.cat((x0 * att, x1 * att), dim=1)
         idx, g = torch.ops.moefusion.gate(fg, self.w_gate, 4, 5, 2)
         B, C, H, W = fg.shape
         y = torch.ops.moefusion.combine(fg.reshape(B, 2, C // 2, H, W), g)
-        z = torch.ops.moefusion.expert_conv3x3_combine(bg.reshape(B, 2, C // 2, H, W), self.w, self.b, idx, g)
-        return y, z, idx
+        return y, idx
 
 
 def _run_onnx(model_proto, inputs):
@@ -396,7 +393,7 @@ def test_onnx_dynamo_export_emits_moefusion_nodes_and_routes_per_input():
         outs = _run_onnx(mp, args)
         for o, r in zip(outs, ref):
             np.testing.assert_allclose(o, r.numpy(), rtol=1e-4, atol=1e-5)
-        seen |= {tuple(row) for row in outs[2].tolist()}
+        seen |= {tuple(row) for row in outs[1].tolist()}
     assert len(seen) > 1, "routing must not be frozen at export"
 
 

@@ -289,6 +289,22 @@ def _sanitizer() -> str:
     return found
 
 
+# compute-sanitizer's own refusals (not errors of the code under test): no "ERROR SUMMARY" follows them
+_SANITIZER_CANNOT = ("device not supported", "not supported on this", "unsupported", "unable to", "permission",
+                     "insufficient", "no attachable", "terminated before first instrumented", "driver version",
+                     "could not", "failed to")
+
+
+def _sanitizer_cannot_run(out: str) -> str:
+    """The first line in which compute-sanitizer says it cannot run here, '' when it ran (and reported)."""
+    if "ERROR SUMMARY" in out or "RACECHECK SUMMARY" in out:
+        return ""
+    for line in out.splitlines():
+        if line.lstrip().startswith("=========") and any(c in line.lower() for c in _SANITIZER_CANNOT):
+            return line.strip("= ").strip()[:200]
+    return ""
+
+
 @pytest.mark.parametrize("tool", ["memcheck", "racecheck"])
 def test_selftest_under_compute_sanitizer(lib, tool):
     exe = _selftest_binary()
@@ -297,6 +313,9 @@ def test_selftest_under_compute_sanitizer(lib, tool):
         args += ["--leak-check", "full"]
     res = subprocess.run(args + [str(exe), "--quick"], capture_output=True, text=True, timeout=600)
     out = res.stdout + res.stderr
+    cannot = _sanitizer_cannot_run(out)
+    if res.returncode != 0 and cannot:
+        pytest.skip(f"compute-sanitizer cannot run on this device: {cannot}")
     assert res.returncode == 0, out[-6000:]
     assert "ERROR SUMMARY: 0 errors" in out or "RACECHECK SUMMARY: 0 hazards" in out, out[-3000:]
 

@@ -6,6 +6,7 @@ import os
 import platform
 
 from .._version import __version__
+from .table import DEFAULT_WARMUP
 
 COLUMNS = ("preset", "backend", "precision", "size", "status", "ms/frame", "p99 ms", "FPS", "pipeline FPS",
            "pipeline latency p50/p95 ms", "speed-up vs reference")
@@ -152,8 +153,6 @@ def describe_run(result: dict) -> list[str]:
         lines.append(f"- warning: {w}")
     timings = sorted({r["timing"] for r in result["rows"] if r.get("timing")})
     iters = str(s["iters"]) if s["iters"] else f"adaptive to a budget of {s['budget_s']:g} s per measurement (at least 3)"
-    from .run import DEFAULT_WARMUP
-
     warm = s["warmup"] if s["warmup"] is not None else DEFAULT_WARMUP[s["device"]]
     lines.append(f"- model-only: batch 1, {warm} warm-up call(s), timed iterations {iters}; timing: "
                  + "; ".join(timings) if timings else "- model-only: nothing measured")

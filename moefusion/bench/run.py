@@ -35,14 +35,13 @@ from .measure import (
     summarize,
     write_clips,
 )
-from .table import availability, backends
+from .table import DEFAULT_WARMUP, availability, backends
 
 log = logging.getLogger("moefusion.bench")
 
 REFERENCE = "reference"
 MAX_ITERS = {"cpu": 200, "cuda": 1000}
 PIPELINE_CAP = {"cpu": 100, "cuda": 300}  # most pipeline frames per row when adapting to the budget
-DEFAULT_WARMUP = {"cpu": 2, "cuda": 10}
 UNTRAINED = ("untrained: random weights and random gates (routing varies from frame to frame as in a trained model); "
              "speed does not depend on training")
 

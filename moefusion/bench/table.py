@@ -23,7 +23,8 @@ DEVICES = ("auto", "cpu", "cuda")
 # Runtime backend that runs the file a format writes (keyed by moefusion.runtime.backends.model_kind).
 _RUNTIME_OF_KIND = {"onnx": "onnxruntime", "engine": "tensorrt"}
 # TensorRT for RTX runs its engines only on these compute capabilities (docs/export.md, ENVIRONMENT.md).
-RTX_COMPUTE_CAPABILITIES = ("8.0", "8.6", "8.9")
+RTX_COMPUTE_CAPABILITIES = ("7.5", "8.0", "8.6", "8.9")  # and 12.x; not 8.7 (Jetson Orin) or 9.0 (H100/H200)
+DEFAULT_WARMUP = {"cpu": 2, "cuda": 10}  # warm-up calls per row (run.py measures, report.py describes)
 
 
 @dataclass(frozen=True)

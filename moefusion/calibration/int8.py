@@ -1,5 +1,8 @@
-"""INT8 calibration for TensorRT engines: paired frames -> the runtime's network inputs -> an
-entropy calibrator (IInt8EntropyCalibrator2) with a cache file.
+"""INT8 calibration frames: paired frames -> the runtime's network inputs.
+
+``moefusion-export --int8 --calib-data SRC`` reads its calibration frames here (its quantization stage,
+``moefusion.export.quantize``, inserts Q/DQ nodes with NVIDIA ModelOpt); this module knows nothing of the
+export (one direction only).
 
 Frames come from an image folder pair (any layout ``moefusion.data`` knows: ir/+vis/, Ir/+Vis/,
 infrared/+visible/, ir/+vi/; pairs matched by file name) or from two synchronised videos
@@ -13,8 +16,8 @@ size step (``moefusion.runtime.capture.to_role_format`` with the engine's input 
 same frames, see there). Pairs must already be registered (the runtime's ``--registration`` warp
 is not applied here).
 
-Command line: ``moefusion-calibrate int8 --weights W.pt --calib-data DIR -o model.int8.engine``
-(builds the INT8 engine and its calibration cache), ``--check`` only reads and counts the frames.
+Command line: ``moefusion-calibrate int8 --calib-data DIR`` reads, preprocesses and counts the frames
+(what ``moefusion-export --int8`` will calibrate on) and prints the export command.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from ..errors import UserError
 
 log = logging.getLogger("moefusion.calibration")
 
-MIN_CALIB_FRAMES = 8  # below this, entropy calibration histograms are noise
+MIN_CALIB_FRAMES = 8  # below this, calibration histograms are noise
 DEFAULT_CALIB_FRAMES = 256
 
 
@@ -78,7 +81,7 @@ class CalibrationData:
                  flag: str = "--calib-data"):
         self.spec, self.frames, self.size, self.flag = str(spec), int(frames), size, flag
         if self.frames < MIN_CALIB_FRAMES:
-            raise UserError(f"--calib-frames {frames}: entropy calibration needs at least {MIN_CALIB_FRAMES} frames "
+            raise UserError(f"--calib-frames {frames}: INT8 calibration needs at least {MIN_CALIB_FRAMES} frames "
                             "(a few hundred recommended)")
         self.skipped: list[tuple[str, str]] = []
         parts = [p.strip() for p in self.spec.split(",")] if "," in self.spec else [self.spec]
@@ -219,90 +222,6 @@ class CalibrationData:
 
 
 # ------------------------------------------------------------------------------------------------
-# The TensorRT calibrator
-# ------------------------------------------------------------------------------------------------
-
-def make_entropy_calibrator(trt, data: CalibrationData | None, batch: int, cache: str | os.PathLike):
-    """An IInt8EntropyCalibrator2 of the ``trt`` module (tensorrt) over ``data``, caching to ``cache``.
-
-    ``data`` may be None when ``cache`` exists: TensorRT then takes the scales from the cache.
-    Device memory through cuda-python (as the runtime's TensorRT backend); no torch.
-    """
-    base = getattr(trt, "IInt8EntropyCalibrator2", None)
-    if base is None:
-        raise UserError(f"--int8: {trt.__name__} {trt.__version__} has no INT8 entropy calibrator; build INT8 engines "
-                        "with TensorRT (JetPack on Jetson, pip install tensorrt on x86)")
-    cache = Path(cache)
-    if data is None and not cache.is_file():
-        raise UserError(f"--calib-cache {cache}: no such file; calibrate with --calib-data DIR|IR_VIDEO,VIS_VIDEO")
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart  # type: ignore
-        except ImportError:
-            raise UserError("--int8 calibration needs cuda-python for device buffers: pip install cuda-python") from None
-
-    def check(res, what):
-        err = res[0] if isinstance(res, tuple) else res
-        if int(err) != 0:
-            raise RuntimeError(f"CUDA error in {what}: {err}")
-        return res[1] if isinstance(res, tuple) and len(res) > 1 else None
-
-    class EntropyCalibrator(base):
-        def __init__(self):
-            base.__init__(self)
-            self.batch = batch
-            self.cache = cache
-            self.batches_fed = 0
-            self._it = data.batches(batch) if data is not None else iter(())
-            self._dev: dict[str, tuple[int, int]] = {}
-
-        def get_batch_size(self):
-            return self.batch
-
-        def get_batch(self, names, *args):
-            try:
-                b = next(self._it)
-            except StopIteration:
-                return None
-            ptrs = []
-            for name in names:
-                arr = b[name]
-                if name not in self._dev or self._dev[name][1] != arr.nbytes:
-                    if name in self._dev:
-                        cudart.cudaFree(self._dev[name][0])
-                    self._dev[name] = (int(check(cudart.cudaMalloc(arr.nbytes), "cudaMalloc")), arr.nbytes)
-                ptr, nbytes = self._dev[name]
-                check(cudart.cudaMemcpy(ptr, arr.ctypes.data, nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice),
-                      "cudaMemcpy")
-                ptrs.append(ptr)
-            self.batches_fed += 1
-            return ptrs
-
-        def read_calibration_cache(self):
-            if self.cache.is_file():
-                log.info("calibration: using the cache %s", self.cache)
-                return self.cache.read_bytes()
-            return None
-
-        def write_calibration_cache(self, blob):
-            from ..export._files import atomic_write_bytes
-
-            atomic_write_bytes(self.cache, bytes(memoryview(blob)))
-            log.info("calibration: wrote %s (%d batches)", self.cache, self.batches_fed)
-
-        def __del__(self):
-            for ptr, _ in self._dev.values():
-                try:
-                    cudart.cudaFree(ptr)
-                except Exception:  # noqa: BLE001 - interpreter shutdown
-                    pass
-
-    return EntropyCalibrator()
-
-
-# ------------------------------------------------------------------------------------------------
 # moefusion-calibrate int8
 # ------------------------------------------------------------------------------------------------
 
@@ -314,34 +233,22 @@ def add_int8_args(p: argparse.ArgumentParser) -> None:
                    help=f"pairs to use, spread over the set (default {DEFAULT_CALIB_FRAMES}; at least {MIN_CALIB_FRAMES})")
     p.add_argument("--imgsz", type=int, nargs="+", metavar="H W", default=None,
                    help="engine input size (default 480 640); frames are scaled to it as the runtime's capture does")
-    p.add_argument("--weights", metavar="W.pt|X.onnx", help="checkpoint or moefusion ONNX (default: bundled weights)")
-    p.add_argument("-o", "--output", metavar="ENGINE", help="INT8 engine to build (default: <weights>.int8.engine)")
-    p.add_argument("--calib-cache", metavar="FILE", help="calibration cache (default: <engine>.calib)")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default 1)")
-    p.add_argument("--workspace", type=float, default=None, metavar="GiB", help="TensorRT workspace limit")
     p.add_argument("--check", action="store_true",
-                   help="only read and preprocess the frames and report them (no TensorRT needed)")
+                   help="accepted for compatibility: this command always only reads and reports the frames")
 
 
 def run_int8(args: argparse.Namespace) -> int:
-    imgsz = None
+    """Read and preprocess the calibration frames, report them, and print the export command that uses them."""
+    imgsz = (480, 640)
     if args.imgsz is not None:
         if len(args.imgsz) not in (1, 2) or min(args.imgsz) < 1:
             raise UserError(f"--imgsz {' '.join(map(str, args.imgsz))}: give H W (or one size for both)")
         imgsz = (args.imgsz[0], args.imgsz[-1])
-    if args.check:
-        data = CalibrationData(args.calib_data, args.calib_frames, imgsz or (480, 640))
-        lo, hi = np.inf, -np.inf
-        for _, ir_u, vis_y in data.inputs():
-            lo, hi = min(lo, ir_u.min(), vis_y.min()), max(hi, ir_u.max(), vis_y.max())
-        print(f"calibration data OK: {data.describe()}; inputs in [{lo:.3f}, {hi:.3f}]")
-        return 0
-    from ..export.api import run_export
-
-    given = {"format": "engine", "int8": True, "calib_data": args.calib_data, "calib_frames": args.calib_frames,
-             "calib_cache": args.calib_cache, "weights": args.weights, "output": args.output, "batch": args.batch,
-             "workspace": args.workspace, "imgsz": imgsz}
-    result = run_export(given)
-    for line in result.lines:
-        print(line)
+    data = CalibrationData(args.calib_data, args.calib_frames, imgsz)
+    lo, hi = np.inf, -np.inf
+    for _, ir_u, vis_y in data.inputs():
+        lo, hi = min(lo, ir_u.min(), vis_y.min()), max(hi, ir_u.max(), vis_y.max())
+    print(f"calibration data OK: {data.describe()}; inputs in [{lo:.3f}, {hi:.3f}]")
+    print(f"build the INT8 engine: moefusion-export --weights W.pt --format engine --int8 --calib-data {args.calib_data} "
+          f"--calib-frames {args.calib_frames} --imgsz {imgsz[0]} {imgsz[1]}")
     return 0

@@ -6,8 +6,9 @@ Command line: ``moefusion-export`` (see ``moefusion.export.cli`` and docs/export
     run_export({"weights": "W.pt", "format": "engine", "half": True})
 
 Modules: ``formats`` (the table that drives validation), ``wrapper`` (the export-only formulation
-of the model), ``onnx_export``, ``fp16``, ``trt_shim`` (tensorrt vs tensorrt_rtx), ``engine``
-(builder, sidecar, reuse, verification), ``triton``, ``api``, ``cli``.
+of the model), ``onnx_export``, ``fp16``, ``quantize`` (INT8 Q/DQ by ModelOpt), ``trt_shim`` (tensorrt
+vs tensorrt_rtx), ``plugin_registry`` (plugin libraries loaded once per process), ``engine`` (builder,
+sidecar, reuse, verification), ``triton``, ``api`` (the stages, in one line), ``cli``.
 """
 from __future__ import annotations
 

@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Every default is None: the formats table decides what was given and what it means.
     p.add_argument("--weights", metavar="W.pt", help="moefusion checkpoint (default: the bundled weights); "
-                   "an .onnx (engine/triton) or an .engine (triton) written by moefusion-export is packaged as is")
+                   "or an .onnx written by moefusion-export (engine/triton: built as is, an fp32 one converted for "
+                   "--half or quantized for --int8), or an .engine (triton: packaged as is)")
     p.add_argument("--format", choices=list(FORMATS), default=None, help="what to write (default onnx)")
     p.add_argument("-o", "--output", metavar="PATH", help="output file (.onnx / .engine) or Triton repository folder "
                    "(default: <weights name>[.fp16|.int8].<ext> in the current folder; model_repository/)")
@@ -57,21 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dispatch", choices=DISPATCHES, default=None,
                    help="sparse (default): only the k chosen experts run, fixed batch; dense: every expert runs, "
                         "any batch")
-    prec = p.add_argument_group("precision (TensorRT)")
-    prec.add_argument("--half", action="store_true", default=None, help="FP16 (an error where the GPU lacks it)")
-    prec.add_argument("--int8", action="store_true", default=None, help="INT8 with entropy calibration (+FP16)")
+    prec = p.add_argument_group("precision (from the ONNX: strongly typed TensorRT >= 10, TensorRT-RTX)")
+    prec.add_argument("--half", action="store_true", default=None,
+                      help="FP16: an fp16 ONNX (gates kept fp32); engines: an error where the GPU lacks fast FP16")
+    prec.add_argument("--int8", action="store_true", default=None,
+                      help="INT8: Q/DQ nodes inserted by NVIDIA ModelOpt (pip install 'moefusion[int8]'), calibrated on "
+                           "--calib-data; experts fp16, gates fp32 (engine/triton)")
     prec.add_argument("--calib-data", metavar="DIR|IR_VIDEO,VIS_VIDEO", help="calibration pairs for --int8")
     prec.add_argument("--calib-frames", type=int, metavar="N", help=f"pairs to calibrate on (default {DEFAULT_CALIB_FRAMES})")
-    prec.add_argument("--calib-cache", metavar="FILE", help="calibration cache (default <engine>.calib; reused)")
     trt = p.add_argument_group("TensorRT build")
     trt.add_argument("--workspace", type=float, metavar="GiB", help="builder workspace limit")
     trt.add_argument("--plugins", choices=PLUGIN_MODES, default=None,
                      help="the MoE gate/combine as TensorRT plugins: auto (default: when the plugin library is "
-                          "found), on, off")
+                          "found, for fp32 sparse engines of full TensorRT), on, off; TensorRT-RTX takes none")
     trt.add_argument("--plugin-lib", action="append", dest="plugin_libs", metavar="SO",
                      help="TensorRT plugin library (default $MOEFUSION_TRT_PLUGINS or build/kernels/)")
     trt.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache ('none' to disable; default "
-                     "~/.cache/moefusion/tensorrt/<version>-<gpu>.timing)")
+                     "~/.cache/moefusion/tensorrt/<module>-<version>-<gpu>.timing; a no-op with TensorRT-RTX)")
     trt.add_argument("--rebuild", action="store_true", default=None, help="build even if an up-to-date engine exists")
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default 18; 17 for TensorRT 8.6 / JetPack 6.0 "
                    "and with --detections)")
@@ -79,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also output the detectors' boxes, scores and labels per modality (ONNX, batch 1)")
     tri = p.add_argument_group("Triton")
     tri.add_argument("--triton-platform", choices=TRITON_PLATFORMS, default=None,
-                     help="onnxruntime (default; model.onnx) or tensorrt (model.plan built here)")
+                     help="onnxruntime (default; model.onnx) or tensorrt (model.plan built here with full TensorRT; "
+                          "not with TensorRT-RTX)")
     tri.add_argument("--triton-name", metavar="NAME", help="model name (default moefusion_<preset>)")
     tri.add_argument("--triton-instances", type=int, metavar="N", help="model instances per GPU (default 1)")
     p.add_argument("-v", "--verbose", action="store_true", help="log TensorRT and export details")
@@ -89,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 def options_from_args(args: argparse.Namespace) -> dict:
     given = {k: getattr(args, k) for k in (
         "weights", "format", "output", "batch", "dispatch", "half", "int8", "calib_data", "calib_frames",
-        "calib_cache", "workspace", "plugins", "plugin_libs", "opset", "detections", "timing_cache", "rebuild",
+        "workspace", "plugins", "plugin_libs", "opset", "detections", "timing_cache", "rebuild",
         "triton_platform", "triton_name", "triton_instances")}
     given["imgsz"] = _imgsz(args.imgsz)
     if args.dynamic is not None:

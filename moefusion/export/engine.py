@@ -2,9 +2,10 @@
 
 The engine file is the plain serialized engine (``trtexec --loadEngine``, DeepStream's nvinfer and
 ``run_pipeline --model X.engine`` load it as is); nothing is prepended. Everything else goes to the
-sidecar: TensorRT module and version, GPU, precision, profile, plugin libraries, the sha256 of the
-ONNX it was built from and of the engine itself, the ONNX's metadata. An existing engine is reused
-only when all of those match what a new build would record.
+sidecar: TensorRT module and version, GPU, what the engine runs on (``runs_on``), precision, profile,
+plugin libraries, the INT8 quantization, the sha256 of the ONNX it was built from and of the engine
+itself, the ONNX's metadata. An existing engine is reused only when all of those match what a new
+build would record. Networks are strongly typed: the precision is the ONNX's (fp32, fp16, Q/DQ INT8).
 """
 from __future__ import annotations
 
@@ -24,9 +25,9 @@ from .trt_shim import TRT, gpu_slug
 log = logging.getLogger("moefusion.export")
 
 ENGINE_FORMAT = "moefusion-engine"
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2  # 2: strongly typed builds, "runs_on", "quantization" (was "int8_calibration")
 REUSE_KEYS = ("onnx_sha256", "tensorrt", "gpu", "precision", "profile", "plugin_libraries", "plugin_sha256",
-              "int8_calibration")
+              "quantization")
 
 
 @dataclass
@@ -62,7 +63,7 @@ def _profile(shapes: dict) -> dict:
     return {name: {k: list(v) for k, v in shapes.items()} for name in ("ir", "vis")}
 
 
-def _wanted(trt: TRT, gpu, precision, onnx_sha, shapes, plugin_libs, calib) -> dict:
+def _wanted(trt: TRT, gpu, precision, onnx_sha, shapes, plugin_libs, quantization) -> dict:
     libs = [str(Path(p).resolve()) for p in plugin_libs]
     return {
         "onnx_sha256": onnx_sha,
@@ -72,7 +73,7 @@ def _wanted(trt: TRT, gpu, precision, onnx_sha, shapes, plugin_libs, calib) -> d
         "profile": _profile(shapes),
         "plugin_libraries": libs,
         "plugin_sha256": {p: _files.sha256_file(p) for p in libs},
-        "int8_calibration": calib,
+        "quantization": quantization,
     }
 
 
@@ -91,16 +92,47 @@ def reuse_reason(engine: Path, wanted: dict) -> tuple[bool, str]:
     return True, ""
 
 
+def custom_nodes(onnx_path: str | Path) -> list[str]:
+    """'domain::op' of the nodes outside the standard ONNX domains (plugin nodes), sorted, unique."""
+    import onnx
+
+    g = onnx.load(str(onnx_path), load_external_data=False).graph
+    return sorted({f"{n.domain}::{n.op_type}" for n in g.node if n.domain not in ("", "ai.onnx")})
+
+
+def onnx_precision(onnx_path: str | Path) -> str:
+    """The precision an ONNX carries: from our metadata, else int8 when it has Q/DQ nodes, else fp32."""
+    import onnx
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if meta.get("moefusion.precision"):
+        return meta["moefusion.precision"]
+    return "int8" if any(n.op_type == "QuantizeLinear" for n in proto.graph.node) else "fp32"
+
+
 def build_engine(onnx_path: str | Path, engine_path: str | Path, opts, *, trt: TRT | None = None,
-                 plugin_libs=(), onnx_meta: dict | None = None, calibrator_factory=None, calib_info=None,
-                 fp32_nodes=(), strongly_typed: bool = False) -> EngineBuild:
-    """Build (or reuse) ``engine_path`` from ``onnx_path`` for ``opts`` (shapes, precision, workspace...)."""
+                 plugin_libs=(), onnx_meta: dict | None = None, quantization: dict | None = None) -> EngineBuild:
+    """Build (or reuse) ``engine_path`` from ``onnx_path`` for ``opts`` (shapes, workspace, timing cache...).
+
+    The precision is the ONNX's own (fp32, an fp16 graph, or INT8 Q/DQ nodes): the network is strongly
+    typed, no precision flags. ``opts.precision`` must agree with it (the export's ONNX stage sees to that).
+    """
     trt = trt or TRT()
     gpu = trt.require_gpu()
     onnx_path, engine_path = Path(onnx_path), _files.check_writable(engine_path)
-    precision = opts.precision
+    precision = onnx_precision(onnx_path)
+    if precision != opts.precision:
+        raise UserError(f"{onnx_path} is a {precision} ONNX but {opts.precision} was asked for; export it again with "
+                        "the precision flag you want (--half, --int8) or drop the flag")
+    trt.check_precision(precision, gpu)
+    if not trt.supports_plugin_layers:
+        custom = custom_nodes(onnx_path)
+        if custom:
+            raise UserError(f"{onnx_path}: has plugin nodes ({', '.join(custom)}), which {trt.describe()} cannot take "
+                            "(its ONNX parser aborts on plugin layers); export with --plugins off")
     shapes = opts.shapes()
-    wanted = _wanted(trt, gpu, precision, _files.sha256_file(onnx_path), shapes, plugin_libs, calib_info)
+    wanted = _wanted(trt, gpu, precision, _files.sha256_file(onnx_path), shapes, plugin_libs, quantization)
     if not opts.rebuild:
         ok, why = reuse_reason(engine_path, wanted)
         if ok:
@@ -113,10 +145,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts, *, trt: T
 
     t0 = time.perf_counter()
     builder = trt.trt.Builder(trt.logger)
-    trt.check_precision(builder, precision, gpu)
     if plugin_libs:
-        trt.load_plugin_libraries(plugin_libs)
-    network = trt.create_network(builder, strongly_typed=strongly_typed)
+        trt.load_plugin_libraries(plugin_libs)  # once per process
+    network = trt.create_network(builder)
     parser = trt.trt.OnnxParser(network, trt.logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = trt.parser_errors(parser) or trt.logger.errors[-3:] or ["(no details)"]
@@ -132,20 +163,10 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts, *, trt: T
 
     config = builder.create_builder_config()
     trt.set_workspace(config, opts.workspace)
-    flags = trt.set_precision(config, precision)
-    pinned = trt.pin_fp32(network, config, fp32_nodes) if flags else 0
     profile = builder.create_optimization_profile()
     for name in names:
         profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
     config.add_optimization_profile(profile)
-    calibrator = None
-    if precision == "int8":
-        if calibrator_factory is None:
-            raise UserError("--int8 needs --calib-data (or --calib-cache)")
-        calibrator = calibrator_factory(trt, shapes["opt"])
-        config.int8_calibrator = calibrator
-        if hasattr(config, "set_calibration_profile"):
-            config.set_calibration_profile(profile)
 
     cache_path = None
     if opts.timing_cache != "none" and trt.has_timing_cache:
@@ -168,6 +189,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts, *, trt: T
     seconds = time.perf_counter() - t0
 
     outputs = [network.get_output(i).name for i in range(network.num_outputs)]
+    runs_on = trt.runs_on(gpu)
     sidecar = {
         "format": ENGINE_FORMAT,
         "format_version": SIDECAR_VERSION,
@@ -175,19 +197,18 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts, *, trt: T
         "engine_bytes": len(data),
         "onnx": str(onnx_path.resolve()),
         **wanted,
-        "builder_flags": flags,
-        "strongly_typed": bool(strongly_typed or trt.typed_precision),
-        "fp32_pinned_layers": pinned,
+        "runs_on": runs_on,
+        "builder_flags": [],
+        "strongly_typed": trt.strongly_typed,
         "inputs": names,
         "outputs": outputs,
         "workspace_gib": opts.workspace,
         "timing_cache": str(cache_path) if cache_path else None,
-        "onnx_metadata": onnx_meta or {},
+        "onnx_metadata": onnx_meta if onnx_meta is not None else _metadata(onnx_path),
         "moefusion_version": __version__,
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "build_seconds": round(seconds, 2),
-        "note": ("built without a GPU by TensorRT-RTX: the engine runs on RTX GPUs (compute capability 8.0, 8.6, "
-                 "8.9, 12.x) with TensorRT-RTX, not with TensorRT/trtexec" if trt.rtx and gpu is None else ""),
+        "note": runs_on["summary"],
     }
     # Engine first, then its sidecar (with the engine's hash): a crash in between leaves a mismatch -> rebuild.
     _files.atomic_write_bytes(engine_path, data)
@@ -199,6 +220,12 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts, *, trt: T
         except UserError as e:
             log.warning("timing cache not saved: %s", e)
     return EngineBuild(engine_path, sidecar, False, seconds, reason)
+
+
+def _metadata(onnx_path: Path) -> dict:
+    from .onnx_export import read_metadata
+
+    return read_metadata(onnx_path)
 
 
 def verify_engine(engine: str | Path, *, precision: str | None = None, trt: TRT | None = None,

@@ -19,7 +19,7 @@ from .wrapper import DISPATCHES
 FLAGS = {
     "weights": "--weights", "format": "--format", "output": "-o/--output", "imgsz": "--imgsz",
     "dynamic": "--dynamic", "batch": "--batch", "dispatch": "--dispatch", "half": "--half", "int8": "--int8",
-    "calib_data": "--calib-data", "calib_frames": "--calib-frames", "calib_cache": "--calib-cache",
+    "calib_data": "--calib-data", "calib_frames": "--calib-frames",
     "workspace": "--workspace", "plugins": "--plugins", "plugin_libs": "--plugin-lib", "opset": "--opset",
     "detections": "--detections", "timing_cache": "--timing-cache", "rebuild": "--rebuild",
     "triton_platform": "--triton-platform", "triton_name": "--triton-name",
@@ -28,7 +28,7 @@ FLAGS = {
 
 _COMMON = frozenset({"weights", "format", "output", "imgsz", "dynamic", "batch", "dispatch", "half", "plugins",
                      "plugin_libs", "opset"})
-_TRT = frozenset({"int8", "calib_data", "calib_frames", "calib_cache", "workspace", "timing_cache", "rebuild"})
+_TRT = frozenset({"int8", "calib_data", "calib_frames", "workspace", "timing_cache", "rebuild"})
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,6 @@ class ExportOptions:
     int8: bool = False
     calib_data: str | None = None
     calib_frames: int = DEFAULT_CALIB_FRAMES
-    calib_cache: str | None = None
     workspace: float | None = None  # GiB
     plugins: str = "auto"
     plugin_libs: list[str] = field(default_factory=list)
@@ -148,8 +147,11 @@ def parse_dynamic(text: str | None, imgsz: tuple[int, int]) -> tuple[tuple[int, 
     return parse_hw(lo, "--dynamic"), parse_hw(hi, "--dynamic")
 
 
-def validate(given: dict) -> ExportOptions:
-    """Options as given (None = not given) -> complete ExportOptions, or a UserError naming the flags."""
+def validate(given: dict, *, onnx_source: bool = False) -> ExportOptions:
+    """Options as given (None = not given) -> complete ExportOptions, or a UserError naming the flags.
+
+    ``onnx_source``: --weights is an ONNX (a Q/DQ ONNX needs no --calib-data; the export's plan decides).
+    """
     given = {k: v for k, v in given.items() if v is not None and v is not False and v != []}
     unknown = sorted(set(given) - set(FLAGS))
     if unknown:
@@ -181,7 +183,7 @@ def validate(given: dict) -> ExportOptions:
     if opts.triton_instances < 1:
         raise UserError(f"--triton-instances {opts.triton_instances}: must be at least 1")
     if opts.calib_frames < MIN_CALIB_FRAMES:
-        raise UserError(f"--calib-frames {opts.calib_frames}: entropy calibration needs at least "
+        raise UserError(f"--calib-frames {opts.calib_frames}: INT8 calibration needs at least "
                         f"{MIN_CALIB_FRAMES} frames (a few hundred recommended)")
     if opts.dynamic is not None:
         (h0, w0), (h1, w1) = opts.dynamic
@@ -209,11 +211,14 @@ def validate(given: dict) -> ExportOptions:
         if bad:
             raise UserError(f"{_flags(bad)} need a TensorRT model: add --triton-platform tensorrt")
     if opts.int8:
-        if not (opts.calib_data or opts.calib_cache):
+        if not opts.calib_data and not onnx_source:
             raise UserError("--int8 needs calibration frames: --calib-data DIR|IR_VIDEO,VIS_VIDEO "
-                            "(or --calib-cache FILE from an earlier calibration)")
+                            "(real IR/VIS pairs of the scenes the model will see)")
+        if opts.plugins == "on":
+            raise UserError("--int8 with --plugins on: ONNX Runtime calibrates the Q/DQ graph and cannot run the "
+                            "plugin nodes; use --plugins off (or auto)")
     else:
-        bad = [n for n in ("calib_data", "calib_frames", "calib_cache") if n in given]
+        bad = [n for n in ("calib_data", "calib_frames") if n in given]
         if bad:
             raise UserError(f"{_flags(bad)} only apply to --int8")
     if opts.plugins == "on" and opts.dispatch == "dense":
@@ -227,9 +232,9 @@ def validate(given: dict) -> ExportOptions:
     if opts.detections:
         if opts.batch != 1:
             raise UserError(f"--detections with --batch {opts.batch}: detections export for batch 1 only")
-    if opts.format == "onnx" and opts.half and opts.plugins == "on":
-        raise UserError("--half with --plugins on and --format onnx: the plugin flavour is converted to fp16 "
-                        "by TensorRT itself; build an engine (--format engine --half) instead")
+    if opts.half and opts.plugins == "on":
+        raise UserError("--half with --plugins on: fp16 comes from the ONNX's types (strongly typed TensorRT) and "
+                        "the plugin nodes have no fp16 conversion yet; use --plugins off (or auto) for fp16")
 
     # -- output ---------------------------------------------------------------------------------
     if opts.output is not None:

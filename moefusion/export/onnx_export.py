@@ -197,18 +197,18 @@ def build_metadata(model, opts: ExportOptions, flavour: str, precision: str, out
 def check_live_routing(model_proto, flavour: str) -> None:
     """A bug guard: the graph must route every input (3 gates), never constants from the dummy input.
 
-    Standard flavour: each MoE layer's MatMul with its ``w_gate`` feeds a TopK; plugin: 3 MoEGate nodes.
+    Each MoE layer's gate is either a ``moefusion::MoEGate`` node (plugin flavour, grid descriptor) or its
+    ``MatMul`` with ``w_gate`` feeding a TopK (standard flavour; also the plugin flavour's moments gates,
+    which the plugin does not implement).
     """
     nodes = model_proto.graph.node
-    if flavour == "plugin":
-        found = sum(n.op_type == PLUGIN_GATE and n.domain == PLUGIN_DOMAIN for n in nodes)
-        what = PLUGIN_GATE
-    else:
-        topk_inputs = {n.input[0] for n in nodes if n.op_type == "TopK"}
-        found = sum(n.op_type == "MatMul" and any(i.endswith("w_gate") for i in n.input) and n.output[0] in topk_inputs
-                    for n in nodes)
-        what = "w_gate MatMul -> TopK"
-    if found != len(MOE_LAYERS):
+    plugin_gates = sum(n.op_type == PLUGIN_GATE and n.domain == PLUGIN_DOMAIN for n in nodes)
+    topk_inputs = {n.input[0] for n in nodes if n.op_type == "TopK"}
+    graph_gates = sum(n.op_type == "MatMul" and any(i.endswith("w_gate") for i in n.input)
+                      and n.output[0] in topk_inputs for n in nodes)
+    found = plugin_gates + graph_gates
+    what = f"{PLUGIN_GATE} + w_gate MatMul -> TopK" if flavour == "plugin" else "w_gate MatMul -> TopK"
+    if found != len(MOE_LAYERS) or (flavour != "plugin" and plugin_gates):
         raise RuntimeError(f"exported graph has {found} {what} gates, expected {len(MOE_LAYERS)}: "
                            "routing was frozen or lost in export (a bug)")
 
@@ -285,7 +285,7 @@ def read_metadata(path: str | Path) -> dict:
     return out
 
 
-_JSON_KEYS = {"config", "inputs", "outputs", "io", "imgsz", "dynamic", "batch_dynamic", "detections"}
+_JSON_KEYS = {"config", "inputs", "outputs", "io", "imgsz", "dynamic", "batch_dynamic", "detections", "quantization"}
 
 
 def read_moefusion_onnx(path: str | Path, flag: str = "--weights") -> dict:

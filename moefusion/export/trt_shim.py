@@ -1,30 +1,31 @@
-"""The one place that knows how ``tensorrt`` (JetPack / x86 TensorRT 8.6-10.x) and ``tensorrt_rtx``
+"""The one place that knows how ``tensorrt`` (JetPack / x86 TensorRT 8.6-11.x) and ``tensorrt_rtx``
 (TensorRT for RTX) differ for what the builder uses.
 
 Differences handled here:
-- module: ``tensorrt`` preferred (it is what the engines run on for Jetson, trtexec and DeepStream),
-  else ``tensorrt_rtx``;
-- precision: TensorRT takes ``--half``/``--int8`` as builder flags on a float32 network (weakly
-  typed; the gates are pinned to float32 with layer precisions). TensorRT-RTX has no precision
-  flags and no INT8 calibration: networks are strongly typed, so ``--half`` means parsing a float16
-  ONNX (``moefusion.export.fp16``) and ``--int8`` is an error;
+- module: ``tensorrt`` preferred (it is what the engines run on for Jetson, trtexec, DeepStream and
+  Triton), else ``tensorrt_rtx``;
+- precision comes from the network for both: strongly typed networks (TensorRT >= 10; TensorRT 11 and
+  TensorRT-RTX have nothing else). ``--half`` is an fp16 ONNX (``moefusion.export.fp16``), ``--int8`` a
+  Q/DQ ONNX (``moefusion.export.quantize``); no FP16/INT8 builder flags, no implicit INT8 calibration.
+  TensorRT 8.6 (JetPack 6.0) has no strongly typed networks: fp32 only there;
 - network flags: EXPLICIT_BATCH exists (and is required) before TensorRT 10 only;
-- the GPU: TensorRT needs one to build; TensorRT-RTX builds on a CPU-only machine (its engines run
-  on RTX GPUs; compute capability 8.0, 8.6, 8.9, 12.x);
+- plugin layers: TensorRT-RTX's ONNX parser aborts the process (std::terminate) right after it creates a
+  plugin layer and its network has no add_plugin_v3, so it never gets a plugin-flavour ONNX;
+- the GPU: TensorRT needs one to build; TensorRT-RTX builds on a CPU-only machine, and its engines run
+  only in the TensorRT-RTX runtime on RTX GPUs (``runs_on``);
 - timing cache: a no-op in TensorRT-RTX (skipped there);
-- plugin registry listing: ``all_creators`` (10.x) or ``plugin_creator_list`` (8.x).
+- plugin libraries: loaded once per process through ``moefusion.export.plugin_registry``.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
 import re
 
 from ..errors import UserError
 
 log = logging.getLogger("moefusion.export")
 
+RTX_GPUS = "compute capability 7.5 to 12.x except 8.7 and 9.0"
 INSTALL_HINT = ("on Jetson it comes with JetPack (python3-libnvinfer; JetPack 6+); on x86 pip install tensorrt; "
                 "for RTX GPUs pip install tensorrt-rtx-cu13")
 
@@ -77,7 +78,6 @@ class TRT:
             raise UserError(f"{self.describe()} cannot parse the gates' TopK (needs TensorRT >= 8.6): upgrade to "
                             "JetPack 6 (TensorRT 8.6/10.x), or run the .onnx with ONNX Runtime")
         self.logger = _Logger(module)
-        self._plugins_initialised = False
 
     def describe(self) -> str:
         return f"{self.module} {self.version}"
@@ -87,88 +87,55 @@ class TRT:
         """TensorRT-RTX keeps the API but its timing cache operations are no-ops (deprecated)."""
         return not self.rtx
 
+    # -- what the engines are for ------------------------------------------------------------------
+    @property
+    def supports_plugin_layers(self) -> bool:
+        """False for TensorRT-RTX: its ONNX parser aborts the process after creating a plugin layer."""
+        return not self.rtx
+
+    def runs_on(self, gpu: dict | None) -> dict:
+        """Where an engine built here can run: {'runtime', 'gpus', 'summary'} (sidecar and CLI output)."""
+        if self.rtx:
+            return {"runtime": f"TensorRT-RTX {self.version} (the tensorrt_rtx runtime)",
+                    "gpus": RTX_GPUS,
+                    "summary": f"TensorRT-RTX engine: runs with the TensorRT-RTX {self.version} runtime on RTX GPUs "
+                               f"({RTX_GPUS}); not with TensorRT, trtexec, DeepStream, Triton's TensorRT backend, "
+                               "Jetson (8.7) or H100/H200 (9.0)"}
+        where = f"{gpu['name']} (compute capability {gpu['compute_capability']})" if gpu else "the GPU it was built on"
+        return {"runtime": f"TensorRT {self.version}",
+                "gpus": where,
+                "summary": f"TensorRT engine: runs with TensorRT {self.version} (run_pipeline, trtexec, DeepStream, "
+                           f"Triton with the same TensorRT) on {where}"}
+
     # -- precision ------------------------------------------------------------------------------
     @property
-    def typed_precision(self) -> bool:
-        """True: precision comes from the ONNX types (an fp16 ONNX for --half), not builder flags."""
-        return self.rtx
+    def strongly_typed(self) -> bool:
+        """Networks take precision from the ONNX types (TensorRT >= 10, TensorRT-RTX)."""
+        return self.rtx or self.major >= 10
 
-    def check_precision(self, builder, precision: str, gpu: dict | None) -> None:
+    def check_precision(self, precision: str, gpu: dict | None) -> None:
         """UserError when this TensorRT / GPU cannot build ``precision`` (never a silent fallback)."""
         if precision == "fp32":
             return
-        if self.rtx:
-            if precision == "int8":
-                raise UserError("--int8: TensorRT-RTX has no INT8 calibration (implicit quantization); build INT8 "
-                                "engines with TensorRT (JetPack on Jetson, pip install tensorrt on x86)")
-            return  # fp16 through a float16 ONNX
-        where = f"{gpu['name']} (compute capability {gpu['compute_capability']})" if gpu else "this GPU"
-        fast = getattr(builder, f"platform_has_fast_{'fp16' if precision == 'fp16' else 'int8'}", None)
-        if fast is None and gpu:  # removed in newer TensorRT: decide from the compute capability
-            major, minor = (int(x) for x in gpu["compute_capability"].split("."))
-            fast = (major, minor) >= ((5, 3) if precision == "fp16" else (6, 1))
-        if fast is False:
-            raise UserError(f"--{'half' if precision == 'fp16' else 'int8'}: {where} has no fast "
+        flag = "--half" if precision == "fp16" else "--int8"
+        if not self.strongly_typed:
+            raise UserError(f"{flag}: {self.describe()} has no strongly typed networks, which carry the precision of "
+                            "the ONNX (fp16 tensors, INT8 Q/DQ); use TensorRT >= 10 (JetPack 6.1+) or build fp32")
+        if self.rtx or gpu is None:
+            return  # RTX GPUs all have fast FP16 and INT8
+        major, minor = (int(x) for x in gpu["compute_capability"].split("."))
+        if (major, minor) < ((5, 3) if precision == "fp16" else (6, 1)):
+            raise UserError(f"{flag}: {gpu['name']} (compute capability {gpu['compute_capability']}) has no fast "
                             f"{precision.upper()}; build without it (fp32) or on a GPU that has it")
 
-    def set_precision(self, config, precision: str) -> list[str]:
-        """Builder flags for ``precision`` (weakly typed TensorRT only); returns their names."""
-        if self.rtx or precision == "fp32":
-            return []
-        flags = ["FP16"] if precision in ("fp16", "int8") else []
-        if precision == "int8":
-            flags.append("INT8")
-        for f in flags:
-            config.set_flag(getattr(self.trt.BuilderFlag, f))
-        return flags
-
-    def pin_fp32(self, network, config, node_names) -> int:
-        """Keep the layers of these ONNX nodes in float32 (TensorRT with precision flags only)."""
-        if self.rtx or not node_names:
-            return 0
-        trt = self.trt
-        flag = getattr(trt.BuilderFlag, "PREFER_PRECISION_CONSTRAINTS", None) or getattr(
-            trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS", None)
-        if flag is None:
-            return 0
-        names = set(node_names)
-
-        def of_node(layer_name: str) -> bool:
-            # the layer of node N is named N, or N plus a suffix for nodes that become several layers;
-            # N_3 is another node of the same type, not a part of N
-            if layer_name in names:
-                return True
-            for n in names:
-                rest = layer_name[len(n):]
-                if layer_name.startswith(n) and rest[:1] in ("_", " ", ".", ":", "[", "(") and not rest[1:].isdigit():
-                    return True
-            return False
-
-        pinned = 0
-        for i in range(network.num_layers):
-            layer = network.get_layer(i)
-            if not of_node(layer.name):
-                continue
-            if layer.type in (trt.LayerType.SHAPE, trt.LayerType.CONSTANT, trt.LayerType.IDENTITY):
-                continue
-            if all(layer.get_output(j).dtype in (trt.float32, trt.float16) for j in range(layer.num_outputs)):
-                layer.precision = trt.float32
-                for j in range(layer.num_outputs):
-                    layer.set_output_type(j, trt.float32)
-                pinned += 1
-        if pinned:
-            config.set_flag(flag)
-        return pinned
-
     # -- network ----------------------------------------------------------------------------------
-    def create_network(self, builder, strongly_typed: bool = False):
+    def create_network(self, builder):
+        """A strongly typed network where TensorRT has them (precision from the ONNX), else explicit batch."""
         trt = self.trt
         flags = 0
-        if self.major < 10 and hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
+        if self.major < 10 and not self.rtx and hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
             flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-        if strongly_typed and not self.rtx:
-            if not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-                raise UserError(f"{self.describe()} has no strongly typed networks; use TensorRT >= 10")
+        if not self.rtx and self.strongly_typed:  # TensorRT-RTX networks are strongly typed already
             flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
         return builder.create_network(flags)
 
@@ -215,33 +182,16 @@ class TRT:
         return gpu
 
     # -- plugins ----------------------------------------------------------------------------------
-    def load_plugin_libraries(self, paths) -> None:
-        """Load plugin libraries: the registry's load_library (TensorRT 10, IPluginV3 getCreators), else ctypes."""
-        if not self._plugins_initialised and hasattr(self.trt, "init_libnvinfer_plugins"):
-            self.trt.init_libnvinfer_plugins(self.logger, "")
-            self._plugins_initialised = True
-        registry = self.trt.get_plugin_registry()
-        for p in paths:
-            if not os.path.isfile(p):
-                raise UserError(f"--plugin-lib {p}: no such file; build the plugins (python -m moefusion.kernels.build) "
-                                "or point --plugin-lib / MOEFUSION_TRT_PLUGINS at the library")
-            path = os.path.abspath(p)
-            try:
-                if hasattr(registry, "load_library"):
-                    if registry.load_library(path) is None:
-                        raise OSError("the plugin registry refused it")
-                else:
-                    ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-            except (OSError, RuntimeError, TypeError) as e:
-                raise UserError(f"--plugin-lib {p}: cannot load it ({e}); rebuild it for this TensorRT "
-                                f"({self.describe()}) with python -m moefusion.kernels.build") from None
+    def load_plugin_libraries(self, paths) -> list[str]:
+        """Load plugin libraries once per process (moefusion.export.plugin_registry)."""
+        from .plugin_registry import load_plugin_libraries
+
+        return load_plugin_libraries(self.trt, paths, logger=self.logger)
 
     def plugin_names(self) -> set[str]:
-        reg = self.trt.get_plugin_registry()
-        creators = getattr(reg, "all_creators", None)
-        if creators is None:
-            creators = getattr(reg, "plugin_creator_list", [])
-        return {c.name for c in creators}
+        from .plugin_registry import plugin_names
+
+        return plugin_names(self.trt)
 
     # -- parser ------------------------------------------------------------------------------------
     @staticmethod

@@ -60,6 +60,47 @@ def toolchain_problem() -> str | None:
     return None
 
 
+def _cmake(src: Path, out: Path, configure_args: list[str], targets: list[str] | None, jobs: int | None,
+           quiet: bool) -> str:
+    """Configure (once per build folder) and build; returns the configure step's output. Raises BuildError."""
+    out.mkdir(parents=True, exist_ok=True)
+    configure = ["cmake", "-S", str(src), "-B", str(out), *configure_args]
+    if not (out / "CMakeCache.txt").exists():
+        configure += ["-G", "Ninja"] if shutil.which("ninja") else []
+    configure.append(f"-DCMAKE_CUDA_COMPILER={find_nvcc()}")
+    build_cmd = ["cmake", "--build", str(out)]
+    for t in targets or []:
+        build_cmd += ["--target", t]
+    if jobs:
+        build_cmd += ["-j", str(jobs)]
+    configure_log = ""
+    for step, cmd in (("configure", configure), ("build", build_cmd)):
+        res = subprocess.run(cmd, cwd=src, capture_output=quiet, text=True)
+        if step == "configure":
+            configure_log = res.stdout or ""
+        if quiet and res.stdout and step == "configure":
+            for line in res.stdout.splitlines():  # say what is built and why
+                if "moefusion kernels:" in line or "TensorRT plugins:" in line:
+                    print(line.strip("- ").strip(), file=sys.stderr)
+        if res.returncode != 0:
+            detail = ((res.stdout or "") + (res.stderr or ""))[-3000:] if quiet else ""
+            raise BuildError(f"CMake {step} failed ({' '.join(cmd)}):\n{detail}")
+    return configure_log
+
+
+def _configure_args(trt: str, archs: str | None, cudart: str | None, trt_include=None, selftest: bool = True):
+    args = [f"-DMOEFUSION_TRT={trt}"]
+    if archs:
+        args.append(f"-DCMAKE_CUDA_ARCHITECTURES={archs}")
+    if cudart:
+        args.append(f"-DMOEFUSION_CUDART={cudart}")
+    if trt_include:
+        args.append(f"-DTensorRT_INCLUDE_DIR={Path(trt_include).resolve()}")
+    if not selftest:
+        args.append("-DMOEFUSION_BUILD_SELFTEST=OFF")
+    return args
+
+
 def build(
     build_dir: str | os.PathLike | None = None,
     archs: str | None = None,
@@ -68,8 +109,13 @@ def build(
     quiet: bool = True,
     source_dir: str | os.PathLike | None = None,
     cudart: str | None = None,
+    trt_include: str | os.PathLike | None = None,
 ) -> Path:
-    """Configure and build; return the path of libmoefusion_kernels.so. Raises BuildError."""
+    """Configure and build; return the path of libmoefusion_kernels.so. Raises BuildError.
+
+    ``trt_include``: the folder with TensorRT's NvInfer.h (-DTensorRT_INCLUDE_DIR); headers are all the
+    plugin library needs to compile.
+    """
     problem = toolchain_problem()
     if problem:
         raise BuildError(f"cannot build the CUDA kernels: {problem}")
@@ -77,29 +123,26 @@ def build(
     if not (src / "CMakeLists.txt").is_file():
         raise BuildError(f"no CMakeLists.txt in {src}: the CUDA sources ship with the project checkout only")
     out = Path(build_dir) if build_dir else DEFAULT_BUILD_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    configure = ["cmake", "-S", str(src), "-B", str(out), f"-DMOEFUSION_TRT={trt}"]
-    cache = out / "CMakeCache.txt"
-    if not cache.exists():
-        configure += ["-G", "Ninja"] if shutil.which("ninja") else []
-    configure.append(f"-DCMAKE_CUDA_COMPILER={find_nvcc()}")
-    if archs:
-        configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={archs}")
-    if cudart:
-        configure.append(f"-DMOEFUSION_CUDART={cudart}")
-    build_cmd = ["cmake", "--build", str(out)]
-    if jobs:
-        build_cmd += ["-j", str(jobs)]
-    for step, cmd in (("configure", configure), ("build", build_cmd)):
-        res = subprocess.run(cmd, cwd=src, capture_output=quiet, text=True)
-        if quiet and res.stdout and step == "configure":
-            for line in res.stdout.splitlines():  # say what is built and why
-                if "moefusion kernels:" in line or "TensorRT plugins:" in line:
-                    print(line.strip("- ").strip(), file=sys.stderr)
-        if res.returncode != 0:
-            detail = ((res.stdout or "") + (res.stderr or ""))[-3000:] if quiet else ""
-            raise BuildError(f"CMake {step} failed ({' '.join(cmd)}):\n{detail}")
+    _cmake(src, out, _configure_args(trt, archs, cudart, trt_include), None, jobs, quiet)
     lib = out / LIB_NAME
+    if not lib.is_file():
+        raise BuildError(f"the build finished but {lib} is missing")
+    return lib
+
+
+def build_plugins(build_dir: str | os.PathLike, trt_include: str | os.PathLike, archs: str | None = None,
+                  jobs: int | None = None, quiet: bool = True) -> Path:
+    """Only libmoefusion_trt_plugins.so (MoEGate, MoECombine and the kernels they call) against the TensorRT
+    headers in ``trt_include``; returns its path. Raises BuildError (with the compiler's output)."""
+    problem = toolchain_problem()
+    if problem:
+        raise BuildError(f"cannot build the TensorRT plugins: {problem}")
+    if not (Path(trt_include) / "NvInfer.h").is_file():
+        raise BuildError(f"no NvInfer.h in {trt_include}")
+    out = Path(build_dir)
+    _cmake(ROOT, out, _configure_args("ON", archs, None, trt_include, selftest=False), ["moefusion_trt_plugins"],
+           jobs, quiet)
+    lib = out / PLUGIN_LIB_NAME
     if not lib.is_file():
         raise BuildError(f"the build finished but {lib} is missing")
     return lib
@@ -146,12 +189,15 @@ def main(argv=None) -> int:
     ap.add_argument("--build-dir", default=str(DEFAULT_BUILD_DIR))
     ap.add_argument("--archs", help='CMAKE_CUDA_ARCHITECTURES, e.g. "87;90-real" (default) or "native"')
     ap.add_argument("--trt", default="AUTO", choices=["AUTO", "ON", "OFF"], help="TensorRT plugins")
+    ap.add_argument("--trt-include", metavar="DIR", help="folder with TensorRT's NvInfer.h (-DTensorRT_INCLUDE_DIR), "
+                    "e.g. ../shared/third_party/tensorrt/v10.3.0/include")
     ap.add_argument("--cudart", choices=["Static", "Shared"], help="cudart linkage (default Static)")
     ap.add_argument("--install", action="store_true", help="copy the library into moefusion/kernels/lib/")
     ap.add_argument("-j", "--jobs", type=int)
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
-    lib = build(args.build_dir, args.archs, args.trt, args.jobs, quiet=not args.verbose, cudart=args.cudart)
+    lib = build(args.build_dir, args.archs, args.trt, args.jobs, quiet=not args.verbose, cudart=args.cudart,
+                trt_include=args.trt_include)
     print(lib)
     if args.install:
         print(install_into_package(lib))

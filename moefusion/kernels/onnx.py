@@ -4,10 +4,11 @@ Schemas (also in kernels/README.md; TensorRT finds the plugins by these op types
 
     MoEGate(features T[B,C,H,W], w_gate TW[C*gh*gw, E]; grid_h, grid_w, k) -> indices int32[B,k], weights float[B,k]
     MoECombine(expert_outputs T[B,k,C,H,W], weights TW[B,k]) -> T[B,C,H,W]
-    MoEAttentionSplit(x0 T[B,C,H,W], x1 T[B,C,H,W], att T[B,1,H,W]) -> fg T[B,2C,H,W], bg T[B,2C,H,W]
-    MoEExpertConvCombine(hidden T[B,k,Cin,H,W], weight TW[E,Cout,Cin,3,3], bias TW[E,Cout], indices int32[B,k],
-                         weights TW[B,k]) -> T[B,Cout,H,W]
     T, TW in {float, float16}.
+
+These are the only nodes the export emits (moefusion.export.wrapper, plugin flavour) and the only TensorRT
+plugins built. The other custom ops (attention_split, expert_conv3x3_combine) serve the PyTorch fast path
+(moefusion.kernels.fast) and have no ONNX node: nothing could run it.
 
 Use:
     torch.onnx.export(model, args, dynamo=True, custom_translation_table=custom_translation_table())
@@ -18,11 +19,9 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
-
 DOMAIN = "moefusion"
 VERSION = 1
-NODES = ("MoEGate", "MoECombine", "MoEAttentionSplit", "MoEExpertConvCombine")
+NODES = ("MoEGate", "MoECombine")
 
 _FLOATS = ["tensor(float)", "tensor(float16)"]
 _lock = threading.Lock()
@@ -30,7 +29,7 @@ _registered = False
 
 
 def schemas():
-    """onnx.defs.OpSchema objects of the four nodes."""
+    """onnx.defs.OpSchema objects of the two nodes."""
     from onnx.defs import OpSchema
 
     P, A = OpSchema.FormalParameter, OpSchema.Attribute
@@ -53,23 +52,6 @@ def schemas():
             "out = logsumexp_j(expert_outputs[:, j] + log(weights[:, j])) = log(sum_j w_j exp(y_j)).",
             inputs=[P("expert_outputs", "T", "[B, k, C, H, W]"), P("weights", "TW", "[B, k]")],
             outputs=[P("out", "T", "[B, C, H, W]")],
-            type_constraints=tc,
-        ),
-        OpSchema(
-            "MoEAttentionSplit", DOMAIN, VERSION,
-            "fg = concat(x0*att, x1*att), bg = concat(x0*(1-att), x1*(1-att)) along channels.",
-            inputs=[P("x0", "T", "[B, C, H, W]"), P("x1", "T", "[B, C, H, W]"), P("att", "T", "[B, 1, H, W]")],
-            outputs=[P("fg", "T", "[B, 2C, H, W]"), P("bg", "T", "[B, 2C, H, W]")],
-            type_constraints=[tc[0]],
-        ),
-        OpSchema(
-            "MoEExpertConvCombine", DOMAIN, VERSION,
-            "For each sample and slot j: y_j = conv3x3(hidden[:, j], weight[indices[:, j]], pad 1) + "
-            "bias[indices[:, j]]; out = logsumexp_j(y_j + log(weights[:, j])).",
-            inputs=[P("hidden", "T", "[B, k, Cin, H, W]"), P("weight", "TW", "[E, Cout, Cin, 3, 3]"),
-                    P("bias", "TW", "[E, Cout]"), P("indices", "tensor(int32)", "[B, k]"),
-                    P("weights", "TW", "[B, k]")],
-            outputs=[P("out", "T", "[B, Cout, H, W]")],
             type_constraints=tc,
         ),
     ]
@@ -101,8 +83,6 @@ def custom_translation_table() -> dict:
     opset = onnxscript.values.Opset(DOMAIN, VERSION)
     gate_op = onnxscript.values.Op(opset, "MoEGate")
     combine_op = onnxscript.values.Op(opset, "MoECombine")
-    split_op = onnxscript.values.Op(opset, "MoEAttentionSplit")
-    conv_op = onnxscript.values.Op(opset, "MoEExpertConvCombine")
 
     def gate(features, w_gate, grid_h: int, grid_w: int, k: int):
         indices, weights = gate_op(features, w_gate, grid_h=grid_h, grid_w=grid_w, k=k, _num_outputs=2)
@@ -111,21 +91,10 @@ def custom_translation_table() -> dict:
     def combine(expert_outputs, weights):
         return combine_op(expert_outputs, weights)
 
-    def attention_split(x0, x1, att):
-        fg, bg = split_op(x0, x1, att, _num_outputs=2)
-        return fg, bg
-
-    def expert_conv3x3_combine(hidden, weight, bias, indices, weights):
-        if bias is None:
-            raise ValueError("MoEExpertConvCombine needs a bias input (pass zeros for none)")
-        return conv_op(hidden, weight, bias, indices, weights)
-
     m = torch.ops.moefusion
     return {
         m.gate.default: gate,
         m.combine.default: combine,
-        m.attention_split.default: attention_split,
-        m.expert_conv3x3_combine.default: expert_conv3x3_combine,
     }
 
 
@@ -171,27 +140,9 @@ def register_torchscript_symbolics(opset_version: int = 17) -> None:
         s = _sizes(x)
         return _typed(out, _dtype(x), x, [s[0]] + s[2:] if s else None)
 
-    @parse_args("v", "v", "v")
-    def attention_split(g, x0, x1, att):
-        fg, bg = g.op(f"{DOMAIN}::MoEAttentionSplit", x0, x1, att, outputs=2)
-        s = _sizes(x0)
-        sz = [s[0], s[1] * 2 if s[1] is not None else None] + s[2:] if s else None
-        return _typed(fg, _dtype(x0), x0, sz), _typed(bg, _dtype(x0), x0, sz)
-
-    @parse_args("v", "v", "v", "v", "v")
-    def expert_conv3x3_combine(g, hidden, weight, bias, indices, weights):
-        if indices.type().scalarType() != "Int":
-            indices = g.op("Cast", indices, to_i=6)  # int32
-        out = g.op(f"{DOMAIN}::MoEExpertConvCombine", hidden, weight, bias, indices, weights)
-        s, ws = _sizes(hidden), _sizes(weight)
-        sz = [s[0], ws[1] if ws else None] + s[3:] if s else None
-        return _typed(out, _dtype(hidden), hidden, sz)
-
     for name, fn in (
         ("gate", gate),
         ("combine", combine),
-        ("attention_split", attention_split),
-        ("expert_conv3x3_combine", expert_conv3x3_combine),
     ):
         register_custom_op_symbolic(f"{DOMAIN}::{name}", fn, opset_version)
 
@@ -215,16 +166,4 @@ def reference_ops():
         def _run(self, expert_outputs, weights):
             return (R.np_combine(expert_outputs, weights),)
 
-    class MoEAttentionSplit(OpRun):
-        op_domain = DOMAIN
-
-        def _run(self, x0, x1, att):
-            return R.np_attention_split(x0, x1, att)
-
-    class MoEExpertConvCombine(OpRun):
-        op_domain = DOMAIN
-
-        def _run(self, hidden, weight, bias, indices, weights):
-            return (R.np_expert_conv3x3_combine(hidden, weight, bias, np.asarray(indices), weights),)
-
-    return [MoEGate, MoECombine, MoEAttentionSplit, MoEExpertConvCombine]
+    return [MoEGate, MoECombine]

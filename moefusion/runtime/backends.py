@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from ..errors import UserError
+from ..export.plugin_registry import load_plugin_library
 
 log = logging.getLogger("moefusion.runtime")
 
@@ -434,23 +435,16 @@ class TensorRTBackend(Backend):
         explicit = bool(self.plugins)
         if not self.plugins and default_plugin_library():
             self.plugins = [default_plugin_library()]
-        if hasattr(trt, "init_libnvinfer_plugins"):
-            trt.init_libnvinfer_plugins(self.logger, "")
-        registry = trt.get_plugin_registry() if hasattr(trt, "get_plugin_registry") else None
+        # once per process (moefusion.export.plugin_registry): a second engine, or an export earlier in
+        # this process, must not load the library again (the registry refuses duplicates)
         for lib in list(self.plugins):
             try:
-                if registry is not None and hasattr(registry, "load_library"):
-                    if registry.load_library(lib) is None:
-                        raise OSError("the plugin registry refused it (built for another TensorRT?)")
-                else:
-                    ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
-            except (OSError, RuntimeError, TypeError) as e:
-                if not explicit:
-                    log.warning("tensorrt: not loading %s (%s)", lib, e)
-                    self.plugins.remove(lib)
-                    continue
-                raise UserError(f"--trt-plugins {lib}: cannot load the plugin library ({e}); build it on this device "
-                                "with python -m moefusion.kernels.build (see docs/jetson.md)")
+                load_plugin_library(trt, lib, logger=self.logger, flag="--trt-plugins")
+            except UserError as e:
+                if explicit:
+                    raise
+                log.warning("tensorrt: not loading %s (%s)", lib, e)
+                self.plugins.remove(lib)
         self.runtime = trt.Runtime(self.logger)
         with open(path, "rb") as f:
             self.engine = self.runtime.deserialize_cuda_engine(f.read())

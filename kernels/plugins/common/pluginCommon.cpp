@@ -130,8 +130,6 @@ extern "C" __attribute__((visibility("default"))) nvinfer1::IPluginCreatorInterf
     static IPluginCreatorInterface* const kCreators[] = {
         moeGateCreator(),
         moeCombineCreator(),
-        moeAttentionSplitCreator(),
-        moeExpertConvCombineCreator(),
     };
     nbCreators = static_cast<int32_t>(sizeof(kCreators) / sizeof(kCreators[0]));
     return kCreators;

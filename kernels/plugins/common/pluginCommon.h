@@ -191,8 +191,6 @@ private:
 //! The creators of this library (defined next to each plugin).
 IPluginCreatorInterface* moeGateCreator() noexcept;
 IPluginCreatorInterface* moeCombineCreator() noexcept;
-IPluginCreatorInterface* moeAttentionSplitCreator() noexcept;
-IPluginCreatorInterface* moeExpertConvCombineCreator() noexcept;
 
 } // namespace plugin
 } // namespace moefusion
