@@ -130,7 +130,24 @@ def load_config(path: str | None, sets: list[str]) -> dict:
         cfg = _merge(cfg, loaded)
     for s in sets:
         _set(cfg, s)
+    _coerce_numbers(cfg, DEFAULTS)
     return cfg
+
+
+def _coerce_numbers(cfg: dict, defaults: dict, where: str = "") -> None:
+    """YAML 1.1 (PyYAML) reads ``1e-3`` (no dot) as a string: entries whose default is a number
+    are parsed as one, or named in a one-line error."""
+    for key, default in defaults.items():
+        name = f"{where}{key}"
+        value = cfg.get(key)
+        if isinstance(default, dict) and isinstance(value, dict):
+            _coerce_numbers(value, default, name + ".")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                raise UserError(f"config {name}: {value!r} is not a number (e.g. --set {name}={default})") from None
+            cfg[key] = int(number) if isinstance(default, int) and number.is_integer() else number
 
 
 # ----------------------------------------------------------------------------- data

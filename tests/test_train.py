@@ -201,3 +201,16 @@ def test_init_fine_tunes_from_weights_with_a_fresh_schedule(tmp_path, shared_dat
     before = read_checkpoint(first)["state_dict"]
     moved = [k for k, v in second["state_dict"].items() if v.is_floating_point() and not torch.equal(v, before[k])]
     assert moved and len(moved) < len(before)  # started from the weights and trained one step
+
+
+def test_numbers_written_without_a_dot_are_numbers(tmp_path):
+    """PyYAML reads 5e-4 as a string; the documented --set optim.lr=2e-4 must give a float lr, and
+    a config file's lr: 3e-4 too; a word where a number belongs is a one-line error naming the key."""
+    cfg = load_config("edge.yaml", ["optim.lr=2e-4", "loss.grad=2e1", "data.batch_size=8"])
+    assert cfg["optim"]["lr"] == pytest.approx(2e-4) and isinstance(cfg["optim"]["lr"], float)
+    assert cfg["loss"]["grad"] == 20.0 and cfg["data"]["batch_size"] == 8
+    f = tmp_path / "c.yaml"
+    f.write_text("preset: edge\noptim:\n  lr: 3e-4\n")
+    assert load_config(str(f), [])["optim"]["lr"] == pytest.approx(3e-4)
+    with pytest.raises(UserError, match=r"config optim\.lr: 'fast' is not a number"):
+        load_config("edge.yaml", ["optim.lr=fast"])
