@@ -214,3 +214,37 @@ def test_numbers_written_without_a_dot_are_numbers(tmp_path):
     assert load_config(str(f), [])["optim"]["lr"] == pytest.approx(3e-4)
     with pytest.raises(UserError, match=r"config optim\.lr: 'fast' is not a number"):
         load_config("edge.yaml", ["optim.lr=fast"])
+
+
+def test_validation_compares_with_the_pyramid_on_every_held_out_set(shared_data):
+    """validate() takes its images evenly from each held-out set and measures the model and the
+    Laplacian pyramid on the same frames; the count of sets where the model wins is recomputed here."""
+    import numpy as np
+
+    from moefusion.data.datasets import ConcatPairs, PairedDataset
+    from moefusion.eval.baselines import laplacian_pyramid
+    from moefusion.eval.metrics import compute
+    from moefusion.model.checkpoint import DEFAULT_WEIGHTS
+    from moefusion.train import validate
+
+    parts = []
+    for name in ("tno_seq_tree", "msrs_det"):
+        ds = PairedDataset(shared_data(name))
+        parts.append(ds.subset(ds.ids[:3], transform=None))
+    model = load(DEFAULT_WEIGHTS, device="cpu").float()
+    got = validate(model, ConcatPairs(parts), torch.device("cpu"), max_images=2)
+    want_model, want_pyr, above = [], [], 0
+    for part in parts:  # one image per set: the first (linspace over one point)
+        item = part[0]
+        ir, vis = item["ir"][0].numpy(), item["vis"][0].numpy()
+        with torch.no_grad():
+            fused = model(item["ir"][None], item["vis"][None]).fused.clamp(0, 1)[0, 0].numpy()
+        q_model = compute(["Qabf"], fused * 255, ir * 255, vis * 255)["Qabf"]
+        q_pyr = compute(["Qabf"], laplacian_pyramid(ir, vis) * 255, ir * 255, vis * 255)["Qabf"]
+        want_model.append(q_model)
+        want_pyr.append(q_pyr)
+        above += q_model > q_pyr
+    assert got["Qabf"] == pytest.approx(np.mean(want_model), abs=1e-6)
+    assert got["laplacian_Qabf"] == pytest.approx(np.mean(want_pyr), abs=1e-6)
+    assert got["Qabf_sets_above_laplacian"] == f"{above}/2"
+    assert {"SD", "SF", "laplacian_SF", "val_moge_sets"} <= set(got)
