@@ -61,6 +61,8 @@ DEFAULTS: dict = {
         "ssim": 0.0,  # weight of 1 - mean SSIM to both sources (paper: none)
         "pseudo_targets": False,  # targets = boxes + thermal saliency on every frame (paper: boxes only)
         "attention": 0.0,  # weight of the loss teaching the attention those targets (paper: none)
+        "detail": 0.0,  # weight of the multi-scale Laplacian detail term (paper: none)
+        "pixel_levels": 0,  # pixel term after this many pyramid reductions (base layer only; paper: 0)
     },
     "optim": {
         "lr": 1.0e-4,
@@ -495,7 +497,9 @@ def train(cfg: dict, resume: str | None = None) -> Path:
                                   signed_grad=bool(loss_cfg["signed_grad"]),
                                   background_max=float(loss_cfg["background_max"]), ssim_weight=float(loss_cfg["ssim"]),
                                   mask=mask, attention_maps=out.attention_maps,
-                                  attention_weight=float(loss_cfg["attention"]))
+                                  attention_weight=float(loss_cfg["attention"]),
+                                  detail_weight=float(loss_cfg["detail"]),
+                                  pixel_levels=int(loss_cfg["pixel_levels"]))
             routing.add(out.gatings)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(terms["total"]).backward()

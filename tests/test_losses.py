@@ -12,6 +12,7 @@ from moefusion.model.losses import (
     thermal_saliency,
     gradient_loss,
     pixel_loss,
+    pyramid_detail_loss,
     signed_gradient_loss,
     sobel_magnitude,
 )
@@ -160,3 +161,51 @@ def test_fusion_losses_optional_terms():
     assert abs(terms["pixel"].item() - pixel_loss(fused, vis, ir, mask, 0.5).item()) < 1e-6
     assert abs(terms["total"].item() - sum(v.item() for k, v in terms.items() if k != "total")) < 1e-5
     assert "ssim" not in fusion_losses(fused, vis, ir) and "attention" not in fusion_losses(fused, vis, ir)
+
+
+def test_pyramid_detail_loss_asks_for_the_stronger_sources_detail():
+    """Zero for the source itself when the other is flat; a blurred copy loses detail and pays; where
+    each source has the stronger texture in one half, the half-and-half image beats the average and
+    either source alone; a level is skipped below 8 px."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    tex = rng.random((64, 64)).astype(np.float32)
+    vis = torch.from_numpy(tex)[None, None]
+    flat = torch.full_like(vis, 0.5)
+    assert pyramid_detail_loss(vis, vis, flat).item() < 1e-6
+    blurred = torch.from_numpy(cv2.GaussianBlur(tex, (5, 5), 1.5))[None, None]
+    assert pyramid_detail_loss(blurred, vis, flat).item() > 0.05
+    ir_tex = torch.from_numpy(rng.random((64, 64)).astype(np.float32))[None, None]
+    left = torch.zeros_like(vis)
+    left[..., :32] = 1
+    vis2 = vis * left + 0.5 * (1 - left)  # VIS texture on the left, IR texture on the right
+    ir2 = ir_tex * (1 - left) + 0.5 * left
+    halves = vis2 * left + ir2 * (1 - left)
+    loss = {name: pyramid_detail_loss(f, vis2, ir2).item()
+            for name, f in (("halves", halves), ("average", (vis2 + ir2) / 2), ("vis", vis2), ("ir", ir2))}
+    assert loss["halves"] < 0.5 * min(loss["average"], loss["vis"], loss["ir"]), loss
+    tiny = torch.rand(1, 1, 6, 6)
+    assert pyramid_detail_loss(tiny, tiny, tiny).item() == 0.0
+    terms = fusion_losses(blurred, vis, flat, detail_weight=3.0)
+    assert abs(terms["detail"].item() - 3.0 * pyramid_detail_loss(blurred, vis, flat).item()) < 1e-6
+
+
+def test_pixel_loss_on_the_base_layer_ignores_detail_but_not_brightness():
+    """levels=3: fine texture on top of the target costs (almost) nothing, a brightness offset costs
+    its size, as at full resolution."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    vis = torch.full((1, 1, 64, 64), 0.4)
+    ir = torch.full((1, 1, 64, 64), 0.6)
+    stripes = torch.zeros(1, 1, 64, 64)
+    stripes[..., ::2] = 0.1  # 2-px period: gone after one pyramid reduction
+    stripes -= 0.05
+    target = (vis + ir) / 2
+    assert pixel_loss(target + stripes, vis, ir).item() > 0.045
+    assert pixel_loss(target + stripes, vis, ir, levels=3).item() < 0.005
+    assert abs(pixel_loss(target + 0.1, vis, ir, levels=3).item() - 0.1) < 1e-5
+    mask = torch.from_numpy(rng.random((1, 1, 64, 64)) > 0.5).float()
+    assert abs(pixel_loss(torch.maximum(vis, ir) * mask + target * (1 - mask), vis, ir, mask, levels=3).item()) < 1e-6

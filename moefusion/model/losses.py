@@ -20,6 +20,9 @@ Options of the training config (not published; ``edge.yaml`` uses them, ``paper.
   (:func:`thermal_saliency`: warm objects in IR, on every frame, labelled or not).
 - ``loss.attention``: weight of a loss that teaches the level-0 attention that mask directly
   (:func:`attention_loss`), so it finds targets without pretrained detectors.
+- ``loss.pixel_levels``: the pixel term on the base layer only (after that many pyramid reductions).
+- ``loss.detail``: weight of :func:`pyramid_detail_loss` (the detail of the stronger source at
+  several scales, as a Laplacian pyramid fusion keeps it).
 """
 from __future__ import annotations
 
@@ -64,6 +67,40 @@ def signed_gradient_loss(fused, vis, ir) -> torch.Tensor:
     return (sobel(fused) - target).abs().sum(1, keepdim=True).mean()
 
 
+_BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
+
+
+def _pyr_down(x: torch.Tensor) -> torch.Tensor:
+    """cv2.pyrDown: 5x5 binomial blur (reflect-101 borders), every second pixel."""
+    k = (_BINOMIAL[:, None] * _BINOMIAL[None, :]).to(x.device, x.dtype)[None, None]
+    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), k, stride=2)
+
+
+def pyramid_detail_loss(fused, vis, ir, levels: int = 3) -> torch.Tensor:
+    """sum over Laplacian levels l of mean |L_l(F) - T_l|, T_l per pixel the level-l detail of the
+    source with the larger magnitude there.
+
+    The 3x3 gradient term sees only the finest scale; this asks for the stronger source's detail at
+    ``levels`` scales (1, 2, 4 px), which is what a Laplacian pyramid with max-abs selection keeps and
+    what sharpness (SF, AG) and edge transfer (Qabf) reward.
+    """
+    total = fused.new_zeros(())
+    f, v, i = fused, vis, ir
+    for _ in range(levels):
+        if min(f.shape[-2:]) < 8:
+            break
+        fd, vd, idn = _pyr_down(f), _pyr_down(v), _pyr_down(i)
+
+        def detail(x, xd):
+            return x - F.interpolate(xd, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+        lf, lv, li = detail(f, fd), detail(v, vd), detail(i, idn)
+        target = torch.where(li.abs() > lv.abs(), li, lv)
+        total = total + (lf - target).abs().mean()
+        f, v, i = fd, vd, idn
+    return total
+
+
 def box_mask(boxes_per_image, shape, device=None) -> torch.Tensor:
     """Union of xyxy pixel boxes per image -> [B, 1, H, W] float mask."""
     b, _, h, w = shape
@@ -77,17 +114,29 @@ def box_mask(boxes_per_image, shape, device=None) -> torch.Tensor:
     return mask
 
 
-def pixel_loss(fused, vis, ir, mask: torch.Tensor | None = None, background_max: float = 0.0) -> torch.Tensor:
+def pixel_loss(fused, vis, ir, mask: torch.Tensor | None = None, background_max: float = 0.0,
+               levels: int = 0) -> torch.Tensor:
     """Masked L1: max of the sources inside the mask; outside, their mean moved ``background_max``
-    of the way to their max (0: the published mean)."""
+    of the way to their max (0: the published mean).
+
+    ``levels`` > 0 compares the fused image and that target after ``levels`` pyramid reductions
+    (cv2.pyrDown), i.e. only their base layers: at full resolution the mean pulls the detail of the
+    stronger source to half its amplitude, against the gradient and detail terms."""
     if mask is None:
         mask = torch.zeros_like(fused)
     high = torch.maximum(vis, ir)
-    inside = (fused - high).abs() * mask
     mean = (vis + ir) / 2
     low = mean + background_max * (high - mean) if background_max else mean
-    outside = (fused - low).abs() * (1 - mask)
-    return (inside + outside).mean()
+    if not levels:
+        inside = (fused - high).abs() * mask
+        outside = (fused - low).abs() * (1 - mask)
+        return (inside + outside).mean()
+    diff = fused - (mask * high + (1 - mask) * low)
+    for _ in range(levels):
+        if min(diff.shape[-2:]) < 8:
+            break
+        diff = _pyr_down(diff)
+    return diff.abs().mean()
 
 
 # Thermal saliency: a pixel is part of a warm object when it is this much (in [0, 1] units) above
@@ -161,7 +210,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def fusion_losses(fused, vis, ir, boxes_per_image=None, aux_loss=None, det_losses=None,
                   grad_weight: float = GRAD_WEIGHT, pixel_weight: float = PIXEL_WEIGHT,
                   signed_grad: bool = False, background_max: float = 0.0, ssim_weight: float = 0.0,
-                  mask: torch.Tensor | None = None, attention_maps=None, attention_weight: float = 0.0) -> dict:
+                  mask: torch.Tensor | None = None, attention_maps=None, attention_weight: float = 0.0,
+                  detail_weight: float = 0.0, pixel_levels: int = 0) -> dict:
     """All loss terms (already weighted) and their sum under 'total'. ``signed_grad`` replaces the
     published gradient loss by :func:`signed_gradient_loss`; ``mask`` (default: the boxes) is the
     pixel loss's "inside" and the attention loss's target."""
@@ -172,8 +222,10 @@ def fusion_losses(fused, vis, ir, boxes_per_image=None, aux_loss=None, det_losse
     grad = signed_gradient_loss if signed_grad else gradient_loss
     terms = {
         "grad": grad_weight * grad(fused, vis, ir),
-        "pixel": pixel_weight * pixel_loss(fused, vis, ir, mask, background_max),
+        "pixel": pixel_weight * pixel_loss(fused, vis, ir, mask, background_max, pixel_levels),
     }
+    if detail_weight:
+        terms["detail"] = detail_weight * pyramid_detail_loss(fused, vis, ir)
     if ssim_weight:
         terms["ssim"] = ssim_weight * (1 - (ssim(fused, vis) + ssim(fused, ir)) / 2)
     if attention_weight and attention_maps is not None and mask is not None:
