@@ -240,8 +240,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     if not args.verbose:
-        for name in ("moefusion", "moefusion.runtime", "moefusion.export"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        # the package logger only: its children (runtime, export) inherit it, and a level set on a
+        # child would outlive this call and silence run_pipeline's log in the same process
+        logging.getLogger("moefusion").setLevel(logging.WARNING)
     s = settings_from_args(args, argv)
     from . import report
     from .run import run_benchmark

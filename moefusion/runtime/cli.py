@@ -121,6 +121,8 @@ def _setup_logging(level: str):
         root.addHandler(h)
     root.setLevel(getattr(logging, level.upper()))
     root.propagate = False
+    for name in ("moefusion.runtime", "moefusion.export"):  # inherit --log-level, whatever ran before
+        logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def _window_possible() -> bool:
