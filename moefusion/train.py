@@ -302,7 +302,7 @@ def validate(model, val_set, device, max_images: int) -> dict:
     routing = RoutingStats()
     for part in parts:
         count = min(len(part), per_set)
-        q_model, q_base = [], []
+        first = len(scores["Qabf"])  # this set's images are scores[...][first:]
         for i in np.linspace(0, len(part) - 1, count).round().astype(int) if count else []:
             item = part[int(i)]
             ir, vis = item["ir"][None].to(device), item["vis"][None].to(device)
@@ -314,11 +314,9 @@ def validate(model, val_set, device, max_images: int) -> dict:
                 scores[n].append(v)
             for n, v in compute(names, laplacian_pyramid(ir_np, vis_np) * 255, ir_np * 255, vis_np * 255).items():
                 base[n].append(v)
-            q_model.append(scores["Qabf"][-1])
-            q_base.append(base["Qabf"][-1])
-        if q_model:
+        if count:
             sets_seen += 1
-            sets_above += float(np.mean(q_model)) > float(np.mean(q_base))
+            sets_above += float(np.mean(scores["Qabf"][first:])) > float(np.mean(base["Qabf"][first:]))
     model.train(was_training)
     out = {n: float(np.mean(v)) for n, v in scores.items() if v}
     out.update({f"laplacian_{n}": float(np.mean(v)) for n, v in base.items() if v})

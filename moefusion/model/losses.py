@@ -76,6 +76,11 @@ def _pyr_down(x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), k, stride=2)
 
 
+def _pyr_detail(x: torch.Tensor, reduced: torch.Tensor) -> torch.Tensor:
+    """One Laplacian level: ``x`` minus its reduction brought back to its size."""
+    return x - F.interpolate(reduced, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
 def pyramid_detail_loss(fused, vis, ir, levels: int = 3) -> torch.Tensor:
     """sum over Laplacian levels l of mean |L_l(F) - T_l|, T_l per pixel the level-l detail of the
     source with the larger magnitude there.
@@ -90,11 +95,7 @@ def pyramid_detail_loss(fused, vis, ir, levels: int = 3) -> torch.Tensor:
         if min(f.shape[-2:]) < 8:
             break
         fd, vd, idn = _pyr_down(f), _pyr_down(v), _pyr_down(i)
-
-        def detail(x, xd):
-            return x - F.interpolate(xd, size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-        lf, lv, li = detail(f, fd), detail(v, vd), detail(i, idn)
+        lf, lv, li = _pyr_detail(f, fd), _pyr_detail(v, vd), _pyr_detail(i, idn)
         target = torch.where(li.abs() > lv.abs(), li, lv)
         total = total + (lf - target).abs().mean()
         f, v, i = fd, vd, idn
