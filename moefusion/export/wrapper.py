@@ -20,6 +20,9 @@ so that the graph exports with live routing and builds in TensorRT:
   ``torch.ops.moefusion`` ops and ONNX mappings of ``moefusion.kernels``. The experts in between
   stay standard ONNX. ONNX Runtime cannot run this flavour; it always gets ``standard``.
 
+- The pyramid output head (``edge``) is ``MoEFusion.head`` itself: fixed convs, pooling and x2
+  resizes (scale factors again), so the export computes the model's own function.
+
 Outputs: ``fused`` [B,1,H,W] clamped to [0, 1] and ``attention`` [B,1,H,W]; with ``routes=True``
 also the chosen experts of each MoE layer (``route_mole_fg`` ...; int64 [B, k]) for tests and
 debugging; with ``detections=True`` (batch 1) the detectors' boxes per modality.
@@ -194,7 +197,7 @@ class ExportModule(nn.Module):
         enc = m.decoder_input(feat_vis, feat_ir, y_fg, y_bg, att)
         y, r_dec = self._moe(m.moge, enc, enc)
 
-        out = [y[..., :h, :w].clamp(0.0, 1.0), att[..., :h, :w]]
+        out = [m.head(ir, vis, y)[..., :h, :w].clamp(0.0, 1.0), att[..., :h, :w]]
         if self.routes:
             out += [r_fg, r_bg, r_dec]
         if self.detections:

@@ -13,6 +13,7 @@ from .attention import DetectionAttention
 from .experts import DISPATCH_MODES
 from .moe import GatedExperts
 from .presets import ModelConfig
+from .pyramid import pyramid_fuse
 
 # Input sizes are padded up to a multiple of the deepest FPN level's stride and cropped back.
 STRIDE = 32
@@ -71,7 +72,7 @@ class MoEFusion(nn.Module):
         self.mole_fg = mole()
         self.mole_bg = mole()
         self.moge = GatedExperts(
-            cfg.moge_experts, cfg.k, [cfg.decoder_in, *cfg.moge_hidden, 1], cfg.decoder_in, cfg.moge_grid,
+            cfg.moge_experts, cfg.k, [cfg.decoder_in, *cfg.moge_hidden, cfg.decoder_out], cfg.decoder_in, cfg.moge_grid,
             cfg.moge_loss_coef, cfg.noisy_gating, dispatch, cfg.gate_pool,
         )
 
@@ -148,7 +149,7 @@ class MoEFusion(nn.Module):
         enc = self.decoder_input(feat_vis, feat_ir, out_fg.y, out_bg.y, att)
         out_dec = self.moge(enc, enc)
 
-        fused = out_dec.y[..., :h, :w]
+        fused = self.head(ir, vis, out_dec.y)[..., :h, :w]
         aux = out_fg.aux_loss + out_bg.aux_loss + out_dec.aux_loss
         gatings = {"mole_fg": out_fg.gating, "mole_bg": out_bg.gating, "moge": out_dec.gating}
         routes = {name: g.indices for name, g in gatings.items()}
@@ -158,6 +159,13 @@ class MoEFusion(nn.Module):
             dets = None
         return FusionOutput(fused, att[..., :h, :w], aux, det_losses, dets, routes, gatings,
                             maps if self.training else None)
+
+    def head(self, ir, vis, y) -> torch.Tensor:
+        """The fused image from the (padded) sources and the decoder's output."""
+        c = self.cfg
+        if c.output_head != "pyramid":
+            return y
+        return pyramid_fuse(ir, vis, y, c.pyramid_levels, c.pyramid_sharpness, c.pyramid_detail_gain)
 
     def decoder_input(self, feat_vis, feat_ir, y_fg, y_bg, att) -> torch.Tensor:
         """What MoGE sees: the encoders' features (all, or all but the last block's), MoLE's outputs

@@ -10,6 +10,8 @@ and decoder, MobileNetV3-Small FPN detectors with 32 FPN channels, and gates tha
 moments (mean, standard deviation) instead of a resized grid, so a gate learnt on training crops
 routes whole frames of any size and aspect the same way (a grid descriptor is position-specific:
 a 192x192 crop stretched to it looks nothing like a whole 640x480 frame).
+Its decoder outputs the blend weights of the sources' Laplacian pyramids instead of the fused pixel
+(``output_head: pyramid``, moefusion/model/pyramid.py).
 
 Detector backbones: ``backbone_weights`` names a torchvision weight enum member (``"DEFAULT"``,
 ``"IMAGENET1K_V1"``...) that ``moefusion-train`` loads when it starts a run (torchvision downloads
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+
+from .pyramid import head_channels
 
 
 @dataclass
@@ -46,6 +50,12 @@ class ModelConfig:
     moge_grid: tuple[int, int] = (60, 80)
     moge_loss_coef: float = 0.02
     k: int = 2
+    # What the decoder outputs: the fused pixel (``pixel``, the paper's) or the blend weights of the
+    # sources' Laplacian pyramids (``pyramid``, see moefusion/model/pyramid.py).
+    output_head: str = "pixel"
+    pyramid_levels: int = 5  # detail levels of the pyramid head (<= 5: inputs are padded to 32)
+    pyramid_sharpness: float = 30.0  # weight of the local-energy prior in each detail level's logit
+    pyramid_detail_gain: float = 1.0  # the blended detail is multiplied by this
     noisy_gating: bool = True
     gate_pool: str = "grid"  # grid: features resized to *_grid (the paper's); moments: per-channel mean and std
     # Detection-driven attention.
@@ -67,6 +77,10 @@ class ModelConfig:
         # + MoLE foreground and background outputs
         skipped = self.encoder_out if self.decoder_skips_last_block else self.encoder_out - self.growth
         return 2 * skipped + 2 * self.growth + int(self.decoder_attention)
+
+    @property
+    def decoder_out(self) -> int:
+        return head_channels(self.pyramid_levels) if self.output_head == "pyramid" else 1
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -98,6 +112,8 @@ PRESETS: dict[str, ModelConfig] = {
         decoder_attention=True,
         gate_pool="moments",
         detector="mobilenet_v3_small",
+        output_head="pyramid",
+        pyramid_detail_gain=1.2,
         fpn_channels=32,
         roi_representation=128,
     ),
@@ -105,6 +121,8 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 GATE_POOLS = ("grid", "moments")
+OUTPUT_HEADS = ("pixel", "pyramid")
+MAX_PYRAMID_LEVELS = 5  # MoEFusion pads inputs to a multiple of 32
 DETECTOR_NORMS = ("frozen", "batch", "group")
 
 
@@ -112,6 +130,14 @@ def validate_config(cfg: ModelConfig) -> ModelConfig:
     """ValueError naming the field for a config no model can be built from."""
     if cfg.gate_pool not in GATE_POOLS:
         raise ValueError(f"gate_pool={cfg.gate_pool!r}; choose from {', '.join(GATE_POOLS)}")
+    if cfg.output_head not in OUTPUT_HEADS:
+        raise ValueError(f"output_head={cfg.output_head!r}; choose from {', '.join(OUTPUT_HEADS)}")
+    if not 1 <= cfg.pyramid_levels <= MAX_PYRAMID_LEVELS:
+        raise ValueError(f"pyramid_levels={cfg.pyramid_levels} must be between 1 and {MAX_PYRAMID_LEVELS}")
+    if cfg.pyramid_sharpness < 0:
+        raise ValueError(f"pyramid_sharpness={cfg.pyramid_sharpness} must be >= 0")
+    if not 0 < cfg.pyramid_detail_gain <= 4:
+        raise ValueError(f"pyramid_detail_gain={cfg.pyramid_detail_gain} must be in (0, 4]")
     if cfg.detector_norm not in DETECTOR_NORMS:
         raise ValueError(f"detector_norm={cfg.detector_norm!r}; choose from {', '.join(DETECTOR_NORMS)}")
     for name in ("mole", "moge"):

@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Give a trained pixel-head checkpoint the pyramid output head of its preset (moefusion/model/pyramid.py).
+
+    python scripts/add_pyramid_head.py moefusion/weights/moefusion_edge.pt runs/pyramid_init.pt
+
+Every weight is kept except MoGE's last conv, which now outputs the pyramid head's maps and starts
+at zero: the new checkpoint fuses like a classical pyramid (mean base, energy-selected detail) with
+the old encoders, attention and routing in place; fine-tune it with
+``moefusion-train --set train.init=NEW`` so the decoder learns the blend. This is how the bundled
+edge weights were made (docs/model_card.md).
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from moefusion.model import build_model
+from moefusion.model.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+from moefusion.model.presets import list_presets, preset_config
+
+HEAD_FIELDS = ("pyramid_levels", "pyramid_sharpness", "pyramid_detail_gain")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("source")
+    p.add_argument("dest")
+    args = p.parse_args()
+    state = read_checkpoint(args.source)
+    old = model_from_checkpoint(state, source=args.source).float()
+    if old.cfg.output_head == "pyramid":
+        raise SystemExit(f"{args.source} already has the pyramid head")
+    # the head's fields as the preset has them now (pyramid_detail_gain...), or the defaults
+    preset = preset_config(old.preset) if old.preset in list_presets() else None
+    head = {k: getattr(preset, k) for k in HEAD_FIELDS} if preset and preset.output_head == "pyramid" else {}
+    new = build_model(old.preset, **{**old.cfg.to_dict(), **head, "output_head": "pyramid"})
+    sd = old.state_dict()
+    last = len(new.moge.experts.weights) - 1
+    for key in (f"moge.experts.weights.{last}", f"moge.experts.biases.{last}"):
+        sd[key] = torch.zeros_like(new.state_dict()[key])
+    new.load_state_dict(sd)
+    meta = {k: v for k, v in state.get("meta", {}).items() if k in ("train_config", "frozen")}
+    meta["derived_from"] = args.source
+    save_checkpoint(args.dest, new, meta=meta)
+    c = new.cfg
+    print(f"wrote {args.dest}: pyramid head ({c.decoder_out} maps, sharpness {c.pyramid_sharpness}, detail gain "
+          f"{c.pyramid_detail_gain}), MoGE's last conv zero")
+
+
+if __name__ == "__main__":
+    main()

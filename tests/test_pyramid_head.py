@@ -1,0 +1,129 @@
+"""Pyramid output head (moefusion/model/pyramid.py): exact pyramids, what each map controls, the model."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import moefusion
+from moefusion.model.checkpoint import load, save_checkpoint
+from moefusion.model.pyramid import head_channels, laplacian_pyramid, pyramid_fuse, reconstruct
+
+LEVELS, SHARP = 5, 30.0
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def maps(base=0.0, detail=0.0, h=64, w=96):
+    m = torch.zeros(1, head_channels(LEVELS), h, w)
+    m[:, 0], m[:, 1:] = base, detail
+    return m
+
+
+def two_textures(h=64, w=96):
+    """IR: a warm square with strong edges on the left; VIS: fine stripes on the right, dull left."""
+    ir = torch.full((1, 1, h, w), 0.3)
+    ir[..., 16:48, 8:40] = 0.9
+    vis = torch.full((1, 1, h, w), 0.5)
+    vis[..., :, 56:] += 0.2 * torch.sign(torch.sin(torch.arange(w - 56) * 1.5))
+    return ir, vis
+
+
+@pytest.mark.parametrize("size", [(32, 32), (64, 96), (480, 640)])
+def test_pyramid_reconstructs_exactly(size):
+    x = torch.rand(2, 1, *size)
+    pyr = laplacian_pyramid(x, LEVELS)
+    assert [p.shape[-1] for p in pyr] == [size[1] // 2 ** i for i in range(LEVELS + 1)]
+    torch.testing.assert_close(reconstruct(pyr), x, atol=1e-6, rtol=0)
+
+
+def test_saturated_weights_select_one_source_and_equal_inputs_pass_through():
+    ir, vis = torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96)
+    torch.testing.assert_close(pyramid_fuse(ir, vis, maps(base=60, detail=60), LEVELS, SHARP), ir, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pyramid_fuse(ir, vis, maps(base=-60, detail=-60), LEVELS, SHARP), vis, atol=1e-5, rtol=0)
+    # whatever the blend weights, a pair of equal sources fuses to itself (gain 1)
+    m = torch.randn(1, head_channels(LEVELS), 64, 96) * 3
+    torch.testing.assert_close(pyramid_fuse(ir, ir, m, LEVELS, SHARP), ir, atol=1e-5, rtol=0)
+
+
+def test_zero_maps_average_the_base_and_keep_the_stronger_detail():
+    ir, vis = two_textures()
+    fused = pyramid_fuse(ir, vis, maps(), LEVELS, SHARP)
+    mean = (ir + vis) / 2
+    # the warm square's edge comes from IR at full strength (the mean would halve it)
+    edge_ir = (ir[..., 30, 38] - ir[..., 30, 41]).item()
+    edge_f = (fused[..., 30, 38] - fused[..., 30, 41]).item()
+    assert edge_f > 0.8 * edge_ir > 0
+    # the stripes come from VIS, not halved either
+    stripes_vis = vis[..., 32, 60:90].std().item()
+    assert fused[..., 32, 60:90].std().item() > 0.8 * stripes_vis
+    assert (mean[..., 32, 60:90].std() < 0.6 * stripes_vis).item()
+    # the base is the mean: the image's overall brightness is the sources' mean
+    assert abs(fused.mean().item() - mean.mean().item()) < 0.01
+
+
+def test_base_map_moves_brightness_and_the_detail_gain_scales_detail():
+    ir, vis = two_textures()
+    mean_f = pyramid_fuse(ir, vis, maps(), LEVELS, SHARP)
+    toward_ir = pyramid_fuse(ir, vis, maps(base=4.0), LEVELS, SHARP)
+    # the base layer is the coarsest (1/32) brightness: the map moves it from the sources' mean to IR's
+    assert abs(mean_f.mean().item() - (ir.mean() + vis.mean()).item() / 2) < 0.01
+    assert abs(toward_ir.mean().item() - ir.mean().item()) < 0.01
+    sharp = pyramid_fuse(ir, vis, maps(), LEVELS, SHARP, detail_gain=1.5)
+    p_ir, p_vis = laplacian_pyramid(ir, LEVELS), laplacian_pyramid(vis, LEVELS)
+    base = reconstruct([torch.zeros_like(d) for d in p_ir[:-1]] + [(p_ir[-1] + p_vis[-1]) / 2])
+    # the gain scales every detail level, not the base
+    torch.testing.assert_close(sharp - base, 1.5 * (mean_f - base), atol=1e-5, rtol=0)
+    assert (sharp - base).abs().mean().item() > 0.02
+
+
+def test_edge_uses_the_pyramid_head_and_paper_the_pixel_head():
+    edge = moefusion.model.preset_config("edge")
+    assert edge.output_head == "pyramid" and edge.pyramid_detail_gain == pytest.approx(1.2)
+    assert moefusion.model.preset_config("paper").output_head == "pixel"
+    assert moefusion.build_model("edge").moge.experts.channels[-1] == head_channels(LEVELS)
+    assert moefusion.build_model("paper").moge.experts.channels[-1] == 1
+    for bad, match in (({"output_head": "rgb"}, "output_head"), ({"pyramid_levels": 6}, "pyramid_levels"),
+                       ({"pyramid_sharpness": -1.0}, "pyramid_sharpness"), ({"pyramid_detail_gain": 0}, "detail_gain")):
+        with pytest.raises(ValueError, match=match):
+            moefusion.build_model("edge", **bad)
+
+
+def test_model_output_is_the_head_applied_to_the_decoder_maps():
+    torch.manual_seed(0)
+    model = moefusion.build_model("edge").eval()
+    ir, vis = torch.rand(1, 1, 50, 70), torch.rand(1, 1, 50, 70)
+    seen = {}
+    model.moge.register_forward_hook(lambda mod, args, out: seen.update(y=out.y))
+    with torch.no_grad():
+        fused = model(ir, vis).fused
+    pad = lambda x: F.pad(x, (0, 26, 0, 14), mode="replicate")  # noqa: E731  (to 64x96)
+    cfg = model.cfg
+    expected = pyramid_fuse(pad(ir), pad(vis), seen["y"], LEVELS, cfg.pyramid_sharpness, cfg.pyramid_detail_gain)
+    assert seen["y"].shape[1] == head_channels(LEVELS)
+    torch.testing.assert_close(fused, expected[..., :50, :70])
+
+
+def test_add_pyramid_head_script_keeps_every_other_weight(tmp_path):
+    torch.manual_seed(0)
+    pixel = moefusion.build_model("edge", output_head="pixel").eval()
+    src, dst = tmp_path / "pixel.pt", tmp_path / "pyramid.pt"
+    save_checkpoint(src, pixel)
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "add_pyramid_head.py"), str(src), str(dst)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    new = load(dst).eval()
+    assert new.cfg.output_head == "pyramid" and new.cfg.pyramid_detail_gain == pytest.approx(1.2)  # the preset's
+    old_sd, new_sd = pixel.state_dict(), new.state_dict()
+    changed = [k for k in old_sd if old_sd[k].shape != new_sd[k].shape or not torch.equal(old_sd[k], new_sd[k])]
+    assert changed == ["moge.experts.weights.3", "moge.experts.biases.3"]
+    assert not new_sd["moge.experts.weights.3"].any() and not new_sd["moge.experts.biases.3"].any()
+    # so it starts as the classical blend: zero maps
+    ir, vis = torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96)
+    c = new.cfg
+    with torch.no_grad():
+        torch.testing.assert_close(new(ir, vis).fused,
+                                   pyramid_fuse(ir, vis, maps(), LEVELS, c.pyramid_sharpness, c.pyramid_detail_gain))
