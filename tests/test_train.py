@@ -37,20 +37,25 @@ def small_config(tmp_path, roots, steps, seed=0):
 
 
 @pytest.mark.slow
-def test_short_training_on_real_pairs_lowers_the_loss(tmp_path, shared_data):
+# A pixel head learns the image from scratch: 40 steps cut the loss by a fifth. The pyramid head
+# starts as a blend of the sources (its loss starts near a good fusion's): the loss must still fall.
+@pytest.mark.parametrize("head,factor", [("pixel", 0.8), ("pyramid", 1.0)])
+def test_short_training_on_real_pairs_lowers_the_loss(tmp_path, shared_data, head, factor):
     msrs = shared_data("msrs_det")
     torch.manual_seed(0)
     cfg = small_config(tmp_path, [msrs], steps=1)
+    cfg["model"]["output_head"] = head
     first = train(cfg)
     batch = fixed_batch(msrs)
     before = eval_loss(load(first, device="cpu"), batch)
     cfg = small_config(tmp_path, [msrs], steps=40)
+    cfg["model"]["output_head"] = head
     last = train(cfg, resume=str(first))
     ckpt = read_checkpoint(last)
     assert ckpt["meta"]["step"] == 40 and ckpt["preset"] == "edge"
     assert ckpt["meta"]["history"][-1]["loss_det"] > 0, "boxes of msrs_det must train the detectors"
     after = eval_loss(load(last, device="cpu"), batch)
-    assert after < 0.8 * before, (before, after)
+    assert after < factor * before, (before, after)
 
 
 @pytest.mark.slow
