@@ -27,8 +27,9 @@ def eval_loss(model, batch):
         return float(fusion_losses(out.fused, batch["vis"], batch["ir"], batch["boxes"])["total"])
 
 
-def small_config(tmp_path, roots, steps, seed=0):
+def small_config(tmp_path, roots, steps, seed=0, **model):
     cfg = load_config("edge.yaml", [])
+    cfg["model"].update(model)
     cfg["data"].update(train=[str(r) for r in roots], val=[], val_fraction=0.0, crop=[96, 96], batch_size=4,
                        workers=0, val_images=2)
     cfg["optim"].update(lr=2e-3, warmup_iters=0)
@@ -43,13 +44,11 @@ def small_config(tmp_path, roots, steps, seed=0):
 def test_short_training_on_real_pairs_lowers_the_loss(tmp_path, shared_data, head, factor):
     msrs = shared_data("msrs_det")
     torch.manual_seed(0)
-    cfg = small_config(tmp_path, [msrs], steps=1)
-    cfg["model"]["output_head"] = head
+    cfg = small_config(tmp_path, [msrs], steps=1, output_head=head)
     first = train(cfg)
     batch = fixed_batch(msrs)
     before = eval_loss(load(first, device="cpu"), batch)
-    cfg = small_config(tmp_path, [msrs], steps=40)
-    cfg["model"]["output_head"] = head
+    cfg = small_config(tmp_path, [msrs], steps=40, output_head=head)
     last = train(cfg, resume=str(first))
     ckpt = read_checkpoint(last)
     assert ckpt["meta"]["step"] == 40 and ckpt["preset"] == "edge"

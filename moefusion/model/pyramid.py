@@ -1,7 +1,7 @@
 """Pyramid output head: the decoder predicts how to blend the sources' Laplacian pyramids.
 
 With ``output_head: pixel`` (the paper's) MoGE's last conv outputs the fused pixel. With
-``output_head: pyramid`` (``edge``) it outputs ``levels + 2`` maps per pixel and the fused image is
+``output_head: pyramid`` (``edge``) it outputs ``levels + 1`` maps per pixel and the fused image is
 a Laplacian-pyramid blend of the two sources driven by them:
 
 - map 0: the base layer's IR weight (a logit; 0 = the sources' mean, as a classical pyramid);
