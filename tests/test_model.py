@@ -266,8 +266,7 @@ def test_encoder_relu_field_is_the_only_difference():
     relu = moefusion.build_model("edge", encoder_relu=True).eval()
     relu.load_state_dict(linear.state_dict())
     x = torch.rand(1, 1, 32, 32) - 0.5
-    feats_l, _ = linear.enc_vis(x)
-    feats_r, _ = relu.enc_vis(x)
+    feats_l, feats_r = torch.cat(linear.enc_vis(x), 1), torch.cat(relu.enc_vis(x), 1)
     assert (feats_l < 0).any() and (feats_r >= 0).all()
 
 
@@ -373,11 +372,15 @@ def test_decoder_sees_the_last_block_only_through_mole_in_edge():
     assert not cfg.decoder_skips_last_block and cfg.decoder_attention
     assert cfg.decoder_in == 2 * (cfg.encoder_out - cfg.growth) + 2 * cfg.growth + 1
     assert moefusion.build_model("paper").cfg.decoder_in == 160  # upstream: every encoder feature
-    fv, fi = torch.rand(1, cfg.encoder_out, 8, 8), torch.rand(1, cfg.encoder_out, 8, 8)
-    y, att = torch.rand(1, cfg.growth, 8, 8), torch.rand(1, 1, 8, 8)
-    enc = model.decoder_input(fv, fi, y, y, att)
-    assert enc.shape[1] == cfg.decoder_in and torch.equal(enc[:, : cfg.encoder_out - cfg.growth], fv[:, : -cfg.growth])
-    assert torch.equal(enc[:, -1:], att)  # the attention map is the last channel
+    early = cfg.encoder_out - cfg.growth
+    fv = (torch.rand(1, early, 8, 8), torch.rand(1, cfg.growth, 8, 8))  # encoders' (early, last block)
+    fi = (torch.rand(1, early, 8, 8), torch.rand(1, cfg.growth, 8, 8))
+    y_fg, y_bg, att = torch.rand(1, cfg.growth, 8, 8), torch.rand(1, cfg.growth, 8, 8), torch.rand(1, 1, 8, 8)
+    enc = model.decoder_input(fv, fi, y_fg, y_bg, att)
+    assert enc.shape[1] == cfg.decoder_in
+    assert torch.equal(enc, torch.cat([fv[0], fi[0], y_fg, y_bg, att], 1))  # no last block; attention last
+    paper = moefusion.build_model("paper").eval()  # upstream: every encoder feature, in order
+    torch.testing.assert_close(paper.decoder_input(fv, fi, y_fg, y_bg, att), torch.cat([*fv, *fi, y_fg, y_bg], 1))
 
 
 def test_sticky_top_k_keeps_the_previous_experts_unless_clearly_beaten():

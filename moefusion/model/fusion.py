@@ -45,12 +45,15 @@ class DenseEncoder(nn.Module):
         self.act = nn.ReLU() if relu else nn.Identity()
 
     def forward(self, x):
+        """-> (the features before the last block, the last block's output); the encoder's whole
+        output is their concatenation. Kept apart so that a decoder that takes the last block only
+        through MoLE (``edge``) never concatenates and slices it off again (a full-resolution copy)."""
         x = self.act(self.stem(x))
         for i, conv in enumerate(self.dense):
             y = self.act(conv(x))
             if i < len(self.dense) - 1:
                 x = torch.cat([x, y], dim=1)
-        return torch.cat([x, y], dim=1), y  # all features, and the last block's (split by attention)
+        return x, y
 
 
 class MoEFusion(nn.Module):
@@ -140,13 +143,13 @@ class MoEFusion(nn.Module):
         if attention_override is not None:
             att = F.pad(attention_override.to(att.dtype), (0, pw, 0, ph), mode="replicate")
 
-        feat_vis, last_vis = self.enc_vis(vis)
-        feat_ir, last_ir = self.enc_ir(ir)
+        early_vis, last_vis = self.enc_vis(vis)
+        early_ir, last_ir = self.enc_ir(ir)
         fg = (last_vis * att, last_ir * att)
         bg = (last_vis * (1 - att), last_ir * (1 - att))
         out_fg = self.mole_fg(torch.cat(fg, dim=1), fg)
         out_bg = self.mole_bg(torch.cat(bg, dim=1), bg)
-        enc = self.decoder_input(feat_vis, feat_ir, out_fg.y, out_bg.y, att)
+        enc = self.decoder_input((early_vis, last_vis), (early_ir, last_ir), out_fg.y, out_bg.y, att)
         out_dec = self.moge(enc, enc)
 
         fused = self.head(ir, vis, out_dec.y)[..., :h, :w]
@@ -167,13 +170,13 @@ class MoEFusion(nn.Module):
             return y
         return pyramid_fuse(ir, vis, y, c.pyramid_levels, c.pyramid_sharpness, c.pyramid_detail_gain)
 
-    def decoder_input(self, feat_vis, feat_ir, y_fg, y_bg, att) -> torch.Tensor:
-        """What MoGE sees: the encoders' features (all, or all but the last block's), MoLE's outputs
-        and, with ``decoder_attention``, the attention map."""
-        if not self.cfg.decoder_skips_last_block:
-            g = self.cfg.growth
-            feat_vis, feat_ir = feat_vis[:, :-g], feat_ir[:, :-g]
-        parts = [feat_vis, feat_ir, y_fg, y_bg] + ([att.to(y_fg.dtype)] if self.cfg.decoder_attention else [])
+    def decoder_input(self, enc_vis, enc_ir, y_fg, y_bg, att) -> torch.Tensor:
+        """What MoGE sees: the encoders' features (all, or all but the last block's: ``enc_*`` are the
+        encoders' (early, last) outputs), MoLE's outputs and, with ``decoder_attention``, the
+        attention map. One concatenation."""
+        keep = slice(None) if self.cfg.decoder_skips_last_block else slice(0, 1)
+        parts = [*enc_vis[keep], *enc_ir[keep], y_fg, y_bg]
+        parts += [att.to(y_fg.dtype)] if self.cfg.decoder_attention else []
         return torch.cat(parts, dim=1)
 
     # -- inference helpers ------------------------------------------------------------------
