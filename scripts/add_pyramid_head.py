@@ -3,6 +3,10 @@
 
     python scripts/add_pyramid_head.py moefusion/weights/moefusion_edge.pt runs/pyramid_init.pt
 
+A checkpoint that already has the pyramid head gets the head's fields of its preset as the preset has
+them now (HEAD_FIELDS: a fixed function after the decoder, no weights) and keeps every weight, its
+dtype and its metadata; ``meta["head_fields_updated"]`` records what changed.
+
 Every weight is kept except MoGE's last conv, which now outputs the pyramid head's maps and starts
 at zero: the new checkpoint fuses like a classical pyramid (mean base, energy-selected detail) with
 the old encoders, attention and routing in place; fine-tune it with
@@ -19,7 +23,7 @@ from moefusion.model import build_model
 from moefusion.model.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
 from moefusion.model.presets import list_presets, preset_config
 
-HEAD_FIELDS = ("pyramid_levels", "pyramid_sharpness", "pyramid_detail_gain")
+HEAD_FIELDS = ("pyramid_levels", "pyramid_sharpness", "pyramid_detail_gain", "pyramid_attention_gain")
 
 
 def main():
@@ -29,11 +33,12 @@ def main():
     args = p.parse_args()
     state = read_checkpoint(args.source)
     old = model_from_checkpoint(state, source=args.source).float()
-    if old.cfg.output_head == "pyramid":
-        raise SystemExit(f"{args.source} already has the pyramid head")
     # the head's fields as the preset has them now (pyramid_detail_gain...), or the defaults
     preset = preset_config(old.preset) if old.preset in list_presets() else None
     head = {k: getattr(preset, k) for k in HEAD_FIELDS} if preset and preset.output_head == "pyramid" else {}
+    if old.cfg.output_head == "pyramid":
+        update_head_fields(args.source, args.dest, state, old, head)
+        return
     new = build_model(old.preset, **{**old.cfg.to_dict(), **head, "output_head": "pyramid"})
     sd = old.state_dict()
     last = len(new.moge.experts.weights) - 1
@@ -46,6 +51,21 @@ def main():
     c = new.cfg
     print(f"wrote {args.dest}: pyramid head ({c.decoder_out} maps, sharpness {c.pyramid_sharpness}, detail gain "
           f"{c.pyramid_detail_gain}), MoGE's last conv zero")
+
+
+def update_head_fields(source, dest, state, model, head: dict) -> None:
+    """The same weights with the preset's head fields; nothing else changes."""
+    if not head:
+        raise SystemExit(f"{source}: its preset {model.preset!r} has no pyramid head to take the fields from")
+    changed = {k: [getattr(model.cfg, k), v] for k, v in head.items() if getattr(model.cfg, k) != v}
+    if not changed:
+        raise SystemExit(f"{source} already has the pyramid head with its preset's fields; nothing to do")
+    new = build_model(model.preset, **{**model.cfg.to_dict(), **head})
+    new.load_state_dict(model.state_dict())
+    meta = dict(state.get("meta", {}))
+    meta["head_fields_updated"] = {**meta.get("head_fields_updated", {}), **changed}
+    save_checkpoint(dest, new, meta=meta, half=state.get("weights_dtype") == "float16")
+    print(f"wrote {dest}: same weights, head fields " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
 
 
 if __name__ == "__main__":

@@ -83,11 +83,13 @@ def test_base_map_moves_brightness_and_the_detail_gain_scales_detail():
 def test_edge_uses_the_pyramid_head_and_paper_the_pixel_head():
     edge = moefusion.model.preset_config("edge")
     assert edge.output_head == "pyramid" and edge.pyramid_detail_gain == pytest.approx(1.2)
+    assert edge.pyramid_attention_gain == pytest.approx(4.0)
     assert moefusion.model.preset_config("paper").output_head == "pixel"
     assert moefusion.build_model("edge").moge.experts.channels[-1] == head_channels(LEVELS)
     assert moefusion.build_model("paper").moge.experts.channels[-1] == 1
     for bad, match in (({"output_head": "rgb"}, "output_head"), ({"pyramid_levels": 6}, "pyramid_levels"),
-                       ({"pyramid_sharpness": -1.0}, "pyramid_sharpness"), ({"pyramid_detail_gain": 0}, "detail_gain")):
+                       ({"pyramid_sharpness": -1.0}, "pyramid_sharpness"), ({"pyramid_detail_gain": 0}, "detail_gain"),
+                       ({"pyramid_attention_gain": -1.0}, "pyramid_attention_gain")):
         with pytest.raises(ValueError, match=match):
             moefusion.build_model("edge", **bad)
 
@@ -98,13 +100,37 @@ def test_model_output_is_the_head_applied_to_the_decoder_maps():
     ir, vis = torch.rand(1, 1, 50, 70), torch.rand(1, 1, 50, 70)
     seen = {}
     model.moge.register_forward_hook(lambda mod, args, out: seen.update(y=out.y))
+    head = model.head
+    model.head = lambda *args: seen.update(head_args=args) or head(*args)
     with torch.no_grad():
-        fused = model(ir, vis).fused
+        out = model(ir, vis)
     pad = lambda x: F.pad(x, (0, 26, 0, 14), mode="replicate")  # noqa: E731  (to 64x96)
     cfg = model.cfg
-    expected = pyramid_fuse(pad(ir), pad(vis), seen["y"], LEVELS, cfg.pyramid_sharpness, cfg.pyramid_detail_gain)
-    assert seen["y"].shape[1] == head_channels(LEVELS)
-    torch.testing.assert_close(fused, expected[..., :50, :70])
+    att = seen["head_args"][3]  # the attention map at the padded size; the model returns its crop
+    torch.testing.assert_close(att[..., :50, :70], out.attention)
+    expected = pyramid_fuse(pad(ir), pad(vis), seen["y"], LEVELS, cfg.pyramid_sharpness, cfg.pyramid_detail_gain,
+                            att, cfg.pyramid_attention_gain)
+    assert seen["y"].shape[1] == head_channels(LEVELS) and cfg.pyramid_attention_gain > 0
+    torch.testing.assert_close(out.fused, expected[..., :50, :70])
+
+
+def test_attention_pulls_the_targets_base_towards_ir():
+    """attention_gain g: the base layer's IR logit gets g * attention; with zero maps a target
+    (attention 1) takes sigmoid(g) of IR's brightness, the rest stays the sources' mean."""
+    ir, vis = torch.full((1, 1, 128, 128), 0.8), torch.full((1, 1, 128, 128), 0.2)  # flat: base only
+    att = torch.zeros(1, 1, 128, 128)
+    att[..., :64, :64] = 1.0  # two 32-pixel base cells
+    plain = pyramid_fuse(ir, vis, maps(h=128, w=128), LEVELS, SHARP, attention=att)  # gain 0: unused
+    torch.testing.assert_close(plain, torch.full_like(ir, 0.5), atol=1e-6, rtol=0)
+    fused = pyramid_fuse(ir, vis, maps(h=128, w=128), LEVELS, SHARP, attention=att, attention_gain=4.0)
+    target = 0.2 + 0.6 * torch.sigmoid(torch.tensor(4.0)).item()
+    assert abs(fused[0, 0, 10, 10].item() - target) < 1e-4  # inside the target, far from its edge
+    assert abs(fused[0, 0, 120, 120].item() - 0.5) < 1e-4  # far outside it
+    # the decoder can overrule it: a base map of -g inside the target gives the mean back
+    m = maps(h=128, w=128)
+    m[:, 0, :64, :64] = -4.0
+    overruled = pyramid_fuse(ir, vis, m, LEVELS, SHARP, attention=att, attention_gain=4.0)
+    torch.testing.assert_close(overruled, torch.full_like(ir, 0.5), atol=1e-6, rtol=0)
 
 
 def test_add_pyramid_head_script_keeps_every_other_weight(tmp_path):
@@ -125,5 +151,26 @@ def test_add_pyramid_head_script_keeps_every_other_weight(tmp_path):
     ir, vis = torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96)
     c = new.cfg
     with torch.no_grad():
-        torch.testing.assert_close(new(ir, vis).fused,
-                                   pyramid_fuse(ir, vis, maps(), LEVELS, c.pyramid_sharpness, c.pyramid_detail_gain))
+        out = new(ir, vis)
+        torch.testing.assert_close(out.fused, pyramid_fuse(ir, vis, maps(), LEVELS, c.pyramid_sharpness, c.pyramid_detail_gain,
+                                                           out.attention, c.pyramid_attention_gain))
+
+
+def test_add_pyramid_head_script_updates_an_existing_heads_fields(tmp_path):
+    torch.manual_seed(0)
+    old = moefusion.build_model("edge", pyramid_attention_gain=0.0).eval()
+    src, dst = tmp_path / "old.pt", tmp_path / "new.pt"
+    save_checkpoint(src, old, meta={"note": "kept"}, half=True)
+    script = [sys.executable, str(ROOT / "scripts" / "add_pyramid_head.py")]
+    r = subprocess.run(script + [str(src), str(dst)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "pyramid_attention_gain 0.0 -> 4.0" in r.stdout
+    state = torch.load(dst, weights_only=True)
+    assert state["weights_dtype"] == "float16" and state["meta"]["note"] == "kept"
+    assert state["meta"]["head_fields_updated"] == {"pyramid_attention_gain": [0.0, 4.0]}
+    new = load(dst)
+    assert new.cfg.pyramid_attention_gain == 4.0
+    old_sd = torch.load(src, weights_only=True)["state_dict"]
+    assert all(torch.equal(old_sd[k], state["state_dict"][k]) for k in old_sd)
+    r = subprocess.run(script + [str(dst), str(tmp_path / "again.pt")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "nothing to do" in r.stderr and not (tmp_path / "again.pt").exists()

@@ -219,7 +219,7 @@ class ExportModule(nn.Module):
         enc = m.decoder_input((early_vis, last_vis), (early_ir, last_ir), y_fg, y_bg, att)
         y, r_dec = self._moe(m.moge, enc, enc)
 
-        out = [m.head(ir, vis, y)[..., :h, :w].clamp(0.0, 1.0), att[..., :h, :w]]
+        out = [m.head(ir, vis, y, att)[..., :h, :w].clamp(0.0, 1.0), att[..., :h, :w]]
         if self.routes:
             out += [r_fg, r_bg, r_dec]
         if self.detections:

@@ -152,7 +152,7 @@ class MoEFusion(nn.Module):
         enc = self.decoder_input((early_vis, last_vis), (early_ir, last_ir), out_fg.y, out_bg.y, att)
         out_dec = self.moge(enc, enc)
 
-        fused = self.head(ir, vis, out_dec.y)[..., :h, :w]
+        fused = self.head(ir, vis, out_dec.y, att)[..., :h, :w]
         aux = out_fg.aux_loss + out_bg.aux_loss + out_dec.aux_loss
         gatings = {"mole_fg": out_fg.gating, "mole_bg": out_bg.gating, "moge": out_dec.gating}
         routes = {name: g.indices for name, g in gatings.items()}
@@ -163,12 +163,13 @@ class MoEFusion(nn.Module):
         return FusionOutput(fused, att[..., :h, :w], aux, det_losses, dets, routes, gatings,
                             maps if self.training else None)
 
-    def head(self, ir, vis, y) -> torch.Tensor:
-        """The fused image from the (padded) sources and the decoder's output."""
+    def head(self, ir, vis, y, att) -> torch.Tensor:
+        """The fused image from the (padded) sources, the decoder's output and the attention."""
         c = self.cfg
         if c.output_head != "pyramid":
             return y
-        return pyramid_fuse(ir, vis, y, c.pyramid_levels, c.pyramid_sharpness, c.pyramid_detail_gain)
+        return pyramid_fuse(ir, vis, y, c.pyramid_levels, c.pyramid_sharpness, c.pyramid_detail_gain,
+                            att, c.pyramid_attention_gain)
 
     def decoder_input(self, enc_vis, enc_ir, y_fg, y_bg, att) -> torch.Tensor:
         """What MoGE sees: the encoders' features (all, or all but the last block's: ``enc_*`` are the

@@ -56,6 +56,7 @@ class ModelConfig:
     pyramid_levels: int = 5  # detail levels of the pyramid head (<= 5: inputs are padded to 32)
     pyramid_sharpness: float = 30.0  # weight of the local-energy prior in each detail level's logit
     pyramid_detail_gain: float = 1.0  # the blended detail is multiplied by this
+    pyramid_attention_gain: float = 0.0  # the attention times this is added to the base layer's IR logit
     noisy_gating: bool = True
     gate_pool: str = "grid"  # grid: features resized to *_grid (the paper's); moments: per-channel mean and std
     # Detection-driven attention.
@@ -114,6 +115,7 @@ PRESETS: dict[str, ModelConfig] = {
         detector="mobilenet_v3_small",
         output_head="pyramid",
         pyramid_detail_gain=1.2,
+        pyramid_attention_gain=4.0,
         fpn_channels=32,
         roi_representation=128,
     ),
@@ -138,6 +140,8 @@ def validate_config(cfg: ModelConfig) -> ModelConfig:
         raise ValueError(f"pyramid_sharpness={cfg.pyramid_sharpness} must be >= 0")
     if not 0 < cfg.pyramid_detail_gain <= 4:
         raise ValueError(f"pyramid_detail_gain={cfg.pyramid_detail_gain} must be in (0, 4]")
+    if not 0 <= cfg.pyramid_attention_gain <= 20:
+        raise ValueError(f"pyramid_attention_gain={cfg.pyramid_attention_gain} must be in [0, 20]")
     if cfg.detector_norm not in DETECTOR_NORMS:
         raise ValueError(f"detector_norm={cfg.detector_norm!r}; choose from {', '.join(DETECTOR_NORMS)}")
     for name in ("mole", "moge"):

@@ -4,7 +4,10 @@ With ``output_head: pixel`` (the paper's) MoGE's last conv outputs the fused pix
 ``output_head: pyramid`` (``edge``) it outputs ``levels + 1`` maps per pixel and the fused image is
 a Laplacian-pyramid blend of the two sources driven by them:
 
-- map 0: the base layer's IR weight (a logit; 0 = the sources' mean, as a classical pyramid);
+- map 0: the base layer's IR weight (a logit; 0 = the sources' mean, as a classical pyramid), plus
+  ``attention_gain`` times the detection-driven attention (a preset field, 4 in ``edge``): where the
+  attention finds a target the base leans to IR, keeping its thermal brightness, unless the decoder
+  overrules it;
 - maps 1..levels: an offset to the logit of each detail level's IR weight, added to a fixed
   local-energy prior ``sharpness * (E_ir - E_vis) / (E_ir + E_vis + eps)`` (E = |detail| averaged
   over 3x3: the stronger source wins, by region rather than by coefficient).
@@ -79,11 +82,19 @@ def detail_prior(d_ir: torch.Tensor, d_vis: torch.Tensor, sharpness: float) -> t
 
 
 def pyramid_fuse(ir: torch.Tensor, vis: torch.Tensor, maps: torch.Tensor, levels: int,
-                 sharpness: float, detail_gain: float = 1.0) -> torch.Tensor:
-    """Fused [B, 1, H, W] from the sources and the decoder's maps [B, levels + 1, H, W]."""
+                 sharpness: float, detail_gain: float = 1.0, attention: torch.Tensor | None = None,
+                 attention_gain: float = 0.0) -> torch.Tensor:
+    """Fused [B, 1, H, W] from the sources and the decoder's maps [B, levels + 1, H, W].
+
+    attention [B, 1, H, W] in [0, 1] with ``attention_gain`` g: the base layer's IR-weight logit gets
+    ``g * attention`` (targets keep their thermal brightness unless the decoder overrules it).
+    """
     p_ir, p_vis = laplacian_pyramid(ir, levels), laplacian_pyramid(vis, levels)
     maps = maps.to(ir.dtype)
-    w_base = torch.sigmoid(_at_level(maps[:, :1], levels))
+    base_logit = maps[:, :1]
+    if attention_gain and attention is not None:
+        base_logit = base_logit + attention_gain * attention.to(ir.dtype)
+    w_base = torch.sigmoid(_at_level(base_logit, levels))
     x = w_base * p_ir[-1] + (1 - w_base) * p_vis[-1]
     for level in reversed(range(levels)):
         d_ir, d_vis = p_ir[level], p_vis[level]
