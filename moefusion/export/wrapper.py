@@ -13,7 +13,6 @@ so that the graph exports with live routing and builds in TensorRT:
   ``z = y + log w`` and ``m = max_j z_j`` (for two experts ``max(z0, z1) + log(1 + exp(-|z0 - z1|))``):
   TensorRT imports ONNX ReduceLogSumExp as exp -> sum -> log, which overflows (fp32 above 88, fp16
   above 11).
-- The moments gate descriptor's variance is a ReduceL2 of the deviations (moments_descriptor).
 - Dispatch ``sparse``: only the k chosen experts run, as grouped convolutions over gathered expert
   weights with constant channel counts (ONNX Conv's ``group`` is static, so the batch is fixed);
   ``dense``: every expert runs and the chosen ones are combined (any batch size).
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 
 from ..model.attention import INPUT_MEAN, INPUT_STD
 from ..model.fusion import STRIDE
-from ..model.gating import MOMENTS_EPS
+from ..model.gating import gate_descriptor
 
 DISPATCHES = ("sparse", "dense")
 FLAVOURS = ("standard", "plugin")
@@ -63,18 +62,6 @@ def stable_gated_logsumexp(ys: torch.Tensor, weights: torch.Tensor) -> torch.Ten
     z = ys + log_w
     m = z.amax(dim=1, keepdim=True)
     return (m + torch.log(torch.exp(z - m).sum(dim=1, keepdim=True))).squeeze(1)
-
-
-def moments_descriptor(features: torch.Tensor) -> torch.Tensor:
-    """gate_descriptor(features, pool="moments") with the sum of squared deviations as one ReduceL2
-    (the literal variance writes and reads the squared deviations as one more full-resolution map).
-    Still two passes: E[x^2] - E[x]^2 would cancel on near-constant channels, which the descriptor's
-    standardisation then amplifies into a different expert choice."""
-    f = features.float()
-    n = f.shape[2] * f.shape[3]
-    mean = f.mean(dim=(2, 3), keepdim=True)
-    var = torch.linalg.vector_norm(f - mean, dim=(2, 3)).square() / n
-    return torch.cat([mean.flatten(1), (var + MOMENTS_EPS).sqrt()], dim=1)
 
 
 def _kernel_ops():
@@ -146,7 +133,7 @@ class ExportModule(nn.Module):
     # -- MoE layers --------------------------------------------------------------------------
     def _route(self, layer, features):
         if layer.pool == "moments":  # ReduceMean/Sqrt in the graph: the MoEGate plugin implements the grid only
-            desc = layer.normalise(moments_descriptor(features))
+            desc = layer.normalise(gate_descriptor(features, layer.grid, "moments"))
             top, idx = (desc @ layer.w_gate).topk(layer.k, dim=1)
             return idx, torch.softmax(top, dim=1)
         if self.flavour == "plugin":
