@@ -4,8 +4,9 @@
     python scripts/add_pyramid_head.py moefusion/weights/moefusion_edge.pt runs/pyramid_init.pt
 
 A checkpoint that already has the pyramid head gets the head's fields of its preset as the preset has
-them now (HEAD_FIELDS: a fixed function after the decoder, no weights) and keeps every weight, its
-dtype and its metadata; ``meta["head_fields_updated"]`` records what changed.
+them now (HEAD_FIELDS: a fixed function after the decoder; only pyramid_levels sizes a weight, and a
+checkpoint whose levels differ is refused) and keeps every weight, its dtype and its metadata;
+``meta["head_fields_updated"]`` records what changed.
 
 Every weight is kept except MoGE's last conv, which now outputs the pyramid head's maps and starts
 at zero: the new checkpoint fuses like a classical pyramid (mean base, energy-selected detail) with
@@ -58,6 +59,9 @@ def update_head_fields(source, dest, state, model, head: dict) -> None:
     if not head:
         raise SystemExit(f"{source}: its preset {model.preset!r} has no pyramid head to take the fields from")
     changed = {k: [getattr(model.cfg, k), v] for k, v in head.items() if getattr(model.cfg, k) != v}
+    if "pyramid_levels" in changed:  # the only head field with weights: MoGE's last conv makes levels + 1 maps
+        raise SystemExit(f"{source}: pyramid_levels {model.cfg.pyramid_levels} differs from its preset's "
+                         f"{head['pyramid_levels']}, which changes the decoder's output; retrain for it")
     if not changed:
         raise SystemExit(f"{source} already has the pyramid head with its preset's fields; nothing to do")
     new = build_model(model.preset, **{**model.cfg.to_dict(), **head})

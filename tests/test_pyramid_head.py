@@ -174,3 +174,9 @@ def test_add_pyramid_head_script_updates_an_existing_heads_fields(tmp_path):
     assert all(torch.equal(old_sd[k], state["state_dict"][k]) for k in old_sd)
     r = subprocess.run(script + [str(dst), str(tmp_path / "again.pt")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode != 0 and "nothing to do" in r.stderr and not (tmp_path / "again.pt").exists()
+    # a different level count changes MoGE's output maps: refused in one line, nothing written
+    other = tmp_path / "levels4.pt"
+    save_checkpoint(other, moefusion.build_model("edge", pyramid_levels=4))
+    r = subprocess.run(script + [str(other), str(tmp_path / "bad.pt")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "pyramid_levels 4" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "bad.pt").exists()
