@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import moefusion
@@ -378,7 +379,9 @@ def test_decoder_sees_the_last_block_only_through_mole_in_edge():
     y_fg, y_bg, att = torch.rand(1, cfg.growth, 8, 8), torch.rand(1, cfg.growth, 8, 8), torch.rand(1, 1, 8, 8)
     enc = model.decoder_input(fv, fi, y_fg, y_bg, att)
     assert enc.shape[1] == cfg.decoder_in
-    assert torch.equal(enc, torch.cat([fv[0], fi[0], y_fg, y_bg, att], 1))  # no last block; attention last
+    full = torch.cat([fv[0], fi[0], y_fg, y_bg, att], 1)  # no last block; attention last
+    assert cfg.decoder_stride == 2  # edge's decoder sees it average-pooled by 2
+    torch.testing.assert_close(enc, F.avg_pool2d(full, 2))
     paper = moefusion.build_model("paper").eval()  # upstream: every encoder feature, in order
     torch.testing.assert_close(paper.decoder_input(fv, fi, y_fg, y_bg, att), torch.cat([*fv, *fi, y_fg, y_bg], 1))
 

@@ -108,10 +108,37 @@ def test_model_output_is_the_head_applied_to_the_decoder_maps():
     cfg = model.cfg
     att = seen["head_args"][3]  # the attention map at the padded size; the model returns its crop
     torch.testing.assert_close(att[..., :50, :70], out.attention)
-    expected = pyramid_fuse(pad(ir), pad(vis), seen["y"], LEVELS, cfg.pyramid_sharpness, cfg.pyramid_detail_gain,
+    # edge's decoder runs at half resolution (decoder_stride 2); its maps are resized back for the head
+    assert cfg.decoder_stride == 2 and seen["y"].shape == (1, head_channels(LEVELS), 32, 48)
+    y = F.interpolate(seen["y"], scale_factor=2.0, mode="bilinear", align_corners=False)
+    expected = pyramid_fuse(pad(ir), pad(vis), y, LEVELS, cfg.pyramid_sharpness, cfg.pyramid_detail_gain,
                             att, cfg.pyramid_attention_gain)
-    assert seen["y"].shape[1] == head_channels(LEVELS) and cfg.pyramid_attention_gain > 0
+    assert cfg.pyramid_attention_gain > 0
     torch.testing.assert_close(out.fused, expected[..., :50, :70])
+
+
+def test_decoder_stride_pools_what_the_decoder_sees():
+    """decoder_stride 2: MoGE's input is the full-resolution decoder input average-pooled by 2, part
+    by part (same weights, stride 1 vs 2), and the routing still sees the same scene statistics."""
+    torch.manual_seed(0)
+    half = moefusion.build_model("edge").eval()
+    full = moefusion.build_model("edge", decoder_stride=1).eval()
+    full.load_state_dict(half.state_dict())
+    ir, vis = torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96)
+    seen = {}
+    for name, m in (("half", half), ("full", full)):
+        m.moge.register_forward_hook(lambda mod, args, out, name=name: seen.update({name: args[0]}))
+        with torch.no_grad():
+            m(ir, vis)
+    assert seen["half"].shape == (1, half.cfg.decoder_in, 32, 48)
+    torch.testing.assert_close(seen["half"], F.avg_pool2d(seen["full"], 2), atol=1e-5, rtol=1e-5)
+
+
+def test_decoder_stride_is_validated():
+    with pytest.raises(ValueError, match="decoder_stride=3"):
+        moefusion.build_model("edge", decoder_stride=3)
+    with pytest.raises(ValueError, match="needs output_head='pyramid'"):
+        moefusion.build_model("paper", decoder_stride=2)
 
 
 def test_attention_pulls_the_targets_base_towards_ir():
@@ -135,7 +162,7 @@ def test_attention_pulls_the_targets_base_towards_ir():
 
 def test_add_pyramid_head_script_keeps_every_other_weight(tmp_path):
     torch.manual_seed(0)
-    pixel = moefusion.build_model("edge", output_head="pixel").eval()
+    pixel = moefusion.build_model("edge", output_head="pixel", decoder_stride=1).eval()
     src, dst = tmp_path / "pixel.pt", tmp_path / "pyramid.pt"
     save_checkpoint(src, pixel)
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "add_pyramid_head.py"), str(src), str(dst)],
@@ -180,3 +207,23 @@ def test_add_pyramid_head_script_updates_an_existing_heads_fields(tmp_path):
     r = subprocess.run(script + [str(other), str(tmp_path / "bad.pt")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode != 0 and "pyramid_levels 4" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_add_pyramid_head_script_takes_chosen_field_values(tmp_path):
+    """--set overrides the preset's value of a head field (the recipe fine-tunes a new decoder_stride
+    without the attention term, then adds the term); anything else is refused in one line."""
+    torch.manual_seed(0)
+    src, dst = tmp_path / "old.pt", tmp_path / "new.pt"
+    save_checkpoint(src, moefusion.build_model("edge", decoder_stride=1))
+    script = [sys.executable, str(ROOT / "scripts" / "add_pyramid_head.py"), str(src), str(dst)]
+    r = subprocess.run(script + ["--set", "pyramid_attention_gain=0"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "decoder_stride 1 -> 2" in r.stdout and "fine-tune it" in r.stdout
+    new = load(dst)
+    assert new.cfg.decoder_stride == 2 and new.cfg.pyramid_attention_gain == 0.0
+    for bad, says in ((["--set", "detail_gain=2"], "FIELD one of"), (["--set", "decoder_stride=two"], "not an integer"),
+                      (["--set", "decoder_stride=3"], "decoder_stride=3")):
+        out = tmp_path / "bad.pt"
+        r = subprocess.run(script[:-1] + [str(out)] + bad, capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode != 0 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert not out.exists()

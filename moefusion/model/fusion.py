@@ -168,16 +168,21 @@ class MoEFusion(nn.Module):
         c = self.cfg
         if c.output_head != "pyramid":
             return y
+        if c.decoder_stride > 1:
+            y = F.interpolate(y, scale_factor=float(c.decoder_stride), mode="bilinear", align_corners=False)
         return pyramid_fuse(ir, vis, y, c.pyramid_levels, c.pyramid_sharpness, c.pyramid_detail_gain,
                             att, c.pyramid_attention_gain)
 
     def decoder_input(self, enc_vis, enc_ir, y_fg, y_bg, att) -> torch.Tensor:
         """What MoGE sees: the encoders' features (all, or all but the last block's: ``enc_*`` are the
         encoders' (early, last) outputs), MoLE's outputs and, with ``decoder_attention``, the
-        attention map. One concatenation."""
+        attention map. One concatenation, after average pooling by ``decoder_stride``."""
         keep = slice(None) if self.cfg.decoder_skips_last_block else slice(0, 1)
         parts = [*enc_vis[keep], *enc_ir[keep], y_fg, y_bg]
         parts += [att.to(y_fg.dtype)] if self.cfg.decoder_attention else []
+        s = self.cfg.decoder_stride
+        if s > 1:  # pooled part by part: the full-resolution concatenation is never made
+            parts = [F.avg_pool2d(x, s) for x in parts]
         return torch.cat(parts, dim=1)
 
     # -- inference helpers ------------------------------------------------------------------

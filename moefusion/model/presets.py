@@ -50,6 +50,11 @@ class ModelConfig:
     moge_grid: tuple[int, int] = (60, 80)
     moge_loss_coef: float = 0.02
     k: int = 2
+    # MoGE runs on its inputs average-pooled by this (1 = full resolution, the paper's); its maps
+    # are resized back (bilinear x decoder_stride) before the output head. Pyramid head only: the
+    # head's per-pixel energy prior keeps the detail choice sharp, the decoder's offsets to it and
+    # the base weight vary slowly, and the decoder's first conv is the largest layer of the model.
+    decoder_stride: int = 1
     # What the decoder outputs: the fused pixel (``pixel``, the paper's) or the blend weights of the
     # sources' Laplacian pyramids (``pyramid``, see moefusion/model/pyramid.py).
     output_head: str = "pixel"
@@ -115,6 +120,7 @@ PRESETS: dict[str, ModelConfig] = {
         detector="mobilenet_v3_small",
         output_head="pyramid",
         pyramid_detail_gain=1.2,
+        decoder_stride=2,
         pyramid_attention_gain=4.0,
         fpn_channels=32,
         roi_representation=128,
@@ -126,6 +132,7 @@ GATE_POOLS = ("grid", "moments")
 OUTPUT_HEADS = ("pixel", "pyramid")
 MAX_PYRAMID_LEVELS = 5  # MoEFusion pads inputs to a multiple of 32
 DETECTOR_NORMS = ("frozen", "batch", "group")
+DECODER_STRIDES = (1, 2, 4)  # divide the padding stride (32) down to the head's coarsest level
 
 
 def validate_config(cfg: ModelConfig) -> ModelConfig:
@@ -142,6 +149,11 @@ def validate_config(cfg: ModelConfig) -> ModelConfig:
         raise ValueError(f"pyramid_detail_gain={cfg.pyramid_detail_gain} must be in (0, 4]")
     if not 0 <= cfg.pyramid_attention_gain <= 20:
         raise ValueError(f"pyramid_attention_gain={cfg.pyramid_attention_gain} must be in [0, 20]")
+    if cfg.decoder_stride not in DECODER_STRIDES:
+        raise ValueError(f"decoder_stride={cfg.decoder_stride}; choose from {', '.join(map(str, DECODER_STRIDES))}")
+    if cfg.decoder_stride > 1 and cfg.output_head != "pyramid":
+        raise ValueError(f"decoder_stride={cfg.decoder_stride} needs output_head='pyramid' "
+                         "(a pixel head at reduced resolution would blur the fused image); set decoder_stride=1")
     if cfg.detector_norm not in DETECTOR_NORMS:
         raise ValueError(f"detector_norm={cfg.detector_norm!r}; choose from {', '.join(DETECTOR_NORMS)}")
     for name in ("mole", "moge"):
