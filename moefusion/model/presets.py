@@ -11,7 +11,8 @@ moments (mean, standard deviation) instead of a resized grid, so a gate learnt o
 routes whole frames of any size and aspect the same way (a grid descriptor is position-specific:
 a 192x192 crop stretched to it looks nothing like a whole 640x480 frame).
 Its decoder outputs the blend weights of the sources' Laplacian pyramids instead of the fused pixel
-(``output_head: pyramid``, moefusion/model/pyramid.py).
+(``output_head: pyramid``, moefusion/model/pyramid.py) and runs at half resolution
+(``decoder_stride: 2``: the blend weights vary slowly; its first conv was the largest layer).
 
 Detector backbones: ``backbone_weights`` names a torchvision weight enum member (``"DEFAULT"``,
 ``"IMAGENET1K_V1"``...) that ``moefusion-train`` loads when it starts a run (torchvision downloads
