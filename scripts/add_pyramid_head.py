@@ -8,7 +8,8 @@ them now (HEAD_FIELDS: the fixed function after the decoder and the decoder's re
 pyramid_levels sizes a weight, and a checkpoint whose levels differ is refused) and keeps every
 weight, its dtype and its metadata; ``meta["head_fields_updated"]`` records what changed.
 ``--set FIELD=VALUE`` takes a value other than the preset's for one of those fields, e.g. to
-fine-tune at a new decoder_stride without the attention term and add the term afterwards:
+fine-tune without the attention term and add the term afterwards (how the bundled weights were
+made, docs/model_card.md):
 
     python scripts/add_pyramid_head.py moefusion/weights/moefusion_edge.pt runs/init.pt --set pyramid_attention_gain=0
 
@@ -51,7 +52,7 @@ def main():
     if old.cfg.output_head == "pyramid":
         update_head_fields(args.source, args.dest, state, old, head)
         return
-    new = build_model(old.preset, **{**old.cfg.to_dict(), **head, "output_head": "pyramid"})
+    new = _build(args.source, old.preset, {**old.cfg.to_dict(), **head, "output_head": "pyramid"})
     sd = old.state_dict()
     last = len(new.moge.experts.weights) - 1
     for key in (f"moge.experts.weights.{last}", f"moge.experts.biases.{last}"):
@@ -63,6 +64,13 @@ def main():
     c = new.cfg
     print(f"wrote {args.dest}: pyramid head ({c.decoder_out} maps, sharpness {c.pyramid_sharpness}, detail gain "
           f"{c.pyramid_detail_gain}), MoGE's last conv zero")
+
+
+def _build(source, preset, fields: dict):
+    try:
+        return build_model(preset, **fields)
+    except ValueError as e:  # an invalid --set value: one line, nothing written
+        raise SystemExit(f"{source}: {e}") from None
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -90,10 +98,7 @@ def update_head_fields(source, dest, state, model, head: dict) -> None:
                          f"{head['pyramid_levels']}, which changes the decoder's output; retrain for it")
     if not changed:
         raise SystemExit(f"{source} already has the pyramid head with its preset's fields; nothing to do")
-    try:
-        new = build_model(model.preset, **{**model.cfg.to_dict(), **head})
-    except ValueError as e:
-        raise SystemExit(f"{source}: {e}") from None
+    new = _build(source, model.preset, {**model.cfg.to_dict(), **head})
     new.load_state_dict(model.state_dict())
     meta = dict(state.get("meta", {}))
     meta["head_fields_updated"] = {**meta.get("head_fields_updated", {}), **changed}

@@ -227,3 +227,10 @@ def test_add_pyramid_head_script_takes_chosen_field_values(tmp_path):
         r = subprocess.run(script[:-1] + [str(out)] + bad, capture_output=True, text=True, cwd=ROOT)
         assert r.returncode != 0 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert not out.exists()
+    # the same for a pixel-head checkpoint (converted, not updated)
+    pixel = tmp_path / "pixel.pt"
+    save_checkpoint(pixel, moefusion.build_model("edge", output_head="pixel", decoder_stride=1))
+    r = subprocess.run(script[:1] + [script[1], str(pixel), str(tmp_path / "bad.pt"), "--set", "decoder_stride=3"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode != 0 and "decoder_stride=3" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "bad.pt").exists()
