@@ -27,7 +27,7 @@ import torch
 
 from moefusion.model import build_model
 from moefusion.model.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
-from moefusion.model.presets import list_presets, preset_config
+from moefusion.model.presets import ModelConfig, list_presets, preset_config
 
 HEAD_FIELDS = ("pyramid_levels", "pyramid_sharpness", "pyramid_detail_gain", "pyramid_attention_gain",
                "decoder_stride")
@@ -80,7 +80,7 @@ def parse_sets(items: list[str]) -> dict:
         field, sep, value = item.partition("=")
         if not sep or field not in HEAD_FIELDS:
             raise SystemExit(f"--set {item}: expected FIELD=VALUE with FIELD one of {', '.join(HEAD_FIELDS)}")
-        kind = int if field in ("pyramid_levels", "decoder_stride") else float
+        kind = type(getattr(ModelConfig(), field))  # int or float, as the config declares it
         try:
             out[field] = kind(value)
         except ValueError:
