@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -30,7 +29,7 @@ from moefusion.data.preprocess import prepare_pair
 from moefusion.eval import baselines, metrics
 from moefusion.eval.contrast import box_union_mask, target_contrast
 from moefusion.eval.heldout import heldout_sets
-from moefusion.eval.temporal import temporal_metrics
+from moefusion.eval.temporal import clip_frames, sequence_frames, temporal_metrics
 from moefusion.model.checkpoint import DEFAULT_WEIGHTS, model_from_checkpoint, read_checkpoint
 
 pytestmark = [pytest.mark.slow,
@@ -272,34 +271,15 @@ def split_y(img: np.ndarray) -> np.ndarray:
     return np.rint(split_visible(img).y.astype(np.float64) * 255)
 
 
-def _sequence_frames(shared_data, name):
-    root = shared_data(name)
-    ids = sorted((p.stem for p in (root / "ir").iterdir()), key=int)
-    for i in ids:
-        yield (read_image(next((root / "ir").glob(f"{i}.*"))), read_image(next((root / "vis").glob(f"{i}.*"))))
-
-
-def _clip_frames(shared_data, clip, count):
-    root = shared_data("m3svd_video")
-    caps = [cv2.VideoCapture(str(root / m / f"{clip}.mp4")) for m in ("ir", "vis")]
-    try:
-        for _ in range(count):
-            (ok_ir, ir), (ok_vis, vis) = (c.read() for c in caps)
-            assert ok_ir and ok_vis
-            yield cv2.cvtColor(ir, cv2.COLOR_BGR2GRAY), vis
-    finally:
-        for c in caps:
-            c.release()
-
-
 @pytest.mark.xfail(strict=True, reason=NOT_YET)
 @torch.inference_mode()
 def test_fused_video_is_as_steady_as_the_pyramid(shipped, shared_data):
     model, cfg = shipped
     video = next(e for e in cfg["data"]["train"] if isinstance(e, dict))
     clip = video["exclude"][0]
-    sequences = {n: _sequence_frames(shared_data, n) for n in ("tno_seq_tree", "tno_seq_duine", "tno_seq_nato_camp")}
-    sequences[f"m3svd {clip}"] = _clip_frames(shared_data, clip, VIDEO_FRAMES)
+    sequences = {n: sequence_frames(shared_data(n)) for n in ("tno_seq_tree", "tno_seq_duine", "tno_seq_nato_camp")}
+    root = shared_data("m3svd_video")
+    sequences[f"m3svd {clip}"] = clip_frames(root / "ir" / f"{clip}.mp4", root / "vis" / f"{clip}.mp4", VIDEO_FRAMES)
     report = {}
     model.set_route_smoothing()  # as for live video
     for name, frames in sequences.items():

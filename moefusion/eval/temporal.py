@@ -14,6 +14,9 @@ frames); the averaging baseline is the reference of a method with no temporal be
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 
 TEMPORAL_METRICS = ("change", "brightness_sd", "change_excess")
@@ -60,3 +63,27 @@ def temporal_metrics(frames, irs=None, viss=None) -> dict[str, float]:
     for i, f in enumerate(frames):
         stats.add(f, None if irs is None else irs[i], None if viss is None else viss[i])
     return stats.result()
+
+
+def sequence_frames(root: str | Path):
+    """(IR, VIS) frames of a ROOT/ir + ROOT/vis image sequence, in natural id order."""
+    from ..data.io import read_image
+    from ..data.pairs import pair_folders
+
+    root = Path(root)
+    for pair in pair_folders(root / "ir", root / "vis"):
+        yield read_image(pair.ir), read_image(pair.vis)
+
+
+def clip_frames(ir_video: str | Path, vis_video: str | Path, count: int):
+    """The first ``count`` (IR gray, VIS BGR) frames of two synchronised video files."""
+    caps = [cv2.VideoCapture(str(p)) for p in (ir_video, vis_video)]
+    try:
+        for n in range(count):
+            (ok_ir, ir), (ok_vis, vis) = (c.read() for c in caps)
+            if not (ok_ir and ok_vis):
+                raise ValueError(f"{ir_video if not ok_ir else vis_video}: no frame {n} (asked for {count})")
+            yield cv2.cvtColor(ir, cv2.COLOR_BGR2GRAY), vis
+    finally:
+        for c in caps:
+            c.release()
