@@ -22,6 +22,7 @@ import torch
 
 from moefusion.data.preprocess import prepare_pair, split_visible
 from moefusion.eval import baselines, metrics
+from moefusion.eval.heldout import excluded_clips
 from moefusion.eval.temporal import clip_frames, sequence_frames, temporal_metrics
 from moefusion.model.checkpoint import DEFAULT_WEIGHTS, model_from_checkpoint, read_checkpoint
 from moefusion.model.presets import validate_config
@@ -30,13 +31,12 @@ SEQUENCES = ("tno_seq_tree", "tno_seq_duine", "tno_seq_nato_camp")
 CLIP_FRAMES = 60
 
 
-def held_out_clip(ckpt: dict, path: str) -> str:
-    train_config = ckpt.get("meta", {}).get("train_config") or {}
-    for entry in train_config.get("data", {}).get("train", []):
-        if isinstance(entry, dict) and entry.get("exclude"):
-            return entry["exclude"][0]
-    raise SystemExit(f"error: {path}: its training config holds out no video clip (train with an m3svd_video "
-                     "entry with 'exclude', or pass the bundled weights)")
+def held_out_clip(ckpt: dict, path: str) -> tuple[str, str]:
+    clips = excluded_clips(ckpt.get("meta", {}).get("train_config") or {})
+    if not clips:
+        raise SystemExit(f"error: {path}: its training config holds out no video clip (train with an m3svd_video "
+                         "entry with 'exclude', or pass the bundled weights)")
+    return clips[0]
 
 
 def measure(fused_frames, sources) -> dict:
@@ -55,16 +55,18 @@ def main():
     args = p.parse_args()
     ckpt = read_checkpoint(args.weights)
     model = model_from_checkpoint(ckpt).float().eval()
+    model.set_route_smoothing()  # as for live video
     try:
         gains = [float(g) for g in args.gains.split(",")]
         configs = {g: validate_config(dataclasses.replace(model.cfg, pyramid_detail_gain=g)) for g in gains}
     except ValueError as e:
         raise SystemExit(f"error: --gains {args.gains}: {e}")
-    clip = held_out_clip(ckpt, args.weights)
+    video, clip = held_out_clip(ckpt, args.weights)
     data = Path(args.data)
+    clip_root = data / Path(video).name  # the config names the training machine's folder
     readers = {n: (lambda n=n: sequence_frames(data / n)) for n in SEQUENCES}
-    readers[f"m3svd {clip}"] = lambda: clip_frames(data / "m3svd_video" / "ir" / f"{clip}.mp4",
-                                                   data / "m3svd_video" / "vis" / f"{clip}.mp4", CLIP_FRAMES)
+    readers[f"{clip_root.name} {clip}"] = lambda: clip_frames(clip_root / "ir" / f"{clip}.mp4",
+                                                            clip_root / "vis" / f"{clip}.mp4", CLIP_FRAMES)
     keys = ("SF", "Qabf", "change", "brightness_sd", "change/SF")
     print("| sequence | method | " + " | ".join(keys) + " |\n| --- | --- |" + " --- |" * len(keys))
     wins = {g: {k: 0 for k in keys[:4]} for g in gains}
@@ -76,8 +78,7 @@ def main():
         rows = {"laplacian": lap}
         for g in gains:
             model.cfg = configs[g]
-            model.set_route_smoothing()  # as for live video
-            model.reset_route_state()
+            model.reset_route_state()  # each run is a new stream
             with torch.inference_mode():
                 fused = [np.rint(split_visible(model.fuse(ir, vis)).y.astype(np.float64) * 255) for ir, vis in frames]
             rows[f"model, gain {g:g}"] = r = measure(fused, sources)

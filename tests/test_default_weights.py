@@ -28,7 +28,7 @@ from moefusion.data.io import read_image
 from moefusion.data.preprocess import prepare_pair
 from moefusion.eval import baselines, metrics
 from moefusion.eval.contrast import box_union_mask, target_contrast
-from moefusion.eval.heldout import heldout_sets
+from moefusion.eval.heldout import excluded_clips, heldout_sets
 from moefusion.eval.temporal import clip_frames, sequence_frames, temporal_metrics
 from moefusion.model.checkpoint import DEFAULT_WEIGHTS, model_from_checkpoint, read_checkpoint
 
@@ -275,11 +275,10 @@ def split_y(img: np.ndarray) -> np.ndarray:
 @torch.inference_mode()
 def test_fused_video_is_as_steady_as_the_pyramid(shipped, shared_data):
     model, cfg = shipped
-    video = next(e for e in cfg["data"]["train"] if isinstance(e, dict))
-    clip = video["exclude"][0]
+    video, clip = excluded_clips(cfg)[0]
     sequences = {n: sequence_frames(shared_data(n)) for n in ("tno_seq_tree", "tno_seq_duine", "tno_seq_nato_camp")}
-    root = shared_data("m3svd_video")
-    sequences[f"m3svd {clip}"] = clip_frames(root / "ir" / f"{clip}.mp4", root / "vis" / f"{clip}.mp4", VIDEO_FRAMES)
+    root = shared_data(Path(video).name)
+    sequences[f"{root.name} {clip}"] = clip_frames(root / "ir" / f"{clip}.mp4", root / "vis" / f"{clip}.mp4", VIDEO_FRAMES)
     report = {}
     model.set_route_smoothing()  # as for live video
     for name, frames in sequences.items():

@@ -105,3 +105,12 @@ def test_eval_cli_reports_the_temporal_metrics_of_each_method(tmp_path, capsys):
     assert t["brightness_sd"] == pytest.approx(np.std([0, 3, 6]), abs=0.3)
     assert t["change_excess"] == pytest.approx(0.0, abs=0.01)
     assert "temporal, 3 frames" in capsys.readouterr().out
+
+
+def test_excluded_clips_lists_every_clip_a_video_entry_held_out():
+    from moefusion.eval.heldout import excluded_clips
+
+    cfg = {"data": {"train": ["../d/roadscene", {"video": "../d/m3svd_video", "exclude": ["a", "b"]},
+                              {"video": "../d/other", "frame_step": 10}]}}
+    assert excluded_clips(cfg) == [("../d/m3svd_video", "a"), ("../d/m3svd_video", "b")]
+    assert excluded_clips({}) == []

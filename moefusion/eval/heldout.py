@@ -20,6 +20,13 @@ class HeldOutSet:
     dataset: PairedDataset  # the pairs, no transform
 
 
+def excluded_clips(cfg: dict) -> list[tuple[str, str]]:
+    """(video root as the config names it, clip) for every clip a video entry of ``data.train``
+    held out whole, in config order (the video checks run on these)."""
+    return [(entry["video"], clip) for entry in cfg.get("data", {}).get("train", [])
+            if isinstance(entry, dict) for clip in entry.get("exclude", [])]
+
+
 def heldout_sets(cfg: dict, clip_step: int = HELDOUT_CLIP_STEP) -> list[HeldOutSet]:
     from ..data.video import extract_frame_pairs, video_clips
     from ..train import dataset_root
