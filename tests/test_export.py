@@ -480,7 +480,7 @@ def test_nothing_half_written_when_export_fails(tmp_path, monkeypatch):
 
 def _fail_midway(path, data):
     """Write half the bytes through atomic_path, then fail like a full disk."""
-    from moefusion.export._files import atomic_path
+    from moefusion.files import atomic_path
 
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
@@ -489,7 +489,7 @@ def _fail_midway(path, data):
 
 
 def test_atomic_files_keep_the_old_file_on_failure(tmp_path):
-    from moefusion.export._files import atomic_path, atomic_write_bytes
+    from moefusion.files import atomic_path, atomic_write_bytes
 
     target = tmp_path / "a.bin"
     atomic_write_bytes(target, b"old")

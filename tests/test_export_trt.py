@@ -25,7 +25,7 @@ from helpers import exported, make_model, ort_session, real_inputs  # noqa: E402
 from test_kernels_trt_plugins import build_plugin_library  # noqa: E402
 
 from moefusion.errors import UserError  # noqa: E402
-from moefusion.export import _files  # noqa: E402
+from moefusion import files as _files  # noqa: E402
 from moefusion.export.api import run_export  # noqa: E402
 from moefusion.export.engine import build_engine, reuse_reason, sidecar_path, verify_engine  # noqa: E402
 from moefusion.export.formats import validate  # noqa: E402

@@ -143,7 +143,7 @@ def _check_output(path: str | None, flag: str, suffix: str | None = None) -> Non
         return
     if suffix and Path(path).suffix.lower() != suffix:
         raise UserError(f"{flag} {path}: name it {Path(path).with_suffix(suffix).name} (a {suffix[1:].upper()} file)")
-    from ..export._files import check_writable
+    from ..files import check_writable
 
     try:
         check_writable(path)

@@ -174,13 +174,13 @@ def markdown(result: dict) -> str:
 
 
 def write_json(result: dict, path) -> None:
-    from ..export._files import atomic_write_text
+    from ..files import atomic_write_text
 
     atomic_write_text(path, json.dumps(result, indent=2, default=str) + "\n")
 
 
 def write_markdown(result: dict, path) -> None:
-    from ..export._files import atomic_write_text
+    from ..files import atomic_write_text
 
     atomic_write_text(path, markdown(result))
 
@@ -197,7 +197,7 @@ def write_plot(result: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..export._files import atomic_path
+    from ..files import atomic_path
 
     rows = result["rows"]
     labels = [f"{r['preset']} {r['label'].replace(' (reference)', ' (ref)')} {r['precision']} {r['size_text']}"

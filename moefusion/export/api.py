@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from . import _files
+from .. import files as _files
 from .formats import FORMATS, ExportOptions, missing_modules, replace, validate
 from .onnx_export import OnnxExport, build_metadata, export_onnx, load_checkpoint_model, read_metadata, \
     read_moefusion_onnx

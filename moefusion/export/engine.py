@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .._version import __version__
 from ..errors import UserError
-from . import _files
+from .. import files as _files
 from .trt_shim import TRT, gpu_slug
 
 log = logging.getLogger("moefusion.export")

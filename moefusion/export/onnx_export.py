@@ -19,7 +19,7 @@ import torch
 
 from .._version import __version__
 from ..errors import UserError
-from . import _files
+from .. import files as _files
 from .formats import ExportOptions
 from .wrapper import DETECTION_OUTPUTS, MOE_LAYERS, PLUGIN_DOMAIN, PLUGIN_GATE, ExportModule
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from . import _files
+from .. import files as _files
 
 log = logging.getLogger("moefusion.export")
 

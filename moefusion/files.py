@@ -1,4 +1,6 @@
-"""Files that are never left half-written: a temp file in the target folder, then an atomic rename."""
+"""File utilities shared by every package: writes that are never left half-done (a temp file in the
+target folder, then an atomic rename), writability checks before long work, hashes, and the image
+file extensions the project reads."""
 from __future__ import annotations
 
 import contextlib
@@ -8,19 +10,22 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import UserError
+from .errors import UserError
+
+# Image files every reader accepts (folders of frames, datasets, calibration images).
+IMAGE_EXTS = (".bmp", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 
 
 def _unwritable(path: Path, err: OSError) -> UserError:
     reason = err.strerror or str(err)
-    return UserError(f"cannot write {path}: {reason}; choose a writable output path with -o")
+    return UserError(f"cannot write {path}: {reason}; choose a writable output path")
 
 
 def check_writable(path: str | os.PathLike) -> Path:
     """Create the parent folder and prove we can create a file there (before minutes of work)."""
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"cannot write {path}: it is a folder; give a file name with -o")
+        raise UserError(f"cannot write {path}: it is a folder; give a file name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
@@ -82,7 +87,7 @@ def atomic_dir(path: str | os.PathLike):
     """Yield a temp folder beside ``path``; on success it replaces ``path`` (a folder) as a whole."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise UserError(f"cannot write {path}: a file of that name exists; choose another -o")
+        raise UserError(f"cannot write {path}: a file of that name exists; choose another output folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
