@@ -7,10 +7,12 @@ import sys
 import pytest
 import torch
 
-from moefusion.data.datasets import PairedDataset, collate_pairs
+from moefusion.data.combine import collate_pairs
+from moefusion.data.datasets import PairedDataset
 from moefusion.data.augment import val_transform
 from moefusion.errors import UserError
-from moefusion.model.checkpoint import load, read_checkpoint
+from moefusion import load
+from moefusion.model.checkpoint import read_checkpoint
 from moefusion.model.losses import fusion_losses
 from moefusion.train import load_config, main, train
 
@@ -60,7 +62,7 @@ def test_short_training_on_real_pairs_lowers_the_loss(tmp_path, shared_data, hea
 
 @pytest.mark.slow
 def test_non_finite_gradients_skip_the_step_then_stop_the_run(tmp_path, shared_data, monkeypatch):
-    import moefusion.train as train_module
+    import moefusion.train.loop as train_module
 
     real = train_module.fusion_losses
 
@@ -164,7 +166,7 @@ def _gating(indices, weights, num_experts=4):
 
 
 def test_routing_statistics_and_collapse_warnings():
-    from moefusion.train import RoutingStats
+    from moefusion.eval.routing import RoutingStats
 
     stats = RoutingStats()
     stats.add({"alive": _gating([[0, 1], [2, 3], [1, 2]], [[0.6, 0.4], [0.7, 0.3], [0.5, 0.5]]),
@@ -179,7 +181,8 @@ def test_routing_statistics_and_collapse_warnings():
 
 
 def test_video_entries_in_the_data_config(tmp_path, shared_data):
-    from moefusion.train import build_datasets, dataset_root
+    from moefusion.data.video import dataset_root
+    from moefusion.train import build_datasets
 
     video = str(shared_data("m3svd_video"))
     cfg = load_config("edge.yaml", [])
@@ -226,8 +229,9 @@ def test_validation_compares_with_the_pyramid_on_every_held_out_set(shared_data)
     Laplacian pyramid on the same frames; the count of sets where the model wins is recomputed here."""
     import numpy as np
 
-    from moefusion.data.datasets import ConcatPairs, PairedDataset
-    from moefusion.eval.baselines import laplacian_pyramid
+    from moefusion.data.combine import ConcatPairs
+    from moefusion.data.datasets import PairedDataset
+    from moefusion.eval.baselines import laplacian_pyramid_fusion
     from moefusion.eval.metrics import compute
     from moefusion.model.checkpoint import DEFAULT_WEIGHTS
     from moefusion.train import validate
@@ -245,7 +249,7 @@ def test_validation_compares_with_the_pyramid_on_every_held_out_set(shared_data)
         with torch.no_grad():
             fused = model(item["ir"][None], item["vis"][None]).fused.clamp(0, 1)[0, 0].numpy()
         q_model = compute(["Qabf"], fused * 255, ir * 255, vis * 255)["Qabf"]
-        q_pyr = compute(["Qabf"], laplacian_pyramid(ir, vis) * 255, ir * 255, vis * 255)["Qabf"]
+        q_pyr = compute(["Qabf"], laplacian_pyramid_fusion(ir, vis) * 255, ir * 255, vis * 255)["Qabf"]
         want_model.append(q_model)
         want_pyr.append(q_pyr)
         above += q_model > q_pyr

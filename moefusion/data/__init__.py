@@ -10,8 +10,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "IMAGE_EXTS": "io",
-    "read_image": "io",
+        "read_image": "io",
     "read_image_size": "io",
     "Boxes": "boxes",
     "parse_voc": "boxes",
@@ -19,12 +18,12 @@ _EXPORTS = {
     "read_classes_txt": "boxes",
     "read_voc": "boxes",
     "read_yolo": "boxes",
-    "LAYOUTS": "datasets",
-    "ConcatPairs": "datasets",
+    "LAYOUTS": "layouts",
+    "ConcatPairs": "combine",
     "PairedDataset": "datasets",
-    "collate_pairs": "datasets",
-    "detect_layout": "datasets",
-    "split_ids": "datasets",
+    "collate_pairs": "combine",
+    "detect_layout": "layouts",
+    "split_ids": "combine",
     "CenterCrop": "augment",
     "Compose": "augment",
     "RandomCrop": "augment",

@@ -10,42 +10,30 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import Dataset
 
 from ..errors import UserError
 from .boxes import Boxes, LabelFolder, shared_class_names
 from .io import is_image_file, read_image, read_image_size
+from .layouts import (
+    EXPECTED_LAYOUTS,
+    IR_BOX_DIRS,
+    LAYOUTS,
+    VIS_BOX_DIRS,
+    child_folder,
+    detect_layout,
+    list_images,
+    natural_key,
+)
 from .preprocess import ir_to_unit, split_visible
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Layout:
-    """Folder names of one dataset layout (matched case-insensitively, exact case preferred)."""
-
-    ir: str
-    vis: str
-    labels: tuple[str, ...]
-
-
-LAYOUTS: dict[str, Layout] = {
-    "generic": Layout("ir", "vis", ("labels", "Annotations", "Annotation")),
-    "m3fd": Layout("Ir", "Vis", ("Annotation", "Annotations", "labels")),
-    "llvip": Layout("infrared", "visible", ("Annotations",)),
-    "msrs": Layout("ir", "vi", ("labels", "Annotations", "Annotation")),
-}
-EXPECTED_LAYOUTS = "ir/+vis/ (generic), Ir/+Vis/ (m3fd), infrared/+visible/ (llvip) or ir/+vi/ (msrs)"
-
-# Sub-folders of a label folder that hold per-modality boxes (like msrs_det/labels/infrared/).
-IR_BOX_DIRS = ("infrared", "ir")
-VIS_BOX_DIRS = ("visible", "vis", "vi")
 
 # Pair counts up to which scan="auto" fully decodes every image (catching truncated files up
 # front); above it only headers are read and a corrupt file is reported when it is loaded.
@@ -54,55 +42,6 @@ AUTO_DECODE_MAX_PAIRS = 256
 # Boxes smaller than this (pixels, either side) after clipping to the image are dropped and
 # counted: detectors fail on degenerate boxes.
 MIN_BOX_SIDE = 1.0
-
-
-def natural_key(s: str):
-    """Sort key: "frame2" < "frame10" (video frame ids sort in time order)."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
-
-
-def _child(folder: Path, name: str) -> Path | None:
-    """Sub-folder ``name`` of ``folder``: exact case first, else one case-insensitive match."""
-    exact = folder / name
-    if exact.is_dir():
-        return exact
-    if not folder.is_dir():
-        return None
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.lower() == name.lower()]
-    return found[0] if len(found) == 1 else None
-
-
-def detect_layout(root: str | Path) -> str:
-    """Name of the layout whose IR and VIS folders exist under ``root``; UserError otherwise."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"dataset folder not found: {root}")
-    matches: dict[tuple, list] = {}
-    for name, lay in LAYOUTS.items():
-        ir, vis = _child(root, lay.ir), _child(root, lay.vis)
-        if ir is not None and vis is not None:
-            exact = ir.name == lay.ir and vis.name == lay.vis
-            # Keyed by inode: on a case-insensitive file system "Ir" and "ir" are one folder.
-            key = tuple((st.st_dev, st.st_ino) for st in (ir.stat(), vis.stat()))
-            matches.setdefault(key, [(ir, vis)]).append((not exact, name))
-    if not matches:
-        subdirs = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise UserError(
-            f"{root}: no IR/VIS folders found (sub-folders: {subdirs or 'none'}); expected {EXPECTED_LAYOUTS}"
-        )
-    if len(matches) > 1:
-        found = [f"{v[0][0].name}/+{v[0][1].name}/" for v in matches.values()]
-        raise UserError(f"{root}: several IR/VIS folder pairs ({', '.join(found)}); pass layout= to pick one")
-    # Same folders matched by several layouts (generic ir/vis vs m3fd Ir/Vis): exact case wins.
-    return min(next(iter(matches.values()))[1:])[1]
-
-
-def _list_images(folder: Path) -> dict[str, list[Path]]:
-    by_id: dict[str, list[Path]] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and is_image_file(p):
-            by_id.setdefault(p.stem, []).append(p)
-    return by_id
 
 
 @dataclass
@@ -172,7 +111,7 @@ class PairedDataset(Dataset):
         self.strict = strict
         self.ir_dir, self.vis_dir = self._image_dirs()
 
-        ir_files, vis_files = _list_images(self.ir_dir), _list_images(self.vis_dir)
+        ir_files, vis_files = list_images(self.ir_dir), list_images(self.vis_dir)
         self._image_ids = set(ir_files) | set(vis_files)
         all_ids = sorted(self._image_ids, key=natural_key)
         if ids is not None:
@@ -224,7 +163,7 @@ class PairedDataset(Dataset):
         lay = LAYOUTS[self.layout]
         dirs = []
         for modality, folder in (("IR", lay.ir), ("VIS", lay.vis)):
-            d = _child(self.root, folder)
+            d = child_folder(self.root, folder)
             if d is None:
                 raise UserError(
                     f"{self.root}: no {folder}/ folder ({modality} images) for the {self.layout} layout; "
@@ -274,7 +213,7 @@ class PairedDataset(Dataset):
         if boxes == "auto":
             folder = None
             for cand in LAYOUTS[self.layout].labels:
-                folder = _child(self.root, cand)
+                folder = child_folder(self.root, cand)
                 if folder is not None:
                     break
             if folder is None:
@@ -287,8 +226,8 @@ class PairedDataset(Dataset):
                 raise UserError(f"label folder not found: {boxes}; pass an existing folder, 'auto' or None")
         if self.split is not None and (folder / self.split).is_dir():
             folder = folder / self.split
-        ir_sub = next((d for d in (_child(folder, n) for n in IR_BOX_DIRS) if d is not None), None)
-        vis_sub = next((d for d in (_child(folder, n) for n in VIS_BOX_DIRS) if d is not None), None)
+        ir_sub = next((d for d in (child_folder(folder, n) for n in IR_BOX_DIRS) if d is not None), None)
+        vis_sub = next((d for d in (child_folder(folder, n) for n in VIS_BOX_DIRS) if d is not None), None)
         if ir_sub is not None or vis_sub is not None:
             # Per-modality boxes; a modality without its sub-folder simply has none.
             return ir_sub, vis_sub
@@ -461,86 +400,3 @@ def _union(b1, l1, b2, l2):
     _, first = np.unique(rows, axis=0, return_index=True)
     first.sort()
     return boxes[first], labels[first]
-
-
-class ConcatPairs(ConcatDataset):
-    """Several PairedDatasets as one, with one class list and per-root reports.
-
-    Class lists that differ are merged (the first dataset's order, then new names in order) and
-    every dataset's labels are remapped to it, so label 2 means the same class everywhere.
-    """
-
-    def __init__(self, datasets):
-        datasets = list(datasets)
-        if not datasets:
-            raise UserError("ConcatPairs needs at least one dataset")
-        merged: list[str] = []
-        for d in datasets:
-            merged += [n for n in d.class_names if n not in merged]
-        views = []
-        for d in datasets:
-            if d.has_boxes and d.class_names != merged:
-                d = d.with_class_names(merged)
-            elif not d.has_boxes:
-                d = copy.copy(d)
-                d.class_names = list(merged)  # no labels to remap; empty boxes share the list
-            views.append(d)
-        datasets = views
-        super().__init__(datasets)
-        self.class_names = merged
-
-    @classmethod
-    def from_roots(cls, roots, **kwargs) -> "ConcatPairs":
-        """``ConcatPairs([PairedDataset(r, **kwargs) for r in roots])``."""
-        return cls([PairedDataset(r, **kwargs) for r in roots])
-
-    @property
-    def skipped(self) -> list[tuple[str, str]]:
-        return [(f"{d.name}/{i}", r) for d in self.datasets for i, r in d.skipped]
-
-    def report(self, max_reasons: int = 20) -> str:
-        lines = [d.report(max_reasons) for d in self.datasets]
-        lines.append(f"total: {len(self)} pairs from {len(self.datasets)} folders, {len(self.skipped)} skipped")
-        return "\n".join(lines)
-
-
-def collate_pairs(batch: list[dict]) -> dict:
-    """DataLoader collate: images stacked to [B, 1, H, W]; boxes/labels/ids kept as lists."""
-    if not batch:
-        raise ValueError("empty batch")
-    shapes = {tuple(item["ir"].shape) for item in batch} | {tuple(item["vis"].shape) for item in batch}
-    if len(shapes) != 1:
-        raise UserError(
-            f"images in one batch differ in size ({sorted(shapes)}, ids {[b['id'] for b in batch]}); "
-            "crop them to one size (train_transform(size) / val_transform(size)) or use batch_size=1"
-        )
-    out = {
-        "id": [b["id"] for b in batch],
-        "ir": torch.stack([b["ir"] for b in batch]),
-        "vis": torch.stack([b["vis"] for b in batch]),
-    }
-    for key in batch[0]:
-        if key.startswith(("boxes", "labels")):
-            out[key] = [b[key] for b in batch]
-        elif key.startswith("has_boxes"):
-            out[key] = torch.tensor([bool(b[key]) for b in batch])
-    return out
-
-
-def split_ids(ids, val_fraction: float, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Deterministic (train_ids, val_ids): a seeded shuffle of the naturally sorted ids.
-
-    The result depends only on the set of ids, the fraction and the seed (not on input order).
-    At least one id goes to each side when there are two or more and 0 < val_fraction < 1.
-    Video frames next to each other are near-duplicates: hold out whole sequences (separate
-    roots) for an honest validation score.
-    """
-    if not 0.0 <= float(val_fraction) < 1.0:
-        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    ordered = sorted(dict.fromkeys(str(i) for i in ids), key=natural_key)
-    n_val = int(round(len(ordered) * float(val_fraction)))
-    if val_fraction > 0 and len(ordered) >= 2:
-        n_val = min(max(n_val, 1), len(ordered) - 1)
-    perm = np.random.default_rng(seed).permutation(len(ordered))
-    val_set = {ordered[i] for i in perm[:n_val]}
-    return [i for i in ordered if i not in val_set], [i for i in ordered if i in val_set]

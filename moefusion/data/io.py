@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 
 from ..errors import UserError
-
-# File name suffixes (lower case) treated as images when a folder is scanned.
-IMAGE_EXTS = (".bmp", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
+from ..files import (
+    IMAGE_EXTS,  # file name suffixes (lower case) treated as images when a folder is scanned
+)
 
 _JPEG_EXTS = (".jpg", ".jpeg")
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .datasets import natural_key
 from .io import IMAGE_EXTS, is_image_file
+from .layouts import natural_key
 
 
 @dataclass(frozen=True)

@@ -111,3 +111,18 @@ def extract_frame_pairs(root: str | Path, frame_step: int, exclude=(), cache_dir
             shutil.rmtree(tmp, ignore_errors=True)
     log.info("video frames of %s (every %d-th) cached in %s", root, frame_step, dest)
     return dest
+
+
+def dataset_root(entry) -> str:
+    """A data.train / data.val entry as a folder PairedDataset reads: a path as is; a video entry
+    ``{video: ROOT, frame_step: N, exclude: [clips]}`` as its cached frame folder."""
+    if isinstance(entry, dict):
+        unknown = sorted(set(entry) - {"video", "frame_step", "exclude"})
+        if "video" not in entry or unknown:
+            raise UserError(f"data entry {entry}: expected {{video: ROOT, frame_step: N, exclude: [clip, ...]}}")
+        if any(not isinstance(c, str) for c in entry.get("exclude", [])):
+            raise UserError(f"data entry {entry}: quote the clip names in exclude (YAML reads 0117_1620 as a number)")
+
+        return str(extract_frame_pairs(entry["video"], int(entry.get("frame_step", 15)), entry.get("exclude", [])))
+    return str(entry)
+

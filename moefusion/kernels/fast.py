@@ -40,11 +40,6 @@ Layers = Sequence[tuple[Tensor, Tensor | None]]
 _enabled = os.environ.get("MOEFUSION_KERNELS", "1") not in ("0", "off", "false")
 
 
-def kernels_enabled() -> bool:
-    """Whether the functions here use the CUDA ops (default yes; MOEFUSION_KERNELS=0 turns them off)."""
-    return _enabled
-
-
 @contextlib.contextmanager
 def use_kernels(flag: bool):
     """Temporarily use (True) or bypass (False) the CUDA ops, e.g. to compare with plain PyTorch ops."""

@@ -1,4 +1,4 @@
-"""Checkpoints that rebuild their own model, and ``moefusion.load``.
+"""Checkpoints that rebuild their own model (``moefusion.load`` of a .pt comes here).
 
 A checkpoint is a ``torch.save``d dict:
     format: "moefusion-checkpoint", format_version: 2, moefusion_version,
@@ -22,6 +22,7 @@ from .presets import ModelConfig, validate_config
 
 CHECKPOINT_FORMAT = "moefusion-checkpoint"
 FORMAT_VERSION = 2
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 # Config fields added in format 2, with the values that format-1 checkpoints were built with.
 FORMAT1_CONFIG = {"encoder_relu": True, "gate_pool": "grid", "backbone_weights": None, "detector_norm": "batch",
                   "decoder_skips_last_block": True, "decoder_attention": False}
@@ -120,19 +121,15 @@ def default_weights() -> Path:
     return DEFAULT_WEIGHTS
 
 
-def load(path=None, device: str | torch.device | None = None, dispatch: str = "sparse", **backend_options):
-    """A fusion model with ``fuse(ir, vis)`` from a checkpoint (.pt/.pth), an .onnx or an .engine.
+def load_checkpoint(path=None, device: str | torch.device | None = None, dispatch: str = "sparse") -> MoEFusion:
+    """A torch ``MoEFusion`` in eval mode from a checkpoint (.pt/.pth/.ckpt); None = bundled default.
 
-    ``path=None`` loads the bundled default weights. Checkpoints give a torch ``MoEFusion`` in eval
-    mode on ``device`` (default: CUDA when available, else CPU).
+    ``device`` defaults to CUDA when available, else the CPU. ``moefusion.load`` also opens .onnx
+    and .engine files (through the runtime); this is its PyTorch part.
     """
     path = default_weights() if path is None else Path(path)
     suffix = path.suffix.lower()
-    if suffix in (".onnx", ".engine", ".plan"):
-        from ..runtime.backends import open_model_file
-
-        return open_model_file(path, **backend_options)
-    if suffix not in (".pt", ".pth", ".ckpt"):
+    if suffix not in CHECKPOINT_SUFFIXES:
         raise UserError(f"{path}: unknown model file type {suffix!r}; pass a .pt checkpoint, an .onnx or an .engine")
     model = model_from_checkpoint(read_checkpoint(path), dispatch=dispatch, source=str(path))
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,78 @@
+"""Training data: the datasets a config names, batches from one root at a time, detection targets."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Sampler
+
+from ..data.augment import train_transform
+from ..data.combine import ConcatPairs, split_ids
+from ..data.datasets import PairedDataset
+from ..data.video import dataset_root
+from ..errors import UserError
+
+
+class GroupedBatchSampler(Sampler):
+    """Batches drawn from one root at a time, so annotated and unannotated sets never mix in a
+    batch (the detectors must not learn that unlabelled objects are background). Shuffled per
+    epoch, split across distributed ranks; the last incomplete batch of each root is kept."""
+
+    def __init__(self, sizes: list[int], batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.sizes, self.batch_size, self.seed, self.rank, self.world = sizes, batch_size, seed, rank, world
+        self.epoch = 0
+
+    def _batches(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        batches, offset = [], 0
+        for n in self.sizes:
+            order = (torch.randperm(n, generator=g) + offset).tolist()
+            batches += [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+            offset += n
+        perm = torch.randperm(len(batches), generator=g).tolist()
+        batches = [batches[i] for i in perm]
+        usable = len(batches) - len(batches) % self.world if len(batches) >= self.world else len(batches)
+        return batches[self.rank : usable : self.world]
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self):
+        return len(self._batches())
+
+
+
+
+def detection_targets(batch, modality: str, device):
+    """torchvision detection targets (labels 1-based) when every image of the batch has boxes."""
+    if not bool(batch[f"has_boxes_{modality}"].all()):
+        return None
+    return [
+        {"boxes": b.to(device), "labels": (l + 1).to(device)}
+        for b, l in zip(batch[f"boxes_{modality}"], batch[f"labels_{modality}"])
+    ]
+
+
+
+def build_datasets(cfg: dict):
+    d = cfg["data"]
+    if not d["train"]:
+        raise UserError("no training data: give --data ROOT (or data.train in the config)")
+    if min(d["crop"]) < 96:
+        # the detectors' coarsest level (stride 64) needs at least 2x2 cells for BatchNorm at batch 1
+        raise UserError(f"data.crop={d['crop']} is too small; use at least [96, 96]")
+    transform = train_transform(tuple(d["crop"]), scale_range=tuple(d["scale_range"]) if d["scale_range"] else None)
+    train_sets, val_sets = [], []
+    for entry in d["train"]:
+        full = PairedDataset(dataset_root(entry))
+        if d["val_fraction"]:
+            train_ids, val_ids = split_ids(full.ids, d["val_fraction"], seed=cfg["train"]["seed"])
+        else:
+            train_ids, val_ids = full.ids, []
+        train_sets.append(full.subset(train_ids, transform=transform))
+        if val_ids:
+            val_sets.append(full.subset(val_ids, transform=None))
+    for entry in d["val"]:
+        val_sets.append(PairedDataset(dataset_root(entry)))
+    train = ConcatPairs(train_sets)
+    val = ConcatPairs(val_sets) if val_sets else None
+    return train, val
+

@@ -1,0 +1,245 @@
+"""The training loop: one process, the CPU, or many GPUs through torchrun (DistributedDataParallel);
+checkpoints that resume the run."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.utils.data import DataLoader
+
+from ..data.combine import collate_pairs
+from ..errors import UserError
+from ..eval.routing import RoutingStats
+from ..model import build_model
+from ..model.attention import BACKBONE_WEIGHTS, backbone_weights_enum
+from ..model.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+from ..model.losses import fusion_losses, target_mask
+from .data import GroupedBatchSampler, build_datasets, detection_targets
+from .validate import validate
+
+log = logging.getLogger("moefusion.train")
+MAX_NONFINITE_STEPS = 20  # skipped non-finite steps tolerated per run before it stops
+
+
+def _setup_distributed():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    return dist.get_rank(), world, local
+
+
+def _device(cfg, local_rank):
+    want = cfg["train"]["device"]
+    if want == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device={want} but no CUDA GPU is visible; use --device cpu")
+    return torch.device(want)
+
+
+def _freeze_like(model, names) -> None:
+    params = dict(model.named_parameters())
+    for n in names:
+        if n in params:
+            params[n].requires_grad_(False)
+
+
+def _load_backbones(model) -> None:
+    """ImageNet weights for the detector backbones when the model config names them."""
+    name = model.cfg.backbone_weights
+    if not name:
+        log.info("detector backbones: learnt from scratch (backbone_weights: null)")
+        return
+    if model.cfg.detector_norm == "group":
+        raise UserError("detector_norm=group cannot take ImageNet backbone weights (they carry BatchNorm "
+                        "statistics); use --set model.detector_norm=frozen, or model.backbone_weights=null")
+    try:
+        weights = backbone_weights_enum(model.cfg.detector, name)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    try:
+        frozen = model.attention.load_pretrained(name)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError: no network, proxy, disk full
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        raise UserError(f"cannot load {BACKBONE_WEIGHTS[model.cfg.detector].__name__}.{weights.name} "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); download {weights.url} to {cache}, "
+                        "or train from scratch with --set model.backbone_weights=null "
+                        "--set model.detector_norm=group") from None
+    log.info("detector backbones: torchvision %s (%d frozen parameter tensors)", weights, len(frozen))
+
+
+def _lr_factor(epoch: int, it: int, optim_cfg: dict) -> float:
+    factor = 0.1 ** sum(epoch >= s for s in optim_cfg["lr_steps"])
+    warm = optim_cfg["warmup_iters"]
+    if warm and it < warm:
+        r = optim_cfg["warmup_ratio"]
+        factor *= r + (1 - r) * it / warm
+    return factor
+
+
+def _seed_all(seed: int):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(cfg: dict, resume: str | None = None) -> Path:
+    rank, world, local = _setup_distributed()
+    device = _device(cfg, local)
+    _seed_all(cfg["train"]["seed"] + rank)
+    out_dir = Path(cfg["train"]["out"])
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    train_set, val_set = build_datasets(cfg)
+    if rank == 0:
+        log.info("training data:\n%s", train_set.report())
+        if val_set is not None:
+            log.info("validation data:\n%s", val_set.report())
+
+    state = None
+    if resume:
+        state = read_checkpoint(resume)
+        model = model_from_checkpoint(state, source=resume).train()
+    elif cfg["train"]["init"]:
+        init = cfg["train"]["init"]
+        init_state = read_checkpoint(init)
+        model = model_from_checkpoint(init_state, source=init).float().train()
+        _freeze_like(model, init_state["meta"].get("frozen", []))  # a frozen stem stays frozen
+        if cfg["preset"] != model.preset:
+            log.warning("train.init %s is a %r model; preset %r is ignored", init, model.preset, cfg["preset"])
+        log.info("fine-tuning from %s", init)
+    else:
+        overrides = dict(cfg["model"])
+        if train_set.class_names:
+            overrides.setdefault("num_classes", len(train_set.class_names))
+            overrides.setdefault("class_names", list(train_set.class_names))
+        model = build_model(cfg["preset"], dispatch="sparse", **overrides)
+        _load_backbones(model)
+    model.to(device).train()
+    core = model
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[local] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+
+    if state is not None:  # frozen stems stay frozen across a resume
+        _freeze_like(core, state["meta"].get("frozen", []))
+    frozen = [n for n, p in core.named_parameters() if not p.requires_grad]
+    params = [p for p in core.parameters() if p.requires_grad]
+    opt_cfg = cfg["optim"]
+    optimizer = torch.optim.Adam(params, lr=opt_cfg["lr"], weight_decay=opt_cfg["weight_decay"])
+    use_amp = bool(cfg["train"]["amp"]) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    sampler = GroupedBatchSampler([len(d) for d in train_set.datasets], cfg["data"]["batch_size"],
+                                  cfg["train"]["seed"], rank, world)
+    loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_pairs,
+                        num_workers=cfg["data"]["workers"], persistent_workers=cfg["data"]["workers"] > 0)
+
+    start_epoch, step, history = 0, 0, []
+    if state is not None:
+        if "optimizer" in state:
+            optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state and use_amp:
+            scaler.load_state_dict(state["scaler"])
+        start_epoch = state["meta"].get("epoch", 0)
+        step = state["meta"].get("step", 0)
+        history = state["meta"].get("history", [])
+        if rank == 0:
+            log.info("resumed %s at epoch %d, step %d", resume, start_epoch, step)
+
+    max_steps = cfg["train"]["max_steps"]
+    epochs = opt_cfg["epochs"]
+    if max_steps:
+        epochs = max(epochs, start_epoch + math.ceil((max_steps - step) / max(len(sampler), 1)))
+    from tqdm import tqdm
+
+    loss_cfg = cfg["loss"]
+    done, nonfinite = False, 0
+    last_path = out_dir / "last.pt"
+    for epoch in range(start_epoch, epochs):
+        sampler.epoch = epoch
+        running: dict[str, float] = {}
+        routing = RoutingStats()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=rank != 0, leave=False, dynamic_ncols=True)
+        t0 = time.time()
+        for batch in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = opt_cfg["lr"] * _lr_factor(epoch, step, opt_cfg)
+            ir, vis = batch["ir"].to(device, non_blocking=True), batch["vis"].to(device, non_blocking=True)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                out = model(ir, vis, detection_targets(batch, "ir", device), detection_targets(batch, "vis", device))
+            boxes = [b for b in batch["boxes"]] if bool(batch["has_boxes"].any()) else None
+            mask = target_mask(ir.shape, device, boxes, ir if loss_cfg["pseudo_targets"] else None)
+            terms = fusion_losses(out.fused.float(), vis, ir, boxes, out.aux_loss, out.det_losses,
+                                  grad_weight=loss_cfg["grad"], pixel_weight=loss_cfg["pixel"],
+                                  signed_grad=bool(loss_cfg["signed_grad"]),
+                                  background_max=float(loss_cfg["background_max"]), ssim_weight=float(loss_cfg["ssim"]),
+                                  mask=mask, attention_maps=out.attention_maps,
+                                  attention_weight=float(loss_cfg["attention"]),
+                                  detail_weight=float(loss_cfg["detail"]),
+                                  pixel_levels=int(loss_cfg["pixel_levels"]))
+            routing.add(out.gatings)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(terms["total"]).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, opt_cfg["grad_clip"])
+            if not use_amp and not torch.isfinite(grad_norm):
+                # GradScaler skips such steps under AMP; without it one step would make every weight NaN.
+                nonfinite += 1
+                log.warning("non-finite gradient at step %d: step skipped (%d so far)", step, nonfinite)
+                if nonfinite > MAX_NONFINITE_STEPS:
+                    raise UserError(f"training diverged: {nonfinite} steps with non-finite gradients; "
+                                    "lower optim.lr or raise optim.warmup_iters")
+                continue
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            for k, v in terms.items():
+                running[k] = 0.9 * running.get(k, float(v.detach())) + 0.1 * float(v.detach())
+            bar.set_postfix({k: f"{v:.4f}" for k, v in running.items()})
+            if max_steps and step >= max_steps:
+                done = True
+                break
+        record = {"epoch": epoch + 1, "step": step, "seconds": round(time.time() - t0, 1),
+                  **{f"loss_{k}": round(v, 5) for k, v in running.items()}, **routing.summary()}
+        if rank == 0:
+            for problem in routing.collapsed():
+                log.warning("epoch %d: MoE layer collapsed: %s", epoch + 1, problem)
+        last_epoch = done or epoch + 1 == epochs
+        if rank == 0 and val_set is not None and ((epoch + 1) % cfg["train"]["val_every"] == 0 or last_epoch):
+            record.update({k: round(v, 4) if isinstance(v, float) else v
+                           for k, v in validate(core, val_set, device, cfg["data"]["val_images"]).items()})
+        history.append(record)
+        if rank == 0:
+            log.info("%s", "  ".join(f"{k}={v}" for k, v in record.items()))
+            meta = {"epoch": epoch + 1, "step": step, "history": history, "train_config": cfg, "frozen": frozen}
+            save_checkpoint(last_path, core, meta=meta, optimizer=optimizer.state_dict(),
+                            scaler=scaler.state_dict() if use_amp else {})
+        if done:
+            break
+
+    if rank == 0 and cfg["train"]["release"]:
+        meta = {"epoch": history[-1]["epoch"] if history else 0, "step": step, "history": history,
+                "train_config": cfg, "frozen": frozen}
+        save_checkpoint(cfg["train"]["release"], core, meta=meta, half=True)
+        log.info("release checkpoint: %s", cfg["train"]["release"])
+    if world > 1:
+        dist.destroy_process_group()
+    return last_path
+
