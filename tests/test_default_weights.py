@@ -248,7 +248,7 @@ def person_contrast(shipped, held_out):
                 ir_u, parts = prepare_pair(ir_raw, vis_raw)
                 fused = split_y(model.fuse(ir_raw, vis_raw))
                 avg = np.rint(np.clip(baselines.average(ir_u, parts.y), 0, 1) * 255)
-                lap = np.rint(np.clip(baselines.laplacian_pyramid(ir_u, parts.y), 0, 1) * 255)
+                lap = np.rint(np.clip(baselines.laplacian_pyramid_fusion(ir_u, parts.y), 0, 1) * 255)
                 persons = boxes_ir.xyxy[boxes_ir.labels == 0]
                 rows.append((ds.ids[n], *(target_contrast(x, persons) for x in (fused, avg, lap))))
     assert rows
@@ -287,7 +287,7 @@ def test_fused_video_is_as_steady_as_the_pyramid(shipped, shared_data):
         for ir_raw, vis_raw in frames:
             ir_u, parts = prepare_pair(ir_raw, vis_raw)
             model_frames.append(split_y(model.fuse(ir_raw, vis_raw)))
-            lap_frames.append(np.rint(np.clip(baselines.laplacian_pyramid(ir_u, parts.y), 0, 1) * 255))
+            lap_frames.append(np.rint(np.clip(baselines.laplacian_pyramid_fusion(ir_u, parts.y), 0, 1) * 255))
         report[name] = (temporal_metrics(model_frames), temporal_metrics(lap_frames))
     model.set_route_smoothing(0.0, 0.0)
     for name, (m, lap) in report.items():

@@ -376,7 +376,7 @@ def test_multiscale_baselines_keep_the_stronger_edge():
     edge[:, 32:] = 0.9
     # the step keeps (nearly) its full height 0.4 across the edge (max-abs detail coefficients),
     # where averaging halves it; far from the edge the averaged base shows through
-    for fn in (B.laplacian_pyramid, B.gff):
+    for fn in (B.laplacian_pyramid_fusion, B.gff):
         out = fn(flat, edge)
         assert out[:, 32].mean() - out[:, 31].mean() > 0.28
     avg = B.average(flat, edge)

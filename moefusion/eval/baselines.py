@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["average", "maximum", "max", "laplacian_pyramid", "gff", "guided_filter", "BASELINES"]
+__all__ = ["average", "maximum", "max", "laplacian_pyramid_fusion", "gff", "guided_filter", "BASELINES"]
 
 
 def _inputs(ir, vis_y):
@@ -77,7 +77,7 @@ def _laplacian_pyr(x: np.ndarray, levels: int) -> list[np.ndarray]:
     return pyr
 
 
-def laplacian_pyramid(ir: np.ndarray, vis_y: np.ndarray, levels: int = 4) -> np.ndarray:
+def laplacian_pyramid_fusion(ir: np.ndarray, vis_y: np.ndarray, levels: int = 4) -> np.ndarray:
     """Laplacian pyramid fusion: max-abs detail coefficients, averaged base."""
     a, b = _inputs(ir, vis_y)
     n = _pyr_levels(a.shape[0], a.shape[1], levels)
@@ -148,6 +148,6 @@ def _weighted(weights, layers) -> np.ndarray:
 BASELINES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "average": average,
     "max": maximum,
-    "laplacian": laplacian_pyramid,
+    "laplacian": laplacian_pyramid_fusion,
     "gff": gff,
 }
