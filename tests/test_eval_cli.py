@@ -316,3 +316,76 @@ def test_model_path_method_with_an_untrained_checkpoint(tmp_path, capsys):
     doc = json.loads(j.read_text())
     assert doc["methods"] == ["average", f"model:{ckpt}"] and doc["failures"] == 0
     assert all(v is not None for v in doc["per_image"][1]["values"].values())
+
+
+# --------------------------------------------------------------------------------------------
+# --heldout
+# --------------------------------------------------------------------------------------------
+def _tiny_config(tmp_path: Path) -> Path:
+    """A training config over two small synthetic folders: one held out whole (data.val), half of
+    the other held out by the seeded split."""
+    _make_pairs(tmp_path / "train", ids=tuple(f"t{i}" for i in range(6)))
+    _make_pairs(tmp_path / "val", ids=("v1", "v2", "v3"))
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(f"data:\n  train: [{tmp_path / 'train'}]\n  val: [{tmp_path / 'val'}]\n  val_fraction: 0.5\n"
+                   "train:\n  seed: 0\n")
+    return cfg
+
+
+def _markdown_tables(text: str) -> dict[str, dict[str, dict[str, float]]]:
+    """'### set' headings and their tables -> set -> method -> metric -> value."""
+    out, name, head = {}, None, None
+    for line in text.splitlines():
+        if line.startswith("### "):
+            name, head = line[4:], None
+            out[name] = {}
+        elif name and line.startswith("| method |"):
+            head = [c.strip() for c in line.strip("|").split("|")][1:]
+        elif name and head and line.startswith("| ") and not line.startswith("| ---"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            out[name][cells[0]] = dict(zip(head, map(float, cells[1:])))
+    return out
+
+
+def test_heldout_evaluates_the_sets_the_config_held_out(tmp_path, capsys):
+    cfg = _tiny_config(tmp_path)
+    _make_pairs(tmp_path / "unseen", ids=("u1", "u2", "u3"))
+    md, sheets = tmp_path / "out" / "heldout.md", tmp_path / "sheets"
+    code, stdout, stderr = _run(["--heldout", "--config", cfg, "--methods", "average,laplacian", "--metrics", "EN,SF",
+                                 "--unseen", tmp_path / "unseen", "--unseen-limit", "2", "--markdown", md,
+                                 "--sheet-dir", sheets], capsys)
+    assert code == 0, stderr
+    text = md.read_text()
+    assert text.strip() in stdout
+    tables = _markdown_tables(text)
+    assert list(tables) == ["val (whole sequence)", "train (3 of 6 held out)", "unseen (never seen, first 2 pairs)"]
+    for methods in tables.values():
+        assert list(methods) == ["average", "laplacian"]
+        assert all(set(v) == {"EN", "SF"} for v in methods.values())
+    # the numbers are moefusion-eval --data's on the same pairs
+    j = tmp_path / "val.json"
+    assert cli.main(["--data", str(tmp_path / "val"), "--methods", "average,laplacian", "--metrics", "EN,SF",
+                     "--json", str(j)]) == 0
+    mean = json.loads(j.read_text())["mean"]
+    for method in ("average", "laplacian"):
+        for metric in ("EN", "SF"):
+            assert tables["val (whole sequence)"][method][metric] == pytest.approx(mean[method][metric], abs=6e-4)
+    assert len(list(sheets.glob("heldout_*.png"))) == 3
+    assert cv2.imread(str(next(sheets.glob("heldout_0_*.png")))) is not None
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--heldout", "--data", "x"], ["--data and --heldout", "give one of them"]),
+    (["--heldout", "--routing-report"], ["--heldout and --routing-report"]),
+    (["--data", "x", "--unseen", "y"], ["--unseen cannot be used with --data"]),
+    (["--heldout", "--json", "r.json"], ["--json cannot be used with --heldout"]),
+    (["--routing-report", "--methods", "average"], ["--methods cannot be used with --routing-report"]),
+    ([], ["--data ROOT, --heldout or --routing-report"]),
+])
+def test_conflicting_modes_and_options_are_one_line_errors(argv, words, capsys):
+    code, _, stderr = _run(argv, capsys)
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    for w in words:
+        assert w in lines[0]

@@ -3,6 +3,9 @@
     moefusion-eval --data ROOT [--methods average,max,laplacian,gff,model] [--model PATH]
                    [--metrics EN,SD,...] [--convention default|published] [--limit N]
                    [--json F] [--csv F] [--sheet F.png] [--sheet-rows N] [--temporal]
+    moefusion-eval --heldout [--model PATH] [--config YAML] [--unseen DIR ...] [--unseen-limit N]
+                   [--methods ...] [--metrics ...] [--limit N] [--markdown F.md] [--sheet-dir DIR]
+    moefusion-eval --routing-report [--model PATH] [--config YAML] [--limit N] [--markdown F.md] [--maps F.png]
 
 ROOT holds ``ir/`` and ``vis/``; images are paired by file stem (``ir/0001.png`` with
 ``vis/0001.jpg``). Eval refuses rather than skips: an unpaired id, a pair whose sizes differ or an
@@ -23,207 +26,66 @@ A method that fails on an image (an exception in its fusion, or in one metric) i
 that image, in the table's ``ok`` count, the CSV/JSON ``error`` field and on stderr; the other
 images and methods are still evaluated and all outputs are written. The exit status is then 1.
 Exit 0: every method evaluated on every image. Exit 2: bad input (nothing evaluated).
+
+``--heldout``: the same evaluation on the pairs a checkpoint never trained on, rebuilt from its
+training config (saved in the checkpoint, or ``--config``; :mod:`moefusion.eval.heldout`), plus
+the first ``--unseen-limit`` pairs of each ``--unseen`` folder; one table of means per set.
+``--routing-report``: per MoE layer of a checkpoint, on the same held-out pairs, how often each
+expert is chosen and how far the fused image moves when the layer runs experts it did not choose or
+is zeroed; the attention inside and outside labelled boxes and the effect of a uniform attention;
+the person-minus-surround contrast (:mod:`moefusion.eval.ablation`).
 """
 from __future__ import annotations
 
 import argparse
-import math
+import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..data.io import read_image
-from ..data.pairs import Pair, pair_folders, scan_images
-from ..data.preprocess import ir_to_unit, merge_visible, split_visible
+import moefusion
+
 from ..errors import UserError, cli_entry
-from . import baselines as _baselines
 from . import metrics as _metrics
 from . import report
+from .runner import (
+    DEFAULT_BASELINES,
+    Method,
+    _one_line,
+    check_pairs,
+    evaluate,
+    find_pairs,
+    parse_methods,
+)
 from .temporal import TEMPORAL_METRICS, TemporalStats
 
-DEFAULT_BASELINES = ("average", "max", "laplacian", "gff")
 SHEET_ROWS = 8
-
-
-# --------------------------------------------------------------------------------------------
-# the paired folder
-# --------------------------------------------------------------------------------------------
-def find_pairs(root: Path) -> list[Pair]:
-    """ROOT/ir and ROOT/vis -> pairs sorted by id (natural order). Refuses unpaired ids."""
-    if not root.is_dir():
-        raise UserError(f"--data {root}: no such folder")
-    for sub in ("ir", "vis"):
-        if not (root / sub).is_dir():
-            raise UserError(f"--data {root}: no {sub}/ folder; expected ROOT/ir/ and ROOT/vis/ with images paired by file name")
-    return pair_folders(root / "ir", root / "vis")
-
-
-def check_pairs(pairs: list[Pair]) -> None:
-    """Read every pair once: unreadable files and size mismatches stop the run before any work."""
-    for p in pairs:
-        a, b = read_image(p.ir), read_image(p.vis)
-        if a.shape[:2] != b.shape[:2]:
-            raise UserError(
-                f"size mismatch for id {p.id!r}: {p.ir} is {a.shape[1]}x{a.shape[0]} but {p.vis} is "
-                f"{b.shape[1]}x{b.shape[0]}; eval needs registered pairs of the same size (resize or register them first)"
-            )
-        for path, img, convert in ((p.ir, a, ir_to_unit), (p.vis, b, split_visible)):
-            try:
-                convert(img)
-            except UserError as e:
-                raise UserError(f"{path}: {e}") from None
-
-
-# --------------------------------------------------------------------------------------------
-# methods
-# --------------------------------------------------------------------------------------------
-@dataclass
-class Method:
-    label: str
-    baseline: object = None  # a function (ir_unit, vis_y) -> fused y, or None
-    model_path: str | None = None
-    model: object = None
-    fused_dir: dict[str, Path] | None = None  # fused:DIR: id -> fused image file
-
-    @property
-    def is_model(self) -> bool:
-        return self.baseline is None and self.fused_dir is None
-
-
-def parse_methods(spec: str | None, model_arg: str | None) -> list[Method]:
-    valid = ", ".join(list(_baselines.BASELINES) + ["model", "model:PATH", "fused:DIR"])
-    if spec is None:
-        names = list(DEFAULT_BASELINES) + (["model"] if model_arg else [])
-    else:
-        names = [n.strip() for n in spec.split(",") if n.strip()]
-        if not names:
-            raise UserError(f"--methods is empty; valid methods: {valid}")
-    out: list[Method] = []
-    for n in names:
-        if n in _baselines.BASELINES:
-            m = Method(n, baseline=_baselines.BASELINES[n])
-        elif n.lower() in _baselines.BASELINES:
-            m = Method(n.lower(), baseline=_baselines.BASELINES[n.lower()])
-        elif n == "model":
-            m = Method("model", model_path=model_arg)
-        elif n.startswith("model:"):
-            path = n[len("model:"):].strip()
-            if not path:
-                raise UserError("method 'model:' needs a path, e.g. model:runs/best.onnx")
-            m = Method(n, model_path=path)
-        elif n.startswith("fused:"):
-            folder = Path(n[len("fused:"):].strip())
-            if not folder.is_dir():
-                raise UserError(f"method {n!r}: no such folder {folder} (fused:DIR reads fused images named like the pairs)")
-            m = Method(n, fused_dir=scan_images(folder))
-        else:
-            raise UserError(f"unknown method {n!r}; valid methods: {valid}")
-        if any(o.label == m.label for o in out):
-            raise UserError(f"method {m.label!r} is listed twice in --methods")
-        out.append(m)
-    if model_arg and spec is not None and not any(m.label == "model" for m in out):
-        raise UserError("--model is given but --methods does not list 'model'; add it (or use model:PATH)")
-    for m in out:
-        if m.is_model and m.model_path is not None and not Path(m.model_path).exists():
-            raise UserError(f"model file not found: {m.model_path} (method {m.label!r})")
-    return out
+HELDOUT_METHODS = "model,average,max,laplacian,gff"
+HELDOUT_METRICS = "EN,SD,SF,AG,MI,SCD,VIF,Qabf,SSIM"
+UNSEEN = ["../shared/data/llvip_samples"]  # never used in training (the bundled weights' config)
+UNSEEN_LIMIT = 12
+MAP_ROWS = 4
+# The options of each mode; any other option given with the mode is an error.
+MODE_OPTIONS = {
+    "data": {"data", "methods", "model", "metrics", "convention", "limit", "json", "csv", "sheet", "temporal",
+             "sheet_rows"},
+    "heldout": {"heldout", "model", "config", "unseen", "unseen_limit", "methods", "metrics", "convention", "limit",
+                "markdown", "sheet_dir", "sheet_rows"},
+    "routing_report": {"routing_report", "model", "config", "limit", "markdown", "maps"},
+}
 
 
 def load_model(m: Method):
-    """moefusion.load(path) (lazy import); a missing loader/backend becomes a one-line error."""
+    """moefusion.load(path); a missing loader/backend becomes a one-line error."""
     what = m.model_path or "the bundled default weights"
     try:
-        import moefusion
-
         model = moefusion.load(m.model_path)
     except (ImportError, AttributeError, NotImplementedError) as e:
         raise UserError(f"method {m.label!r}: cannot load {what}: {type(e).__name__}: {_one_line(e)}") from None
     if not callable(getattr(model, "fuse", None)):
         raise UserError(f"method {m.label!r}: moefusion.load({what}) returned an object without fuse()")
     return model
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-# --------------------------------------------------------------------------------------------
-# evaluation
-# --------------------------------------------------------------------------------------------
-def _fuse(m: Method, pair_id: str, ir_raw, vis_raw, ir_u, parts):
-    """-> (fused luminance float64 0..255, display image) for one method on one pair."""
-    h, w = parts.y.shape
-    if m.baseline is not None:
-        y = np.asarray(m.baseline(ir_u, parts.y), dtype=np.float32)
-        if y.shape != (h, w):
-            raise ValueError(f"returned shape {y.shape}, expected {(h, w)}")
-        y = np.clip(np.nan_to_num(y), 0.0, 1.0)
-        y255 = np.rint(y.astype(np.float64) * 255.0)  # as a saved 8-bit image
-        return y255, merge_visible((y255 / 255.0).astype(np.float32), parts)
-    if m.fused_dir is not None:
-        path = m.fused_dir.get(pair_id)
-        if path is None:
-            raise FileNotFoundError(f"no fused image for id {pair_id!r} in {m.label[len('fused:'):]}")
-        out = read_image(path)
-    else:
-        out = m.model.fuse(ir_raw, vis_raw)
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"fuse() returned {type(out).__name__}, expected a numpy array")
-    if out.shape[:2] != (h, w):
-        raise ValueError(f"fused image is {out.shape[1]}x{out.shape[0]}, expected {w}x{h}")
-    return _to255(split_visible(out).y, out.dtype), out
-
-
-def _to255(unit: np.ndarray, dtype) -> np.ndarray:
-    """[0, 1] float32 -> float64 0..255; exact integer levels again for 8-bit sources (float32
-    division by 255 leaves values like 126.99999)."""
-    x = unit.astype(np.float64) * 255.0
-    return np.rint(x) if dtype == np.uint8 else x
-
-
-def evaluate(pairs, methods, metric_names, convention, sheet_rows, progress=None, temporal=None):
-    """Rows of metric values per (image, method) and the contact sheet's tiles; ``temporal``: a dict
-    of method label -> TemporalStats fed every fused frame in order (the pairs are a sequence)."""
-    rows: list[report.Row] = []
-    sheet: list[tuple[str, list]] = []
-    for i, pair in enumerate(pairs):
-        if progress:
-            progress(i, pair)
-        ir_raw, vis_raw = read_image(pair.ir), read_image(pair.vis)
-        ir_u = ir_to_unit(ir_raw)
-        parts = split_visible(vis_raw)
-        ir255 = _to255(ir_u, ir_raw.dtype)
-        vis255 = _to255(parts.y, vis_raw.dtype)
-        tiles = [report.to_display(ir_u), report.to_display(vis_raw)] if i < sheet_rows else None
-        for m in methods:
-            row = report.Row(pair.id, m.label)
-            try:
-                fused255, shown = _fuse(m, pair.id, ir_raw, vis_raw, ir_u, parts)
-            except Exception as e:  # a method failing on one image must not stop the others
-                row.error = f"fusion failed: {type(e).__name__}: {_one_line(e)}"
-                if tiles is not None:
-                    tiles.append(None)
-                rows.append(row)
-                continue
-            if tiles is not None:
-                tiles.append(report.to_display(shown))
-            if temporal is not None:
-                temporal[m.label].add(fused255, ir255, vis255)
-            errors = []
-            for k in metric_names:
-                try:
-                    row.values[k] = _metrics.compute([k], fused255, ir255, vis255, convention=convention)[k]
-                except Exception as e:
-                    row.values[k] = math.nan
-                    errors.append(f"{k}: {_one_line(e)}")
-            if errors:
-                row.error = "metric failed: " + "; ".join(errors)
-            rows.append(row)
-        if tiles is not None:
-            sheet.append((pair.id, tiles))
-    return rows, sheet
 
 
 def format_temporal(results: dict[str, dict]) -> str:
@@ -248,38 +110,89 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="moefusion-eval",
         description="Fusion quality metrics (EN, SD, SF, AG, MI, SCD, VIF, Qabf, Nabf, SSIM, MS-SSIM, PSNR, CC) "
-        "of the model and classical baselines on a paired folder ROOT/ir + ROOT/vis.",
+        "of the model and classical baselines on a paired folder ROOT/ir + ROOT/vis (--data), on the pairs a "
+        "checkpoint never trained on (--heldout), or a report of its routing and attention (--routing-report).",
         epilog="Exit status: 0 all evaluated; 1 some method failed on some image (all results still written); "
-        "2 bad input. Metric conventions: docs/metrics.md.",
+        "2 bad input. Metric conventions: docs/metrics.md; the routing report: docs/model.md.",
     )
-    p.add_argument("--data", required=True, metavar="ROOT", help="folder with ir/ and vis/, paired by file stem")
+    mode = p.add_argument_group("what to evaluate (exactly one)")
+    mode.add_argument("--data", metavar="ROOT", help="folder with ir/ and vis/, paired by file stem")
+    mode.add_argument("--heldout", action="store_true",
+                      help="the pairs the --model checkpoint never trained on, rebuilt from its training config "
+                           "(every data.val root, the seeded data.val_fraction of each training root, excluded "
+                           "video clips), plus --unseen folders; one table of means per set")
+    mode.add_argument("--routing-report", action="store_true",
+                      help="per MoE layer of the --model checkpoint on its held-out pairs: expert usage, distinct "
+                           "expert sets, change of the fused image when the layer runs experts it did not choose "
+                           "or is zeroed; attention inside/outside labelled boxes and the change with a uniform "
+                           "attention; person-minus-surround contrast (grey levels)")
     p.add_argument("--methods", metavar="LIST",
                    help="comma-separated: average, max, laplacian, gff, model, model:PATH, fused:DIR "
-                        "(fused images already on disk, named like the pairs; default: the four baselines, "
-                        "plus model when --model is given)")
+                        "(fused images already on disk, named like the pairs; default: "
+                        f"{','.join(DEFAULT_BASELINES)}, plus model when --model is given; with --heldout: "
+                        f"{HELDOUT_METHODS})")
     p.add_argument("--model", metavar="PATH", help="checkpoint, .onnx or .engine for method 'model' "
-                   "(without it, 'model' is the bundled default weights)")
-    p.add_argument("--metrics", metavar="LIST", help=f"comma-separated, case-insensitive (default: all: {','.join(_metrics.METRICS)})")
-    p.add_argument("--convention", default="default", metavar="|".join(_metrics.CONVENTIONS),
+                   "(without it, 'model' is the bundled default weights); --routing-report needs a checkpoint")
+    p.add_argument("--metrics", metavar="LIST", help="comma-separated, case-insensitive (default: all: "
+                   f"{','.join(_metrics.METRICS)}; with --heldout: {HELDOUT_METRICS})")
+    p.add_argument("--convention", metavar="|".join(_metrics.CONVENTIONS),
                    help="'published' reproduces the MMIF-CDDFuse evaluator's conventions (MI sum in nats, "
-                        "SSIM sum, VIF sum, ...) for comparison with published tables")
-    p.add_argument("--limit", type=_positive_int, metavar="N", help="evaluate only the first N pairs (natural order of ids)")
+                        "SSIM sum, VIF sum, ...) for comparison with published tables (default: default)")
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="evaluate only the first N pairs (natural order "
+                   "of ids); with --heldout the first N of each set, with --routing-report N spread over each set")
     p.add_argument("--json", metavar="FILE", help="write per-image and mean results as JSON")
     p.add_argument("--csv", metavar="FILE", help="write per-image and mean rows as CSV")
     p.add_argument("--sheet", metavar="FILE.png", help="write a contact sheet: rows = images, columns = IR, VIS, each method")
     p.add_argument("--temporal", action="store_true",
                    help="the pairs are a video sequence (natural id order): also report frame-to-frame change, "
                         "brightness spread and change beyond the sources' own (docs/metrics.md)")
-    p.add_argument("--sheet-rows", type=_positive_int, default=SHEET_ROWS, metavar="N",
-                   help=f"images on the contact sheet (default {SHEET_ROWS})")
+    p.add_argument("--sheet-rows", type=_positive_int, metavar="N",
+                   help=f"images on each contact sheet (default {SHEET_ROWS})")
+    held = p.add_argument_group("--heldout and --routing-report")
+    held.add_argument("--config", metavar="YAML", help="the training config whose held-out pairs to use (default: "
+                      "the one saved in the checkpoint; edge.yaml for .onnx/.engine files)")
+    held.add_argument("--unseen", nargs="*", metavar="DIR", help="--heldout: folders never used in training, "
+                      f"evaluated from their first pair (default: {' '.join(UNSEEN)} when it exists; none: --unseen)")
+    held.add_argument("--unseen-limit", type=_positive_int, metavar="N",
+                      help=f"--heldout: pairs used from each --unseen folder (default {UNSEEN_LIMIT})")
+    held.add_argument("--markdown", metavar="FILE.md", help="also write the tables / the report to this file")
+    held.add_argument("--sheet-dir", metavar="DIR", help="--heldout: write one contact sheet per set here")
+    held.add_argument("--maps", metavar="FILE.png", help="--routing-report: a picture of attention maps on "
+                      f"held-out labelled pairs (up to {MAP_ROWS} rows of IR | VIS | attention | fused)")
     return p
+
+
+def _mode(args) -> str:
+    """The one mode the arguments ask for; an option of another mode is a one-line error."""
+    given = {k for k, v in vars(args).items() if v not in (None, False)}
+    modes = [m for m in MODE_OPTIONS if m in given]
+    flag = lambda k: "--" + k.replace("_", "-")
+    if len(modes) > 1:
+        raise UserError(f"{' and '.join(flag(m) for m in modes)} are different jobs; give one of them")
+    if not modes:
+        raise UserError("say what to evaluate: --data ROOT, --heldout or --routing-report")
+    extra = sorted(given - MODE_OPTIONS[modes[0]])
+    if extra:
+        raise UserError(f"{', '.join(flag(k) for k in extra)} cannot be used with {flag(modes[0])}")
+    return modes[0]
 
 
 @cli_entry
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.convention not in _metrics.CONVENTIONS:
+    mode = _mode(args)
+    if args.convention is not None and args.convention not in _metrics.CONVENTIONS:
         raise UserError(f"--convention {args.convention!r}: use one of {', '.join(_metrics.CONVENTIONS)}")
+    args.convention = args.convention or "default"
+    args.sheet_rows = args.sheet_rows or SHEET_ROWS
+    if mode == "heldout":
+        return main_heldout(args)
+    if mode == "routing_report":
+        return main_routing_report(args)
+    return main_data(args)
+
+
+def main_data(args) -> int:
     metric_names = _metrics.resolve_names(args.metrics) if args.metrics is not None else list(_metrics.METRICS)
     methods = parse_methods(args.methods, args.model)
     outputs = {}
@@ -295,9 +208,7 @@ def main(argv=None) -> int:
     if args.limit:
         pairs = pairs[: args.limit]
     check_pairs(pairs)
-    for m in methods:
-        if m.is_model:
-            m.model = load_model(m)
+    _load_models(methods)
 
     progress = None
     if sys.stderr.isatty():
@@ -330,8 +241,7 @@ def main(argv=None) -> int:
     if "--csv" in outputs:
         report.atomic_write_text(outputs["--csv"], report.to_csv(rows, mean, metric_names))
     if "--sheet" in outputs:
-        short = [f"model:{Path(m.model_path).name}" if m.label.startswith("model:") else m.label for m in methods]
-        img = report.contact_sheet(sheet, ["IR", "VIS"] + short)
+        img = report.contact_sheet(sheet, ["IR", "VIS"] + _short_labels(methods))
         report.atomic_write_bytes(outputs["--sheet"], report.encode_png(img))
 
     print(f"{len(pairs)} image pairs from {root}, convention '{args.convention}' (means over the images each method handled)")
@@ -339,13 +249,146 @@ def main(argv=None) -> int:
     if temporal is not None:
         print(f"\ntemporal, {len(pairs)} frames in id order (grey levels; lower is steadier):")
         print(format_temporal({label: t.result() for label, t in temporal.items()}))
-    if failures:
-        print(f"{len(failures)} of {len(rows)} (image, method) evaluations failed:", file=sys.stderr)
-        for r in failures[:10]:
-            print(f"  {r.image} / {r.method}: {r.error}", file=sys.stderr)
-        if len(failures) > 10:
-            print(f"  ... and {len(failures) - 10} more (see the error column of --csv / --json)", file=sys.stderr)
-        return 1
+    return _report_failures(failures, len(rows))
+
+
+def _load_models(methods: list[Method]) -> None:
+    for m in methods:
+        if m.is_model:
+            m.model = load_model(m)
+
+
+def _short_labels(methods: list[Method]) -> list[str]:
+    return [f"model:{Path(m.model_path).name}" if m.label.startswith("model:") else m.label for m in methods]
+
+
+def _report_failures(failures, total: int) -> int:
+    if not failures:
+        return 0
+    print(f"{len(failures)} of {total} (image, method) evaluations failed:", file=sys.stderr)
+    for r in failures[:10]:
+        print(f"  {r.image} / {r.method}: {r.error}", file=sys.stderr)
+    if len(failures) > 10:
+        print(f"  ... and {len(failures) - 10} more (see the error column of --csv / --json)", file=sys.stderr)
+    return 1
+
+
+# --------------------------------------------------------------------------------------------
+# --heldout and --routing-report
+# --------------------------------------------------------------------------------------------
+def _training_config(args) -> tuple[dict, str]:
+    """(the training config whose held-out pairs to use, how it was found)."""
+    # Imported here, not at the top: torch and the training package cost moefusion-eval --data
+    # (which needs neither) about 3 s of start-up (measured, 2-core VM).
+    from ..model.checkpoint import read_checkpoint
+    from ..train.config import load_config
+
+    path = args.model
+    if path is not None and not Path(path).is_file():
+        raise UserError(f"model file not found: {path}")
+    saved = None
+    if not args.config and (path is None or Path(path).suffix == ".pt"):
+        saved = read_checkpoint(path or str(_default_weights()))["meta"].get("train_config")
+    if args.config or not saved:
+        name = args.config or "edge.yaml"
+        return load_config(name, []), f"config `{name}`"
+    return saved, "the training config saved in the checkpoint"
+
+
+def _default_weights() -> Path:
+    from ..model.checkpoint import default_weights  # torch: see _training_config
+
+    return default_weights()
+
+
+def _heldout_sets(cfg: dict):
+    from .heldout import heldout_sets  # torch: see _training_config
+
+    try:
+        return heldout_sets(cfg)
+    except (KeyError, TypeError) as e:
+        raise UserError(f"the training config has no usable data section ({type(e).__name__}: {e})") from None
+
+
+def main_heldout(args) -> int:
+    from . import heldout  # torch: see _training_config
+
+    metric_names = _metrics.resolve_names(args.metrics or HELDOUT_METRICS)
+    methods = parse_methods(args.methods or HELDOUT_METHODS, args.model)
+    outputs = {}
+    if args.markdown:
+        outputs["markdown"] = Path(args.markdown)
+        report.check_output_path(outputs["markdown"], "--markdown")
+    cfg, where = _training_config(args)
+    sets = _heldout_sets(cfg)
+    unseen = args.unseen if args.unseen is not None else [u for u in UNSEEN if Path(u).is_dir()]
+    for root in unseen:
+        if not Path(root).is_dir():
+            raise UserError(f"--unseen {root}: no such folder")
+    sets += heldout.unseen_sets(unseen, args.unseen_limit or UNSEEN_LIMIT)
+    if not sets:
+        raise UserError(f"{where} holds out no pairs and no --unseen folder is given: nothing to evaluate")
+    _load_models(methods)
+
+    def progress(name):
+        print(f"evaluating {name} ...", file=sys.stderr, flush=True)
+
+    sheet_rows = args.sheet_rows if args.sheet_dir else 0
+    results = heldout.evaluate_sets(sets, methods, metric_names, args.convention, args.limit, sheet_rows, progress)
+    title = (f"Held-out evaluation of `{args.model or 'the bundled default weights'}` ({where}), metrics in the "
+             f"'{args.convention}' convention of docs/metrics.md (mean over images).")
+    text = heldout.markdown(results, metric_names, title)
+    if args.sheet_dir:
+        folder = Path(args.sheet_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for n, r in enumerate(results):
+            img = report.contact_sheet(r.sheet, ["IR", "VIS"] + _short_labels(methods))
+            slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", r.name).strip("_")
+            report.atomic_write_bytes(folder / f"heldout_{n}_{slug}.png", report.encode_png(img))
+    if "markdown" in outputs:
+        report.atomic_write_text(outputs["markdown"], text + "\n")
+    print(text)
+    failures = [row for r in results for row in r.failures]
+    return _report_failures(failures, sum(r.images for r in results) * len(methods))
+
+
+def main_routing_report(args) -> int:
+    from ..model.checkpoint import (  # torch: see _training_config
+        model_from_checkpoint,
+        read_checkpoint,
+    )
+    from .ablation import format_report, routing_report
+
+    path = args.model or str(_default_weights())
+    if Path(path).suffix != ".pt":
+        raise UserError(f"--routing-report needs a checkpoint (.pt), got {path}: ONNX and TensorRT engines "
+                        "cannot change their routing")
+    outputs = {}
+    for flag, value in (("--markdown", args.markdown), ("--maps", args.maps)):
+        if value:
+            outputs[flag] = Path(value)
+            if flag == "--maps" and outputs[flag].suffix.lower() != ".png":
+                raise UserError(f"--maps {value}: the attention maps are a PNG; give a file name ending in .png")
+            report.check_output_path(outputs[flag], flag)
+    cfg, where = _training_config(args)
+    sets = _heldout_sets(cfg)
+    if not sets:
+        raise UserError(f"{where} holds out no pairs: nothing to report on")
+    model = model_from_checkpoint(read_checkpoint(path))
+
+    def progress(name, pair_id):
+        if sys.stderr.isatty():
+            print(f"\r{name}: {pair_id}   ", end="", file=sys.stderr, flush=True)
+
+    rep = routing_report(model, sets, args.limit, MAP_ROWS if "--maps" in outputs else 0, progress)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    text = format_report(rep, f"Routing and attention of `{path}` on its held-out pairs ({where}).")
+    if "--markdown" in outputs:
+        report.atomic_write_text(outputs["--markdown"], text + "\n")
+    if "--maps" in outputs and rep.maps:
+        report.atomic_write_bytes(outputs["--maps"], report.encode_png(np.vstack(rep.maps)))
+    print(text)
     return 0
 
 

@@ -10,12 +10,12 @@ import cv2
 import numpy as np
 import torch
 
+from ..model.losses import box_mask
+
 RING_PX = 15
 
 
 def box_union_mask(boxes_xyxy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    from ..model.losses import box_mask
-
     boxes = torch.from_numpy(np.asarray(boxes_xyxy, np.float32).reshape(-1, 4))
     return box_mask([boxes], (1, 1, *shape))[0, 0].numpy().astype(bool)
 

@@ -19,6 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..data.io import read_image
+from ..data.pairs import pair_folders
+
 TEMPORAL_METRICS = ("change", "brightness_sd", "change_excess")
 
 
@@ -67,9 +70,6 @@ def temporal_metrics(frames, irs=None, viss=None) -> dict[str, float]:
 
 def sequence_frames(root: str | Path):
     """(IR, VIS) frames of a ROOT/ir + ROOT/vis image sequence, in natural id order."""
-    from ..data.io import read_image
-    from ..data.pairs import pair_folders
-
     root = Path(root)
     for pair in pair_folders(root / "ir", root / "vis"):
         yield read_image(pair.ir), read_image(pair.vis)
