@@ -234,15 +234,3 @@ def test_add_pyramid_head_script_takes_chosen_field_values(tmp_path):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode != 0 and "decoder_stride=3" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "bad.pt").exists()
-
-
-def test_detail_tradeoff_script_refuses_bad_input_in_one_line(tmp_path):
-    script = [sys.executable, str(ROOT / "scripts" / "detail_tradeoff.py")]
-    r = subprocess.run(script + ["--gains", "1.0,5"], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode != 0 and "--gains 1.0,5" in r.stderr and "pyramid_detail_gain=5.0" in r.stderr
-    assert "Traceback" not in r.stderr
-    untrained = tmp_path / "untrained.pt"
-    save_checkpoint(untrained, moefusion.build_model("edge"))
-    r = subprocess.run(script + ["--weights", str(untrained)], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode != 0 and f"{untrained}: its training config holds out no video clip" in r.stderr
-    assert "Traceback" not in r.stderr
