@@ -17,6 +17,7 @@ import torch
 
 import moefusion
 from moefusion.model.checkpoint import DEFAULT_WEIGHTS
+from moefusion.model.gating import randomize_gates
 
 # Real pairs chosen for variety (day/night, road/surveillance/TNO): (set, id).
 REAL_PAIRS = (
@@ -26,45 +27,6 @@ REAL_PAIRS = (
 )
 
 
-def randomise_gates(model, seed=0, scale=0.05):
-    """Trained-like gates: random weights so that different inputs pick different experts.
-
-    A moments gate (mean and std per channel) sees descriptors that share a large common part
-    (the biases' contribution), so random weights alone rank the experts the same for every input:
-    the direction of the mean descriptor of varied probe inputs is projected out of the weights.
-    """
-    g = torch.Generator().manual_seed(seed)
-    layers = (model.mole_fg, model.mole_bg, model.moge)
-    common = {}
-    if any(layer.pool == "moments" for layer in layers):
-        from moefusion.model.gating import gate_descriptor
-
-        hooks = [layer.register_forward_pre_hook(
-            lambda mod, args: common.setdefault(mod, []).append(gate_descriptor(args[0], mod.grid, mod.pool)))
-            for layer in layers]
-        probe = torch.Generator().manual_seed(1234)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                model(torch.rand(4, 1, 64, 64, generator=probe) * torch.linspace(0.1, 1, 4).reshape(4, 1, 1, 1),
-                      torch.rand(4, 1, 64, 64, generator=probe) ** torch.linspace(0.5, 3, 4).reshape(4, 1, 1, 1))
-        finally:
-            for h in hooks:
-                h.remove()
-            model.train(was_training)
-    with torch.no_grad():
-        for layer in layers:
-            w = torch.randn(layer.w_gate.shape, generator=g) * scale
-            if layer in common:
-                d = torch.cat(common[layer]).mean(0)
-                d = d / d.norm().clamp_min(1e-12)
-                w = w - d[:, None] * (d @ w)[None, :]
-                w = w * (scale * layer.w_gate.shape[0] ** 0.5 / w.norm(dim=0, keepdim=True).clamp_min(1e-12))
-            layer.w_gate.copy_(w)
-    return model
-
-
 def make_model(preset: str, seed: int = 0, prefer_default: bool = True):
     """The bundled default weights for 'edge' when they exist; otherwise an untrained model with random
     gates whose decoder output is moved into (0, 1) (an untrained decoder gives values < 0, which the
@@ -72,7 +34,7 @@ def make_model(preset: str, seed: int = 0, prefer_default: bool = True):
     if preset == "edge" and prefer_default and DEFAULT_WEIGHTS.is_file():
         return moefusion.load(DEFAULT_WEIGHTS, device="cpu").eval()
     torch.manual_seed(seed)
-    model = randomise_gates(moefusion.build_model(preset), seed=seed).eval()
+    model = randomize_gates(moefusion.build_model(preset), seed=seed).eval()
     with torch.no_grad():
         model.moge.experts.weights[-1].mul_(8.0)
         model.moge.experts.biases[-1].add_(0.5)
@@ -82,7 +44,7 @@ def make_model(preset: str, seed: int = 0, prefer_default: bool = True):
 def grid_gate_edge(seed: int = 0):
     """An untrained edge model with grid gates (the plugin flavour's MoEGate), outputs in (0, 1)."""
     torch.manual_seed(seed)
-    model = randomise_gates(moefusion.build_model("edge", gate_pool="grid"), seed=seed).eval()
+    model = randomize_gates(moefusion.build_model("edge", gate_pool="grid"), seed=seed).eval()
     with torch.no_grad():
         model.moge.experts.weights[-1].mul_(8.0)
         model.moge.experts.biases[-1].add_(0.5)

@@ -33,6 +33,7 @@ from moefusion.export.api import resolve_flavour, run_export  # noqa: E402
 from moefusion.export.formats import FLAGS, FORMATS, validate  # noqa: E402
 from moefusion.export.onnx_export import read_metadata, read_moefusion_onnx  # noqa: E402
 from moefusion.model.checkpoint import save_checkpoint  # noqa: E402
+from moefusion.model.gating import randomize_gates  # noqa: E402
 
 LAYERS = ("mole_fg", "mole_bg", "moge")
 TOL = 1e-4
@@ -271,10 +272,9 @@ def _grid_gate_model():
     """An untrained edge model with grid gates (what the MoEGate plugin implements), prepared as
     helpers.make_model prepares untrained models (random gates, decoder output inside (0, 1))."""
     import moefusion
-    from helpers import randomise_gates
 
     torch.manual_seed(0)
-    model = randomise_gates(moefusion.build_model("edge", gate_pool="grid"), seed=0).eval()
+    model = randomize_gates(moefusion.build_model("edge", gate_pool="grid"), seed=0).eval()
     with torch.no_grad():
         model.moge.experts.weights[-1].mul_(8.0)
         model.moge.experts.biases[-1].add_(0.5)

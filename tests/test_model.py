@@ -1,6 +1,8 @@
 """Model: gating invariants, dispatch equivalence, sizes, routing, budgets, checkpoints."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -11,9 +13,8 @@ import moefusion
 from moefusion.errors import UserError
 from moefusion.model.checkpoint import load, read_checkpoint, save_checkpoint
 from moefusion.model.experts import DISPATCH_MODES, DISPATCHERS, ExpertBank
-from moefusion.model.gating import balancing_loss, gate_descriptor, gated_logsumexp, top_k_gating
-
-from helpers import randomise_gates
+from moefusion.model.gating import (balancing_loss, gate_descriptor, gated_logsumexp, randomize_gates,
+                                    top_k_gating)
 
 
 def varied_batch(b=4, h=64, w=96, seed=0):
@@ -120,7 +121,7 @@ def test_dispatch_modes_equal_reference_on_bank(shared_input):
 @pytest.fixture(scope="module")
 def edge_model():
     torch.manual_seed(0)
-    return randomise_gates(moefusion.build_model("edge")).eval()
+    return randomize_gates(moefusion.build_model("edge")).eval()
 
 
 def test_model_dispatch_modes_agree_and_routes_differ(edge_model):
@@ -146,6 +147,22 @@ def test_routes_follow_the_input(edge_model):
         a = edge_model(ir[:1], vis[:1]).routes
         b = edge_model(ir[1:], vis[1:]).routes
     assert any(not torch.equal(a[n], b[n]) for n in a)
+
+
+def test_randomize_gates_makes_a_moments_gate_route_by_content():
+    """The one gate randomiser (moefusion.model.gating.randomize_gates) on moments gates: the chosen
+    experts differ from the untrained (zero-gate) model's, and differ between inputs."""
+    torch.manual_seed(0)
+    plain = moefusion.build_model("edge").eval()
+    assert {m.pool for m in (plain.mole_fg, plain.mole_bg, plain.moge)} == {"moments"}
+    randomized = randomize_gates(copy.deepcopy(plain))
+    ir, vis = varied_batch()
+    with torch.no_grad():
+        before, after = plain(ir, vis).routes, randomized(ir, vis).routes
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    assert all(len({tuple(r) for r in before[n].tolist()}) == 1 for n in before)  # zero gates: one route
+    assert any(len({tuple(r) for r in after[n].tolist()}) > 1 for n in after)  # random gates: routes vary
+    assert randomized.training is False and not torch.equal(plain.moge.w_gate, randomized.moge.w_gate)
 
 
 @pytest.mark.parametrize("size", [(270, 361), (33, 47), (480, 640)])
@@ -402,7 +419,7 @@ def test_sticky_top_k_keeps_the_previous_experts_unless_clearly_beaten():
 
 def test_route_smoothing_holds_routes_across_frames_and_is_off_by_default():
     torch.manual_seed(0)
-    model = randomise_gates(moefusion.build_model("edge")).eval()
+    model = randomize_gates(moefusion.build_model("edge")).eval()
     frames = [torch.rand(1, 1, 64, 64) * s for s in torch.linspace(0.2, 1.0, 6)]
     with torch.no_grad():
         plain = [model(f, f).routes["moge"].tolist() for f in frames]

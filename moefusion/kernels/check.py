@@ -424,10 +424,10 @@ def _prepare_model(preset: str, dispatch: str, device: str):
 
     import moefusion
 
-    from .reference import randomize_gates
+    from ..model.gating import randomize_gates
 
     torch.manual_seed(0)
-    return randomize_gates(moefusion.build_model(preset, dispatch=dispatch)).to(device).eval()
+    return randomize_gates(moefusion.build_model(preset, dispatch=dispatch), seed=1, scale=None).to(device).eval()
 
 
 def step_model_benchmarks(report: Report, device: str, scale: float, iters: int, batches, presets, budget: Budget,

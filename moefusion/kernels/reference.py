@@ -109,21 +109,6 @@ def experts_forward(
     return gated_logsumexp(torch.stack(ys), weights.float())
 
 
-def randomize_gates(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
-    """Draw every MoE layer's gate weights (``w_gate``) at random, scaled to O(1) logits.
-
-    Untrained models have zero gates, which tie all experts (routing would then depend on how top-k
-    breaks ties); tests and benchmarks need routing that depends on the input.
-    """
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            w = getattr(m, "w_gate", None)
-            if isinstance(w, torch.nn.Parameter):
-                w.copy_(torch.randn(w.shape, generator=g) * w.shape[0] ** -0.5)
-    return model
-
-
 # ----------------------------------------------------------------------------- NumPy
 def _resize_bilinear_align_corners(x: np.ndarray, gh: int, gw: int) -> np.ndarray:
     """[B, C, H, W] -> [B, C, gh, gw] as torch's bilinear interpolate with align_corners=True (float32)."""

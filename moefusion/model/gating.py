@@ -144,3 +144,61 @@ def sticky_top_k(logits: torch.Tensor, k: int, previous: torch.Tensor | None = N
         order = kept.argsort(dim=1, descending=True)
         idx = torch.where(keep, previous.gather(1, order), idx)
     return idx, torch.softmax(logits.gather(1, idx), dim=1)
+
+
+def _mean_gate_descriptors(model: torch.nn.Module, layers: list) -> dict:
+    """The normalised gate descriptor of each layer, averaged over a few varied probe inputs."""
+    seen: dict = {}
+
+    def hook(mod, args):
+        desc = gate_descriptor(args[0], mod.grid, mod.pool)
+        seen.setdefault(mod, []).append(mod.normalise(desc) if hasattr(mod, "normalise") else desc)
+
+    hooks = [layer.register_forward_pre_hook(hook) for layer in layers]
+    device = layers[0].w_gate.device
+    g = torch.Generator().manual_seed(1234)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ir = torch.rand(4, 1, 64, 64, generator=g) * torch.linspace(0.1, 1, 4).reshape(4, 1, 1, 1)
+            vis = torch.rand(4, 1, 64, 64, generator=g) ** torch.linspace(0.5, 3, 4).reshape(4, 1, 1, 1)
+            model(ir.to(device), vis.to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+        for layer in layers:
+            if hasattr(layer, "reset_route_state"):
+                layer.reset_route_state()
+        model.train(was_training)
+    return {layer: torch.cat(seen[layer]).float().mean(0) for layer in layers if layer in seen}
+
+
+def randomize_gates(model: torch.nn.Module, seed: int = 0, scale: float | None = 0.05) -> torch.nn.Module:
+    """Draw every gate's weights (each module's ``w_gate``) at random, in place; returns ``model``.
+
+    Untrained gates are zero: every input ties every expert, so routing would not depend on the input.
+    Tests and benchmarks need trained-like routing that changes from input to input. ``scale``: the
+    standard deviation of the weights (None: ``1/sqrt(descriptor size)``, logits of order 1).
+
+    ``grid`` gates: independent normal weights. ``moments`` gates (per-channel mean and std) see
+    descriptors that share a large common part across inputs, so random weights alone would rank the
+    experts the same for every input: the direction of the mean (normalised) descriptor of varied probe
+    inputs is projected out of the weights, which are then rescaled to the same column norm.
+    """
+    layers = [m for m in model.modules() if isinstance(getattr(m, "w_gate", None), torch.nn.Parameter)]
+    moments = [m for m in layers if getattr(m, "pool", "grid") == "moments"]
+    common = _mean_gate_descriptors(model, moments) if moments else {}
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in layers:
+            fan_in = layer.w_gate.shape[0]
+            s = fan_in ** -0.5 if scale is None else scale
+            w = torch.randn(layer.w_gate.shape, generator=g) * s
+            if layer in common:
+                d = common[layer].cpu()
+                d = d / d.norm().clamp_min(1e-12)
+                w = w - d[:, None] * (d @ w)[None, :]
+                w = w * (s * fan_in ** 0.5 / w.norm(dim=0, keepdim=True).clamp_min(1e-12))
+            layer.w_gate.copy_(w.to(layer.w_gate.device, layer.w_gate.dtype))
+    return model
