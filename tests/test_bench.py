@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from moefusion.bench import cli
 from moefusion.bench.measure import summarize, write_clips
@@ -70,6 +71,13 @@ def test_int8_precision_error_says_how(capsys):
     (["--weights", "/nonexistent/w.pt"], ["--weights", "/nonexistent/w.pt"]),
     (["--weights", "/nonexistent/w.pt", "--presets", "edge"], ["--weights", "--presets"]),
     (["--no-such-flag"], ["--no-such-flag"]),
+    (["--overhead", "--no-pipeline"], ["--overhead", "--no-pipeline"]),
+    (["--compare", "a.onnx", "b.onnx", "--backends", "torch"], ["--compare", "--backends"]),
+    (["--compare", "a.onnx", "b.onnx", "--flops"], ["--compare", "--flops"]),
+    (["--compare", "a.onnx", "b.onnx", "--min-fps-of", "model"], ["--compare", "--min-fps-of"]),
+    (["--compare", "a.onnx", "b.onnx", "--imgsz", "64", "96", "--imgsz", "32", "32"], ["--imgsz", "--compare"]),
+    (["--compare", "/nonexistent/a.onnx", "/nonexistent/b.onnx"], ["--compare", "/nonexistent/a.onnx"]),
+    (["--compare", "a.onnx"], ["--compare"]),
 ])
 def test_bad_arguments_are_one_line_errors(argv, names, capsys):
     _one_line_error(capsys, cli.main(argv), *names)
@@ -277,3 +285,97 @@ def test_report_and_run_do_not_import_each_other():
     code = "import sys, moefusion.bench.report; print('moefusion.bench.run' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.strip() == "False"
+
+
+# ----------------------------------------------------------------------------------------------
+# --flops, --compare, --overhead
+# ----------------------------------------------------------------------------------------------
+
+class _Convs(torch.nn.Module):
+    """A model with the runtime's contract (ir, vis -> fused, attention) and a known cost: ``n`` 3x3
+    convolutions of ``c`` channels on a 2-channel input, no bias."""
+
+    def __init__(self, n=1, c=4):
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp = torch.nn.Conv2d(2, c, 3, padding=1, bias=False)
+        self.body = torch.nn.Sequential(*[torch.nn.Conv2d(c, c, 3, padding=1, bias=False) for _ in range(n - 1)])
+        self.out = torch.nn.Conv2d(c, 1, 3, padding=1, bias=False)
+
+    def forward(self, ir, vis):
+        a = torch.sigmoid(self.out(self.body(self.inp(torch.cat([ir, vis], 1)))))
+        return (a * ir + (1 - a) * vis).clamp(0, 1), a
+
+
+def test_count_flops_of_a_known_model():
+    from moefusion.bench.flops import count_flops
+
+    h, w, c = 16, 24, 4
+    res = count_flops(_Convs(n=2, c=c), (h, w))
+    macs = h * w * 9 * (2 * c + c * c + c * 1)  # three convolutions: 2->c, c->c, c->1
+    assert res["flops"] == 2 * macs
+    assert res["params"] == 9 * (2 * c + c * c + c)
+
+
+def test_flops_option_adds_the_column(tmp_path, capsys):
+    out_json = tmp_path / "f.json"
+    rc = cli.main(TINY + ["--iters", "1", "--backends", "torch", "--precisions", "fp32", "--no-pipeline", "--flops",
+                          "--json", str(out_json)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    result = json.loads(out_json.read_text())
+    fl = result["flops"]["edge"]["96x64"]
+    assert fl["flops"] > 1e6 and 1e6 < fl["params"] < 3e6  # the edge budget: <= 3 M parameters
+    assert "GFLOP/frame" in out and f"{fl['flops'] / 1e9:.2f}" in out
+
+
+def _export_convs(path, n, h=64, w=96):
+    import warnings
+
+    x = torch.rand(1, 1, h, w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Convs(n=n, c=16).eval(), (x, x), str(path), input_names=["ir", "vis"],
+                          output_names=["fused", "attention"], opset_version=17, dynamo=False)
+    return str(path)
+
+
+def test_compare_reports_the_ratio_of_two_models(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    a = _export_convs(tmp_path / "small.onnx", 1)
+    b = _export_convs(tmp_path / "big.onnx", 12)
+    out_json, out_md = tmp_path / "ab.json", tmp_path / "ab.md"
+    rc = cli.main(["--compare", a, b, "--iters", "8", "--warmup", "1", "--device", "cpu", "--threads", "1",
+                   "--json", str(out_json), "--markdown", str(out_md)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    result = json.loads(out_json.read_text())
+    assert result["size"] == [64, 96] and result["rounds"] == 8  # the fixed export's own size
+    first, second = result["models"]
+    assert first["ratio"] == 1.0 and first["latency_ms"]["n"] == 8 and second["latency_ms"]["n"] == 8
+    assert second["ratio"] == pytest.approx(second["latency_ms"]["p50"] / first["latency_ms"]["p50"], rel=1e-3)
+    assert second["ratio"] > 1.5 and second["ratio_paired_median"] > 1.5  # 12 convolutions against 1
+    assert f"| {b} |" in out and f"{second['ratio']:.3f}x" in out
+    assert "alternating rounds" in out_md.read_text()
+    # a fixed-size model refuses another --imgsz, naming both
+    rc = cli.main(["--compare", a, b, "--imgsz", "32", "32", "--device", "cpu"])
+    _one_line_error(capsys, rc, "--imgsz", "96x64")
+
+
+def test_overhead_adds_a_no_model_row_and_columns(tmp_path, capsys):
+    out_json = tmp_path / "o.json"
+    rc = cli.main(TINY + ["--backends", "torch", "--precisions", "fp32", "--overhead", "--json", str(out_json)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    result = json.loads(out_json.read_text())
+    (avg,) = [r for r in result["rows"] if r["backend"] == "average"]
+    assert avg["status"] == "ok" and avg["speedup"] is None and avg["label"].startswith("no model")
+    (row,) = _rows(result, "torch", "fp32")
+    for r in (avg, row):
+        pl = r["pipeline"]
+        assert pl["frames"] == 3 and pl["cpu_ms_per_frame"] > 0 and r["cpu_ms"] > 0
+        assert pl["overhead_ms"] is not None and pl["cpu_ms_outside_model"] is not None
+        assert "infer" in pl["stage_mean_ms"]
+    assert "overhead ms/frame" in out and "CPU ms/frame outside the model" in out
+    assert "no model (average of the inputs)" in out
+    assert cli.below_min_fps(result, 1e9) == ["edge torch fp32 96x64: " + f"{row['fps']:.2f} FPS"]

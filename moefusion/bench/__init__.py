@@ -3,7 +3,8 @@
 Modules: ``table`` (the backends, derived from the export formats table, and why a row cannot run
 here), ``measure`` (timing, statistics, inputs, the end-to-end pipeline run), ``run``
 (``run_benchmark``: the rows, the reference row and speed-ups), ``report`` (console table,
-Markdown, JSON, PNG, machine facts), ``cli``. Python::
+Markdown, JSON, PNG, machine facts), ``flops`` (FLOPs per frame, ``--flops``), ``compare`` (two
+models timed alternately, ``--compare A B``), ``cli``. ``measure`` is the project's only timer. Python::
 
     from moefusion.bench.run import Settings, run_benchmark
     result = run_benchmark(Settings(backends=["torch", "onnxruntime"], presets=["edge"],

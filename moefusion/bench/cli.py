@@ -4,11 +4,14 @@
     moefusion-bench --presets edge --backends torch onnxruntime --imgsz 240 320 --iters 20
     moefusion-bench --device cuda --batch 8 --json bench.json --markdown bench.md --plot bench.png
     moefusion-bench --presets edge --backends tensorrt --precisions fp16 --min-fps 30   # regression gate
+    moefusion-bench --presets edge paper --flops --backends torch --precisions fp32 --no-pipeline  # + GFLOP, params
+    moefusion-bench --presets edge --backends onnxruntime --precisions fp32 --overhead      # the pipeline's own cost
+    moefusion-bench --compare old.onnx new.onnx --iters 16         # A/B, timed alternately, as a ratio
 
 Each preset and size gets a reference row (PyTorch, the dispatch as published, eager, fp32); every
 speed-up is a ratio to it from the same run. A backend that cannot run here, or fails, shows why in
 the status column and the run goes on. Exit status: 0; 1 when a row failed (status "error...") or a
-row is below --min-fps; 2 for a bad argument (one line naming it).
+row is below --min-fps; 2 for a bad argument or conflicting flags (one line naming them).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError, cli_entry
-from .table import DEVICES, PRECISIONS, backends
+from .table import DEFAULT_WARMUP, DEVICES, PRECISIONS, backends
 
 DEFAULT_IMGSZ = (480, 640)
 MIN_FPS_OF = ("model", "pipeline")
@@ -59,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds per measurement when --iters is not given (default 5)")
     p.add_argument("--frames", type=int, metavar="N", help="pipeline frames per row (default: --iters, or adapt to --budget)")
     p.add_argument("--no-pipeline", action="store_true", help="model-only: skip the end-to-end pipeline runs")
+    p.add_argument("--flops", action="store_true",
+                   help="also count FLOPs per frame (torch.utils.flop_counter, 2 per multiply-add) and parameters of "
+                        "each preset's model at each size: the GFLOP column")
+    p.add_argument("--overhead", action="store_true",
+                   help="the pipeline's own cost: a no-model row (the runtime's average of the inputs: the "
+                        "pipeline's ceiling) and, per row, the wall and CPU time per frame outside the model")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="A/B instead of the table: two model files (.onnx: ONNX Runtime; .pt: PyTorch; .engine: "
+                        "TensorRT) timed alternately in one process on the same frame, reported as B/A ratios "
+                        "(--iters: rounds; --imgsz: the size for dynamic models)")
     p.add_argument("--device", default="auto", metavar="cpu|cuda", help="auto (default: cuda when present), cpu or cuda")
     p.add_argument("--weights", metavar="W.pt", help="benchmark this checkpoint instead of the presets")
     p.add_argument("--threads", type=int, default=0, metavar="N",
@@ -70,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     gate = p.add_argument_group("regression check")
     gate.add_argument("--min-fps", type=float, metavar="X",
                       help="exit 1 when a measured row (the reference excepted) is below X frames/s")
-    gate.add_argument("--min-fps-of", default="model", metavar="model|pipeline",
+    gate.add_argument("--min-fps-of", metavar="model|pipeline",
                       help="which FPS --min-fps checks: model (the FPS column, default) or pipeline")
     p.add_argument("-v", "--verbose", action="store_true", help="log exports and pipeline runs")
     return p
@@ -170,12 +183,14 @@ def settings_from_args(args, argv) -> Settings:  # noqa: F821 - imported lazily
         raise UserError(f"--budget {args.budget}: must be a positive number of seconds")
     if args.min_fps is not None and not args.min_fps > 0:
         raise UserError(f"--min-fps {args.min_fps}: must be a positive number of frames per second")
-    if args.min_fps_of not in MIN_FPS_OF:
+    if args.min_fps_of is not None and args.min_fps_of not in MIN_FPS_OF:
         raise UserError(f"--min-fps-of {args.min_fps_of}: unknown; use one of {', '.join(MIN_FPS_OF)}")
     if args.no_pipeline and args.frames is not None:
         raise UserError("--frames with --no-pipeline: --frames sets the pipeline's frames; drop one of them")
     if args.no_pipeline and args.min_fps is not None and args.min_fps_of == "pipeline":
         raise UserError("--min-fps-of pipeline with --no-pipeline: nothing to check; drop --no-pipeline")
+    if args.no_pipeline and args.overhead:
+        raise UserError("--overhead with --no-pipeline: the overhead is measured by the pipeline runs; drop one of them")
     weights = args.weights
     if weights is not None:
         if presets is not None:
@@ -201,8 +216,58 @@ def settings_from_args(args, argv) -> Settings:  # noqa: F821 - imported lazily
         backends=names or list(table), presets=presets or list_presets(), precisions=precisions or list(PRECISIONS),
         sizes=sizes, device=device, batch=args.batch or (8 if device == "cuda" else 1), iters=args.iters,
         warmup=args.warmup, budget_s=args.budget, frames=args.frames, pipeline=not args.no_pipeline, weights=weights,
-        threads=args.threads, command="moefusion-bench" + ("" if not argv else " " + shlex.join(argv)),
+        threads=args.threads, flops=args.flops, overhead=args.overhead,
+        command="moefusion-bench" + ("" if not argv else " " + shlex.join(argv)),
     )
+
+
+# flags that --compare does not use: they set up the table's rows (refused, not silently ignored)
+NOT_WITH_COMPARE = ("backends", "presets", "precisions", "weights", "batch", "frames", "no_pipeline", "flops",
+                    "overhead", "plot", "min_fps", "min_fps_of")
+
+
+def check_compare_args(args) -> tuple[str, list[tuple[int, int]]]:
+    """(device, sizes) for --compare, or a one-line UserError naming the conflicting flag."""
+    from .compare import check_model_file  # here: imports the runtime backends (0.6 s), only for --compare
+
+    for name in NOT_WITH_COMPARE:
+        if getattr(args, name) not in (None, False):
+            flag = "--" + name.replace("_", "-")
+            raise UserError(f"--compare with {flag}: --compare times two model files as given; drop {flag}")
+    sizes = _sizes(args.imgsz) if args.imgsz else []
+    if len(sizes) > 1:
+        raise UserError("--imgsz with --compare: give one size (both models run on the same frame)")
+    for v, flag in ((args.iters, "--iters"),):
+        _positive(v, flag)
+    _positive(args.warmup, "--warmup", 0)
+    _positive(args.threads, "--threads", 0)
+    if not args.budget > 0:
+        raise UserError(f"--budget {args.budget}: must be a positive number of seconds")
+    for path in args.compare:
+        check_model_file(path)
+    _check_output(args.json, "--json")
+    _check_output(args.markdown, "--markdown")
+    return _resolve_device(args.device), sizes
+
+
+def main_compare(args, argv) -> int:
+    from .compare import compare_lines, compare_markdown, run_compare
+    from .report import write_json
+
+    device, sizes = check_compare_args(args)
+    warmup = DEFAULT_WARMUP[device] if args.warmup is None else args.warmup
+    result = run_compare(list(args.compare), device=device, sizes=sizes, iters=args.iters, warmup=warmup,
+                         budget_s=args.budget, threads=args.threads, command="moefusion-bench " + shlex.join(argv))
+    print("\n".join(compare_lines(result)))
+    if args.json:
+        write_json(result, args.json)
+    if args.markdown:
+        from ..files import atomic_write_text
+
+        atomic_write_text(args.markdown, compare_markdown(result))
+    if args.json or args.markdown:
+        print("\nwrote " + ", ".join(x for x in (args.json, args.markdown) if x))
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,7 +284,7 @@ def below_min_fps(result: dict, minimum: float, of: str = "model") -> list[str]:
     """Rows (the reference excepted) below ``minimum`` FPS, or not measured because they failed."""
     bad, measured = [], 0
     for r in result["rows"]:
-        if r["reference"] or r["status"].startswith(("unavailable", "unsupported")):
+        if r["reference"] or r["backend"] == "average" or r["status"].startswith(("unavailable", "unsupported")):
             continue
         name = f"{r['preset']} {r['label']} {r['precision']} {r['size_text']}"
         fps = r["fps"] if of == "model" else (r.get("pipeline") or {}).get("fps")
@@ -243,6 +308,8 @@ def main(argv=None) -> int:
         # the package logger only: its children (runtime, export) inherit it, and a level set on a
         # child would outlive this call and silence run_pipeline's log in the same process
         logging.getLogger("moefusion").setLevel(logging.WARNING)
+    if args.compare:
+        return main_compare(args, argv)
     s = settings_from_args(args, argv)
     from . import report
     from .run import run_benchmark
@@ -270,9 +337,10 @@ def main(argv=None) -> int:
         print(f"moefusion-bench: {len(failed)} row(s) failed: " + "; ".join(failed), file=sys.stderr)
         status = 1
     if args.min_fps is not None:
-        bad = below_min_fps(result, args.min_fps, args.min_fps_of)
+        of = args.min_fps_of or "model"
+        bad = below_min_fps(result, args.min_fps, of)
         if bad:
-            print(f"moefusion-bench: below --min-fps {args.min_fps:g} ({args.min_fps_of} FPS): " + "; ".join(bad),
+            print(f"moefusion-bench: below --min-fps {args.min_fps:g} ({of} FPS): " + "; ".join(bad),
                   file=sys.stderr)
             status = 1
     return status

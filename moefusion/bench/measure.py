@@ -1,7 +1,8 @@
 """Timing, statistics, inputs and the end-to-end pipeline run of ``moefusion-bench``.
 
 Model-only timing: after ``warmup`` calls, ``iters`` timed calls (or as many as fit a time
-budget, at least ``MIN_ITERS``). On a GPU, torch-based and TensorRT rows are timed with CUDA
+budget, at least ``MIN_ITERS``); ``sample_alternating`` times several models in turn for an A/B
+ratio. On a GPU, torch-based and TensorRT rows are timed with CUDA
 events around the device work only (inputs already on the device, no host copies: the model's
 own time); on the CPU, and for ONNX Runtime, with ``time.perf_counter`` around
 ``Backend.infer`` (host arrays in and out, as the pipeline calls it). Statistics: median, p99
@@ -58,6 +59,42 @@ def sample(once, *, warmup: int, iters: int | None, budget_s: float, max_iters: 
     while len(samples) < n:
         samples.append(once())
     return samples
+
+
+def sample_alternating(timers, *, warmup: int, iters: int | None, budget_s: float, max_iters: int) -> list[list[float]]:
+    """A/B timing in one process: ``warmup`` untimed calls of each timer, then rounds of one call of each,
+    the order reversed every round (A B, B A, ...) so that neither model always runs second; ``iters``
+    rounds (None: as many as fit ``budget_s`` judged by the first round, between MIN_ITERS and max_iters).
+    Machine noise (other jobs, clocks) falls on every model alike; compare them by ratios."""
+    for once in timers:
+        for _ in range(warmup):
+            once()
+    samples: list[list[float]] = [[once()] for once in timers]
+    first = sum(s[0] for s in samples)
+    n = iters if iters else max(MIN_ITERS, min(max_iters, math.ceil(budget_s * 1000.0 / max(first, 1e-3))))
+    for r in range(1, n):
+        order = range(len(timers)) if r % 2 == 0 else reversed(range(len(timers)))
+        for k in order:
+            samples[k].append(timers[k]())
+    return samples
+
+
+class CpuTimed:
+    """Wraps a timer (``once() -> ms``) and adds up the process's CPU time (all threads) of its calls."""
+
+    def __init__(self, once):
+        self.once, self.calls, self.cpu_s = once, 0, 0.0
+
+    def __call__(self) -> float:
+        c0 = time.process_time()
+        ms = self.once()
+        self.cpu_s += time.process_time() - c0
+        self.calls += 1
+        return ms
+
+    @property
+    def cpu_ms(self) -> float | None:
+        return round(self.cpu_s * 1000.0 / self.calls, 3) if self.calls else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,9 +345,9 @@ def run_pipeline_files(backend: Backend, ir_path: str, vis_path: str, size: tupl
     # The sources are already `size`: no --ir/--vis-width/height (no scaling step in the measured loop).
     cfg = PipelineConfig(ir=parse_input_uri(ir_path), vis=parse_input_uri(vis_path),
                          outputs=[parse_output_uri("none")], stats_interval=0, max_frames=frames)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     s = Pipeline(cfg, backend, backend_reason=reason).run()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if not s.get("ok", False):
         raise RuntimeError("; ".join(s.get("errors") or ["pipeline failed"]))
     if list(s.get("size") or []) != [size[1], size[0]]:
@@ -325,4 +362,8 @@ def run_pipeline_files(backend: Backend, ir_path: str, vis_path: str, size: tupl
         "drops": s.get("drops", {}),
         "mode": s.get("mode"),
         "wall_s": round(wall, 2),
+        # the process's CPU time (all threads: capture, decoding, pairing, pre/postprocessing, inference, sink)
+        # per output frame, setup included; minus the model's CPU time per call: the pipeline's own work
+        "cpu_ms_per_frame": round(cpu * 1000.0 / max(1, int(s.get("frames_out", 0))), 3),
+        "stage_mean_ms": {k: (v or {}).get("mean") for k, v in stage.items()},
     }

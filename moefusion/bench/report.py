@@ -10,6 +10,13 @@ from .table import DEFAULT_WARMUP
 
 COLUMNS = ("preset", "backend", "precision", "size", "status", "ms/frame", "p99 ms", "FPS", "pipeline FPS",
            "pipeline latency p50/p95 ms", "speed-up vs reference")
+FLOPS_COLUMNS = ("GFLOP/frame", "params (M)")  # --flops
+OVERHEAD_COLUMNS = ("overhead ms/frame", "CPU ms/frame outside the model")  # --overhead
+
+
+def columns(result: dict) -> tuple[str, ...]:
+    s = result["settings"]
+    return COLUMNS + (FLOPS_COLUMNS if s.get("flops") else ()) + (OVERHEAD_COLUMNS if s.get("overhead") else ())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,7 +90,7 @@ def _f(v, digits=2) -> str:
     return f"{v:.{digits}f}"
 
 
-def row_cells(r: dict) -> list[str]:
+def row_cells(r: dict, result: dict | None = None) -> list[str]:
     lat, tp, pl = r.get("latency_ms"), r.get("throughput"), r.get("pipeline")
     fps = "-" if not tp else _f(tp["fps"]) + (f" (b{tp['batch']})" if tp["batch"] != 1 else "")
     pl_lat = "-"
@@ -94,7 +101,21 @@ def row_cells(r: dict) -> list[str]:
         _f(lat["p50"]) if lat else "-", _f(lat["p99"]) if lat else "-", fps,
         _f(pl["fps"]) if pl else "-", pl_lat,
         f"{r['speedup']:.2f}x" if r.get("speedup") is not None else "-",
-    ]
+    ] + _extra_cells(r, result)
+
+
+def _extra_cells(r: dict, result: dict | None) -> list[str]:
+    if result is None:
+        return []
+    s, out = result["settings"], []
+    if s.get("flops"):
+        fl = result.get("flops", {}).get(r["preset"], {}).get(r["size_text"])
+        model_row = fl and r["backend"] != "average"
+        out += [f"{fl['flops'] / 1e9:.2f}" if model_row else "-", f"{fl['params'] / 1e6:.2f}" if model_row else "-"]
+    if s.get("overhead"):
+        pl = r.get("pipeline") or {}
+        out += [_f(pl.get("overhead_ms")), _f(pl.get("cpu_ms_outside_model"))]
+    return out
 
 
 STATUS_WIDTH = 48
@@ -102,16 +123,17 @@ STATUS_WIDTH = 48
 
 def text_table(result: dict) -> str:
     """The console table; statuses longer than STATUS_WIDTH are cut and given in full under it."""
-    cells, notes = [list(COLUMNS)], []
-    status_col = COLUMNS.index("status")
+    cols = columns(result)
+    cells, notes = [list(cols)], []
+    status_col = cols.index("status")
     for r in result["rows"]:
-        c = row_cells(r)
+        c = row_cells(r, result)
         if len(c[status_col]) > STATUS_WIDTH:
             notes.append(f"[{len(notes) + 1}] {c[status_col]}")
             mark = f" [{len(notes)}]"
             c[status_col] = c[status_col][:STATUS_WIDTH - len(mark) - 3] + "..." + mark
         cells.append(c)
-    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
     lines = []
     for j, c in enumerate(cells):
         lines.append(" | ".join(x.ljust(widths[i]) for i, x in enumerate(c)).rstrip())
@@ -125,9 +147,10 @@ def _md_escape(s: str) -> str:
 
 
 def markdown_table(result: dict) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(" --- " for _ in COLUMNS) + "|"]
+    cols = columns(result)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
     for r in result["rows"]:
-        lines.append("| " + " | ".join(_md_escape(c) for c in row_cells(r)) + " |")
+        lines.append("| " + " | ".join(_md_escape(c) for c in row_cells(r, result)) + " |")
     return "\n".join(lines)
 
 
@@ -162,6 +185,14 @@ def describe_run(result: dict) -> list[str]:
                  "MPEG-4 files of the runtime's synthetic scene, output none, every frame processed "
                  "(FPS and capture-to-output latency from its statistics; for files the latency includes the "
                  "read-ahead queues)" if s["pipeline"] else "- pipeline: not run (--no-pipeline)")
+    if s.get("flops"):
+        lines.append("- GFLOP/frame: torch.utils.flop_counter (2 per multiply-add) over one forward pass of the PyTorch "
+                     "model (sparse dispatch: the k chosen experts) at the row's size; params: the model's parameters")
+    if s.get("overhead"):
+        lines.append("- overhead ms/frame = 1000 / pipeline FPS - the model's mean ms/frame (wall; meaningful when the "
+                     "model is the bottleneck); CPU ms/frame outside the model = the process's CPU time (all threads: "
+                     "capture, decoding, pairing, pre/postprocessing, sink) per pipeline frame - the model's CPU time "
+                     "per call; the no-model row runs the runtime's average of the inputs: the pipeline's own ceiling")
     lines.append("- speed-up = the reference row's ms/frame / this row's ms/frame, same preset, size and run; "
                  "reference = PyTorch with the dispatch as published (nonzero/sort/index_add, split sizes read back "
                  "to the host), eager, fp32")

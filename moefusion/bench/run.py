@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .measure import (
+    CpuTimed,
     EagerTorchBackend,
     KernelsBackend,
     PreWarmed,
@@ -40,6 +41,7 @@ from .table import DEFAULT_WARMUP, availability, backends
 log = logging.getLogger("moefusion.bench")
 
 REFERENCE = "reference"
+NO_MODEL = "average"  # --overhead's row: the runtime's AverageBackend, the pipeline's own ceiling
 MAX_ITERS = {"cpu": 200, "cuda": 1000}
 PIPELINE_CAP = {"cpu": 100, "cuda": 300}  # most pipeline frames per row when adapting to the budget
 UNTRAINED = ("untrained: random weights and random gates (routing varies from frame to frame as in a trained model); "
@@ -61,6 +63,8 @@ class Settings:
     pipeline: bool = True
     weights: str | None = None
     threads: int = 0
+    flops: bool = False  # count FLOPs per frame and parameters of each preset at each size
+    overhead: bool = False  # the pipeline's own cost: a no-model row and overhead columns
     command: str = "moefusion-bench"
 
 
@@ -78,6 +82,7 @@ class Row:
     describe: str = ""
     model: str = ""
     latency_ms: dict | None = None  # batch 1
+    cpu_ms: float | None = None  # the process's CPU time per batch-1 call (all threads)
     throughput: dict | None = None  # {"batch", "fps", "ms_per_batch"}
     pipeline: dict | None = None
     speedup: float | None = None
@@ -86,6 +91,8 @@ class Row:
 
     @property
     def label(self) -> str:
+        if self.backend == NO_MODEL:
+            return "no model (average of the inputs)"
         return "torch, published dispatch (reference)" if self.reference else self.backend
 
     @property
@@ -150,13 +157,15 @@ class _Factory:
 
     def __init__(self, row: Row, master, settings: Settings, workdir: Path):
         self.row, self.master, self.s, self.workdir = row, master, settings, workdir
-        self.any_batch = row.reference or row.backend in ("torch", "torch-kernels")
+        self.any_batch = row.reference or row.backend in ("torch", "torch-kernels", NO_MODEL)
         self.export_s = 0.0
 
     def __call__(self, batch: int):
-        from ..runtime.backends import OnnxRuntimeBackend, TensorRTBackend, TorchBackend
+        from ..runtime.backends import AverageBackend, OnnxRuntimeBackend, TensorRTBackend, TorchBackend
 
         row, s = self.row, self.s
+        if row.backend == NO_MODEL:
+            return AverageBackend()
         model = copy.deepcopy(self.master)
         if row.reference:  # not TorchBackend: on CUDA it routes the MoE layers through the kernels
             return EagerTorchBackend(model.set_dispatch("published"), s.device)
@@ -270,8 +279,10 @@ def measure_row(row: Row, factory: _Factory, ctx: _Context) -> None:
                 b1 = factory(1)
                 ir1, vis1 = ctx.ir[:1], ctx.vis[:1]
                 timer, how = make_timer(b1, ir1, vis1, s.device)
+                timer = CpuTimed(timer)
                 row.latency_ms = summarize(sample(timer, warmup=warmup, iters=s.iters, budget_s=s.budget_s,
                                                   max_iters=max_iters))
+                row.cpu_ms = timer.cpu_ms
                 row.timing = how
                 row.describe = b1.describe()
             except Exception as e:  # noqa: BLE001 - the row shows it; the run goes on
@@ -304,8 +315,12 @@ def measure_row(row: Row, factory: _Factory, ctx: _Context) -> None:
                     frames = _pipeline_frames(ctx, row.latency_ms["p50"])
                     h, w = row.size
                     warm = PreWarmed(b1, {(1, h, w): row.latency_ms["p50"]})
-                    row.pipeline = run_pipeline_files(warm, ir_path, vis_path, row.size, frames,
-                                                      reason=f"moefusion-bench: {row.label} {row.precision}")
+                    row.pipeline = pl = run_pipeline_files(warm, ir_path, vis_path, row.size, frames,
+                                                           reason=f"moefusion-bench: {row.label} {row.precision}")
+                    # the pipeline's own cost per frame: wall (meaningful when the model is the bottleneck)
+                    # and CPU time outside the model's calls (less sensitive to other load)
+                    pl["overhead_ms"] = round(1000.0 / pl["fps"] - row.latency_ms["mean"], 3) if pl["fps"] else None
+                    pl["cpu_ms_outside_model"] = round(pl["cpu_ms_per_frame"] - (row.cpu_ms or 0.0), 3)
                 except Exception as e:  # noqa: BLE001
                     problems.append(f"pipeline error: {_short(e)}")
                     row.error_detail += traceback.format_exc()
@@ -322,6 +337,8 @@ def measure_row(row: Row, factory: _Factory, ctx: _Context) -> None:
 
 def plan_rows(s: Settings, preset: str, size) -> list[Row]:
     rows = [Row(preset, "torch", "fp32", size, s.batch, reference=True, dispatch="published")]
+    if s.overhead:
+        rows.append(Row(preset, NO_MODEL, "fp32", size, s.batch, dispatch="none"))
     table = backends()
     for name in s.backends:
         for prec in s.precisions:
@@ -364,6 +381,7 @@ def run_benchmark(s: Settings, progress=_progress) -> dict:
 
 
 def _run(s: Settings, progress, torch) -> dict:
+    from .flops import count_flops  # here: imports torch, and cli imports this module before validating arguments
     from .report import machine_info, read_loadavg
 
     started = _dt.datetime.now().astimezone()
@@ -382,7 +400,7 @@ def _run(s: Settings, progress, torch) -> dict:
         progress(f"warning: {msg}")
     all_rows: list[Row] = []
     presets = s.presets
-    n_total = len(presets) * len(s.sizes) * (1 + len(s.backends) * len(s.precisions))
+    n_total = len(presets) * len(s.sizes) * (1 + s.overhead + len(s.backends) * len(s.precisions))
     i = 0
     with tempfile.TemporaryDirectory(prefix="moefusion-bench-") as tmp:
         workdir = Path(tmp)
@@ -397,6 +415,9 @@ def _run(s: Settings, progress, torch) -> dict:
                 progress(f"{preset}: {source}")
             for size in s.sizes:
                 ctx = _Context(s, workdir / f"{size[1]}x{size[0]}", size)
+                if s.flops and model_error is None:
+                    result.setdefault("flops", {}).setdefault(preset, {})[f"{size[1]}x{size[0]}"] = \
+                        count_flops(master, size)
                 rows = plan_rows(s, preset, size)
                 table = backends()
                 for row in rows:
@@ -405,7 +426,8 @@ def _run(s: Settings, progress, torch) -> dict:
                     if model_error is not None:
                         row.status = f"error: model: {_short(model_error)}"
                     else:
-                        reason = None if row.reference else availability(table[row.backend], row.precision, s.device)
+                        reason = None if row.reference or row.backend == NO_MODEL else \
+                            availability(table[row.backend], row.precision, s.device)
                         if reason:
                             row.status = reason
                         else:
@@ -413,7 +435,7 @@ def _run(s: Settings, progress, torch) -> dict:
                     progress(_row_line(i, n_total, row))
                 ref = rows[0]
                 for row in rows:
-                    if ref.measured and row.measured:
+                    if ref.measured and row.measured and row.backend != NO_MODEL:
                         row.speedup = round(ref.latency_ms["p50"] / row.latency_ms["p50"], 3)
                 all_rows.extend(rows)
             del master
