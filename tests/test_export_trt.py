@@ -153,7 +153,7 @@ def test_plugin_flavour_is_never_parsed_by_tensorrt_rtx(tmp_path, trt, plugin_li
         msg = str(e.value)
         assert "\n" not in msg and str(onnx_path) in msg and "moefusion::MoECombine" in msg and "--plugins off" in msg
     else:
-        from moefusion.export.plugin_registry import loaded_libraries
+        from moefusion.kernels.plugins import loaded_libraries
 
         if loaded_libraries(trt.trt):
             pytest.skip("the plugin library is loaded in this process: the parser would find the plugins")
@@ -203,7 +203,7 @@ def test_missing_plugin_library(tmp_path, trt, monkeypatch):
     msg = str(e.value)
     assert "\n" not in msg and "libmoefusion_trt_plugins.so: no such file" in msg and "moefusion.kernels.build" in msg
     monkeypatch.delenv("MOEFUSION_TRT_PLUGINS", raising=False)
-    monkeypatch.setattr("moefusion.runtime.backends.default_plugin_library", lambda: None)
+    monkeypatch.setattr("moefusion.kernels.plugins.default_plugin_library", lambda: None)
     with pytest.raises(UserError) as e:
         run_export({"weights": str(onnx_path), "format": "engine", "output": str(tmp_path / "p.engine")}, trt=trt)
     assert "no TensorRT plugin library found" in str(e.value) and "--plugin-lib" in str(e.value)

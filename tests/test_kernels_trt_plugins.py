@@ -63,7 +63,7 @@ def test_plugins_compile_against_real_tensorrt_headers(version, request):
 def test_library_loads_once_per_process(request):
     """Two loads (and two shims, as two exports or engines in one process do) never reach the registry twice."""
     trt = pytest.importorskip("tensorrt_rtx")
-    from moefusion.export.plugin_registry import load_plugin_libraries, loaded_libraries, plugin_names
+    from moefusion.kernels.plugins import load_plugin_libraries, loaded_libraries, plugin_names
     from moefusion.export.trt_shim import TRT
 
     lib = build_plugin_library(request.config)

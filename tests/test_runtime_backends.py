@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from moefusion.errors import UserError
+from moefusion.kernels.plugins import plugin_libraries
 from moefusion.runtime.backends import (
     AverageBackend,
     OnnxRuntimeBackend,
     TensorRTBackend,
     TorchBackend,
     model_kind,
-    plugin_libraries,
     select_backend,
 )
 

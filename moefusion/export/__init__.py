@@ -7,7 +7,7 @@ Command line: ``moefusion-export`` (see ``moefusion.export.cli`` and docs/export
 
 Modules: ``formats`` (the table that drives validation), ``wrapper`` (the export-only formulation
 of the model), ``onnx_export``, ``fp16``, ``quantize`` (INT8 Q/DQ by ModelOpt), ``trt_shim`` (tensorrt
-vs tensorrt_rtx), ``plugin_registry`` (plugin libraries loaded once per process), ``engine`` (builder,
+vs tensorrt_rtx), plugin libraries through ``moefusion.kernels.plugins`` (found and loaded once per process), ``engine`` (builder,
 sidecar, reuse, verification), ``triton``, ``api`` (the stages, in one line), ``cli``.
 """
 from __future__ import annotations

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .. import files as _files
+from ..kernels import plugins
 from .formats import FORMATS, ExportOptions, missing_modules, replace, validate
 from .onnx_export import OnnxExport, build_metadata, export_onnx, load_checkpoint_model, read_metadata, \
     read_moefusion_onnx
@@ -33,7 +33,6 @@ log = logging.getLogger("moefusion.export")
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-PLUGIN_ENV = "MOEFUSION_TRT_PLUGINS"
 PLUGIN_NODES = ("MoEGate", "MoECombine")
 
 
@@ -178,14 +177,7 @@ class _Source:
 
 def plugin_library_candidates(opts: ExportOptions) -> list[str]:
     """--plugin-lib, else $MOEFUSION_TRT_PLUGINS, else the library moefusion.kernels.build writes."""
-    if opts.plugin_libs:
-        return list(opts.plugin_libs)
-    if os.environ.get(PLUGIN_ENV):
-        return [p for p in os.environ[PLUGIN_ENV].split(os.pathsep) if p]
-    from ..runtime.backends import default_plugin_library
-
-    lib = default_plugin_library()
-    return [lib] if lib else []
+    return plugins.candidate_libraries(opts.plugin_libs)
 
 
 def resolve_flavour(opts: ExportOptions, trt=None) -> tuple[str, list[str], str]:
@@ -216,7 +208,7 @@ def resolve_flavour(opts: ExportOptions, trt=None) -> tuple[str, list[str], str]
     if opts.plugins == "on":
         if not libs:
             raise UserError(f"--plugins on: no TensorRT plugin library found; build it (python -m moefusion.kernels.build) "
-                            f"and pass --plugin-lib build/kernels/libmoefusion_trt_plugins.so or set {PLUGIN_ENV}")
+                            f"and pass --plugin-lib build/kernels/libmoefusion_trt_plugins.so or set {plugins.PLUGIN_ENV}")
         trt.load_plugin_libraries(libs)
         lacking = [n for n in PLUGIN_NODES if n not in trt.plugin_names()]
         if lacking:

@@ -12,6 +12,7 @@ import logging
 import sys
 
 from ..errors import cli_entry
+from ..kernels.plugins import PLUGIN_ENV
 from .formats import (
     DEFAULT_CALIB_FRAMES,
     FORMATS,
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the MoE gate/combine as TensorRT plugins: auto (default: when the plugin library is "
                           "found, for fp32 sparse engines of full TensorRT), on, off; TensorRT-RTX takes none")
     trt.add_argument("--plugin-lib", action="append", dest="plugin_libs", metavar="SO",
-                     help="TensorRT plugin library (default $MOEFUSION_TRT_PLUGINS or build/kernels/)")
+                     help=f"TensorRT plugin library (default ${PLUGIN_ENV} or build/kernels/)")
     trt.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache ('none' to disable; default "
                      "~/.cache/moefusion/tensorrt/<module>-<version>-<gpu>.timing; a no-op with TensorRT-RTX)")
     trt.add_argument("--rebuild", action="store_true", default=None, help="build even if an up-to-date engine exists")

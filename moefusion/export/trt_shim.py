@@ -14,7 +14,7 @@ Differences handled here:
 - the GPU: TensorRT needs one to build; TensorRT-RTX builds on a CPU-only machine, and its engines run
   only in the TensorRT-RTX runtime on RTX GPUs (``runs_on``);
 - timing cache: a no-op in TensorRT-RTX (skipped there);
-- plugin libraries: loaded once per process through ``moefusion.export.plugin_registry``.
+- plugin libraries: loaded once per process through ``moefusion.kernels.plugins``.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import logging
 import re
 
 from ..errors import UserError
+from ..kernels import plugins
 
 log = logging.getLogger("moefusion.export")
 
@@ -183,15 +184,11 @@ class TRT:
 
     # -- plugins ----------------------------------------------------------------------------------
     def load_plugin_libraries(self, paths) -> list[str]:
-        """Load plugin libraries once per process (moefusion.export.plugin_registry)."""
-        from .plugin_registry import load_plugin_libraries
-
-        return load_plugin_libraries(self.trt, paths, logger=self.logger)
+        """Load plugin libraries once per process (moefusion.kernels.plugins)."""
+        return plugins.load_plugin_libraries(self.trt, paths, logger=self.logger)
 
     def plugin_names(self) -> set[str]:
-        from .plugin_registry import plugin_names
-
-        return plugin_names(self.trt)
+        return plugins.plugin_names(self.trt)
 
     # -- parser ------------------------------------------------------------------------------------
     @staticmethod
