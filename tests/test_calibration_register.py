@@ -9,14 +9,8 @@ import numpy as np
 import pytest
 
 from moefusion.calibration import cli
-from moefusion.calibration.register import (
-    Registration,
-    common_fov,
-    estimate_homography,
-    load_registration,
-    register_from_images,
-    save_registration,
-)
+from moefusion.calibration.register import estimate_homography, register_from_images
+from moefusion.data.registration import Registration, common_fov, load_registration, save_registration
 from moefusion.errors import UserError
 from moefusion.runtime.registration import Registrar
 

@@ -17,19 +17,19 @@ import sys
 import cv2
 import numpy as np
 
+from ..data.registration import Registration, save_registration
 from ..errors import UserError, cli_entry
+from ..files import IMAGE_EXTS
+from ..runtime.capture import SourceError, Status, make_capture
+from ..runtime.uri import StreamOptions, parse_input_uri
 from .int8 import add_int8_args, run_int8
 from .register import (
-    Registration,
     estimate_homography,
     overlay_preview,
     parse_point_pairs,
     read_point_file,
     register_from_images,
-    save_registration,
 )
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm")
 
 
 def _size(text: str, flag: str) -> tuple[int, int]:
@@ -65,9 +65,6 @@ def _images(items: list[str], flag: str) -> list[str]:
 
 def grab_frame(uri_text: str, flag: str, skip: int = 10) -> np.ndarray:
     """One frame from a camera, stream or video (after ``skip`` frames, so exposure/AGC settle)."""
-    from ..runtime.capture import SourceError, Status, make_capture
-    from ..runtime.uri import StreamOptions, parse_input_uri
-
     role = "ir" if flag == "--ir" else "vis"
     uri = parse_input_uri(uri_text, flag)
     cap = make_capture(uri, StreamOptions(), role)

@@ -31,6 +31,9 @@ import cv2
 import numpy as np
 
 from ..errors import UserError
+from ..runtime.capture import to_role_format
+from ..runtime.process import Preprocessor
+from ..runtime.uri import StreamOptions
 
 log = logging.getLogger("moefusion.calibration")
 
@@ -44,10 +47,6 @@ def network_inputs(ir_raw: np.ndarray, vis_raw: np.ndarray, size: tuple[int, int
     ``size`` = (H, W) of the engine input: the frames are scaled to it the way the runtime's capture
     scales to ``--*-width/--*-height``. None: the visible frame's own size.
     """
-    from ..runtime.capture import to_role_format
-    from ..runtime.process import Preprocessor
-    from ..runtime.uri import StreamOptions
-
     opts = StreamOptions() if size is None else StreamOptions(width=int(size[1]), height=int(size[0]))
     ir = to_role_format(ir_raw, "ir", opts)
     vis = to_role_format(vis_raw, "vis", opts)

@@ -12,6 +12,7 @@ import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..calibration.int8 import DEFAULT_CALIB_FRAMES, MIN_CALIB_FRAMES
 from ..errors import UserError
 from .wrapper import DISPATCHES
 
@@ -65,8 +66,6 @@ DEFAULT_DYNAMIC = ((64, 64), (1088, 1920))
 DEFAULT_OPSET = 18  # torch.onnx dynamo exporter; 17 and lower use the TorchScript exporter
 DETECTIONS_OPSET = 17  # torchvision's detection heads export only through the TorchScript exporter
 MIN_OPSET = 17
-DEFAULT_CALIB_FRAMES = 256
-MIN_CALIB_FRAMES = 8
 
 
 @dataclass

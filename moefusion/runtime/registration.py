@@ -10,7 +10,7 @@ import logging
 import cv2
 import numpy as np
 
-from ..calibration.register import Registration, load_registration
+from ..data.registration import Registration, load_registration
 from .yuv import I420Frame, even_rect
 
 log = logging.getLogger("moefusion.runtime")

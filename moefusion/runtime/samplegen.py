@@ -21,6 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..data.registration import Registration, save_registration
+
 log = logging.getLogger("moefusion.runtime")
 
 VIS_SIZE = (320, 240)
@@ -132,8 +134,6 @@ def render_frames(frames: int = FRAMES, seed: int = 0):
 def write_demo_clips(folder: str | os.PathLike, frames: int = FRAMES, seed: int = 0) -> Path:
     """Write ir.mp4, vis.mp4 (MPEG-4 Part 2, readable by GStreamer's avdec_mpeg4 and by OpenCV)
     and registration.yaml into ``folder``."""
-    from ..calibration.register import Registration, save_registration
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fourcc = cv2.VideoWriter_fourcc(*"mp4v")
