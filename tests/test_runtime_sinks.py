@@ -13,6 +13,7 @@ from moefusion.data.preprocess import merge_visible, prepare_pair
 from moefusion.errors import UserError
 from moefusion.runtime import gst as gstmod
 from moefusion.runtime import sinks as sinkmod
+from moefusion.runtime.sinks import launch
 from moefusion.runtime.process import Preprocessor, compose, draw_overlay, postprocess
 from moefusion.runtime.sinks import GstFileSink, NullSink, OpenCVFileSink, make_sink, partial_path
 from moefusion.runtime.uri import parse_output_uri
@@ -241,7 +242,7 @@ def test_display_chain_right_picture_at_any_width(w, h):
     """The display output's own pipeline (appsrc ! videoconvert ! window sink) with an appsink in
     place of the window (no display here): what would be shown is the picture, exactly."""
     Gst = gstmod.import_gst()
-    build = lambda w, h, fps: gstmod.display_sink_launch(w, h, fps).rsplit(" ! ", 1)[0] + (  # noqa: E731
+    build = lambda w, h, fps: launch.display_sink_launch(w, h, fps).rsplit(" ! ", 1)[0] + (  # noqa: E731
         " ! video/x-raw,format=BGR ! appsink name=out sync=false")
     s = sinkmod.GstSink("display test", 30.0, build)
     want = [picture(w, h, i) for i in range(4)]

@@ -7,6 +7,7 @@ import pytest
 
 from moefusion.errors import UserError
 from moefusion.runtime import gst
+from moefusion.runtime.sinks import launch
 from moefusion.runtime.uri import (
     StreamOptions,
     add_stream_args,
@@ -199,14 +200,14 @@ def test_test_launch():
 
 
 def test_launch_elements_and_sinks():
-    s = gst.file_sink_launch("/o/out.mp4", 640, 480, 30, "x264enc")
+    s = launch.file_sink_launch("/o/out.mp4", 640, 480, 30, "x264enc")
     assert gst.launch_elements(s) == ["appsrc", "videoconvert", "x264enc", "h264parse", "mp4mux", "filesink"]
     assert "x264enc speed-preset=ultrafast tune=zerolatency bitrate=2000 key-int-max=30" in s
     # crash-safe: fragmented MP4 (a fragment a second), written through (no stdio buffer lost on a kill)
     assert s.endswith("mp4mux fragment-duration=1000 ! filesink location=/o/out.mp4 buffer-mode=unbuffered")
-    assert "qtmux fragment-duration=1000 !" in gst.file_sink_launch("a.mov", 64, 48, 30, "x264enc")
-    assert gst.file_sink_launch("a.mkv", 64, 48, 30, "openh264enc").split(" ! ")[-2] == "matroskamux"
-    u = gst.udp_sink_launch("10.0.0.9", 5000, 64, 48, 30, "x264enc")
+    assert "qtmux fragment-duration=1000 !" in launch.file_sink_launch("a.mov", 64, 48, 30, "x264enc")
+    assert launch.file_sink_launch("a.mkv", 64, 48, 30, "openh264enc").split(" ! ")[-2] == "matroskamux"
+    u = launch.udp_sink_launch("10.0.0.9", 5000, 64, 48, 30, "x264enc")
     assert u.endswith("rtph264pay config-interval=1 pt=96 ! udpsink host=10.0.0.9 port=5000 sync=false async=false")
     assert gst.launch_elements(gst.source_launch(parse_input_uri("csi://0"), StreamOptions(), "vis"))[:2] == [
         "nvarguscamerasrc", "nvvidconv"]
@@ -238,43 +239,43 @@ def test_stream_sinks_use_the_real_rate_and_a_key_frame_a_second(fps, gop):
     """UDP/RTSP/display launch strings carry the output rate they are built with (the pipeline
     builds them with the real rate once the sources are open), and a key frame about every second."""
     rate = rate_fraction(fps)
-    u = gst.udp_sink_launch("10.0.0.9", 5000, 478, 270, fps, "x264enc")
+    u = launch.udp_sink_launch("10.0.0.9", 5000, 478, 270, fps, "x264enc")
     assert f"framerate={rate} !" in u and f"key-int-max={gop} " in u
     assert u.endswith("rtph264pay config-interval=1 pt=96 ! udpsink host=10.0.0.9 port=5000 sync=false async=false")
-    r = gst.rtsp_sink_launch("rtsp://srv:8554/f", 322, 240, fps, "openh264enc")
+    r = launch.rtsp_sink_launch("rtsp://srv:8554/f", 322, 240, fps, "openh264enc")
     assert f"framerate={rate} !" in r and f"gop-size={gop} " in r and r.endswith("rtspclientsink location=rtsp://srv:8554/f")
-    j = gst.encoder_chain("nvv4l2h264enc", width=1280, height=720, fps=fps)
+    j = launch.encoder_chain("nvv4l2h264enc", width=1280, height=720, fps=fps)
     assert f"iframeinterval={gop} idrinterval={gop} " in j
-    d = gst.display_sink_launch(478, 270, fps)
+    d = launch.display_sink_launch(478, 270, fps)
     assert d.startswith(f"appsrc name=src ") and f"caps=video/x-raw,format=BGR,width=478,height=270,framerate={rate}" in d
-    assert gst.keyframe_interval(fps) == gop
+    assert launch.keyframe_interval(fps) == gop
 
 
 def test_segment_launch():
-    pat = gst.segment_pattern("/rec/cam 1/out.mp4")
+    pat = launch.segment_pattern("/rec/cam 1/out.mp4")
     assert pat == "/rec/cam 1/out_%05d.partial.mp4"
-    assert gst.segment_pattern("/r/100%.mkv") == "/r/100%%_%05d.partial.mkv"
-    s = gst.file_sink_launch(pat, 640, 480, 10, "x264enc", segment_s=60, start_index=7)
+    assert launch.segment_pattern("/r/100%.mkv") == "/r/100%%_%05d.partial.mkv"
+    s = launch.file_sink_launch(pat, 640, 480, 10, "x264enc", segment_s=60, start_index=7)
     assert gst.launch_elements(s) == ["appsrc", "videoconvert", "x264enc", "h264parse", "splitmuxsink"]
     assert ('splitmuxsink name=mux location="/rec/cam 1/out_%05d.partial.mp4" max-size-time=60000000000 '
             'send-keyframe-requests=true start-index=7 async-finalize=true muxer-factory=mp4mux '
             'muxer-properties="properties,fragment-duration=1000" sink-factory=filesink '
             'sink-properties="properties,buffer-mode=2"') in s
-    m = gst.file_sink_launch(gst.segment_pattern("o.mkv"), 64, 48, 30, "x264enc", segment_s=5)
+    m = launch.file_sink_launch(launch.segment_pattern("o.mkv"), 64, 48, 30, "x264enc", segment_s=5)
     assert "muxer-factory=matroskamux sink-factory=filesink" in m and "muxer-properties" not in m
 
 
 def test_display_sink_is_chosen_explicitly():
     """Never autovideosink (it can fall through to kmssink and crash): the window sinks to try,
     best first, from the environment; MOEFUSION_DISPLAY_SINK forces one."""
-    c = gst.display_sink_candidates
+    c = launch.display_sink_candidates
     assert c(x11=True, wayland=False, jetson=False) == ["xvimagesink", "glimagesink", "ximagesink"]
     assert c(x11=False, wayland=True, jetson=False) == ["waylandsink", "glimagesink"]
     assert c(x11=True, wayland=True, jetson=False) == ["waylandsink", "glimagesink", "xvimagesink", "ximagesink"]
     assert c(x11=True, wayland=False, jetson=True)[0] == "nv3dsink"
     assert c(x11=True, wayland=False, jetson=False, forced="ximagesink") == ["ximagesink"]
     assert c(x11=False, wayland=False, jetson=False) == []
-    d = gst.display_sink_launch(322, 240, 15, "glimagesink", "I420")
+    d = launch.display_sink_launch(322, 240, 15, "glimagesink", "I420")
     assert d.endswith("! videoconvert ! glimagesink sync=false") and "autovideosink" not in d
     assert "caps=video/x-raw,format=I420,colorimetry=bt601,width=322,height=240,framerate=15/1" in d
     assert gst.ELEMENT_PACKAGES["xvimagesink"] == "gstreamer1.0-x" and gst.ELEMENT_PACKAGES["glimagesink"] == "gstreamer1.0-gl"
@@ -293,6 +294,6 @@ def test_i420_fast_path_caps():
     assert "format=BGR !" in gst.source_launch(parse_input_uri("clip.mp4"), StreamOptions(), "vis")
     csi = gst.source_launch(parse_input_uri("csi://0"), StreamOptions(), "vis", yuv=True)
     assert "nvvidconv flip-method=0 ! video/x-raw,format=I420 ! videoconvert ! video/x-raw,format=I420,colorimetry=bt601" in csi
-    f = gst.file_sink_launch("o.mp4", 640, 480, 30, "x264enc", fmt="I420")
+    f = launch.file_sink_launch("o.mp4", 640, 480, 30, "x264enc", fmt="I420")
     assert "caps=video/x-raw,format=I420,colorimetry=bt601,width=640,height=480,framerate=30/1 ! videoconvert ! " \
            "video/x-raw,format=I420 ! x264enc" in f

@@ -15,16 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 
 from ..errors import UserError, cli_entry
+from ..files import atomic_write_text
+from ..kernels.plugins import PLUGIN_ENV
 from .backends import BACKENDS, select_backend
 from .fit import FIT_MODES
 from .pipeline import Pipeline, PipelineConfig
+from .precheck import precheck
 from .process import VIEWS
+from .samplegen import ensure_demo_clips, real_demo_clips
 from .sinks import ENCODER_CHOICES, display_available
+from .sinks.launch import choose_display_sink
 from .uri import OUTPUT_HELP, StreamOptions, add_stream_args, parse_input_uri, parse_output_uri
 
 log = logging.getLogger("moefusion.runtime")
@@ -57,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "scaled to it and the output back; letterbox (default) keeps the aspect ratio and pads, "
                         "stretch fills the input. Dynamic models run at the frames' size")
     m.add_argument("--trt-plugins", action="append", metavar="LIB",
-                   help="TensorRT plugin library to load (default: from <engine>.json or MOEFUSION_TRT_PLUGINS)")
+                   help=f"TensorRT plugin library to load (default: from <engine>.json or {PLUGIN_ENV})")
     s = p.add_argument_group("synchronisation and registration")
     s.add_argument("--sync-tolerance", type=float, default=25.0, metavar="MS",
                    help="pair frames whose timestamps differ by at most this (default 25 ms)")
@@ -130,10 +134,8 @@ def _window_possible() -> bool:
     demo still writes its file, and says why there is no window)."""
     if not display_available():
         return False
-    from . import gst as gstmod
-
     try:
-        gstmod.choose_display_sink("--demo window")
+        choose_display_sink("--demo window")
     except UserError as e:
         log.warning("%s; the demo writes %s only", e, DEMO_OUTPUT)
         return False
@@ -143,8 +145,6 @@ def _window_possible() -> bool:
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """Validate the flags and build the configuration (UserError on any mistake)."""
     if args.demo:
-        from .samplegen import ensure_demo_clips, real_demo_clips
-
         real = real_demo_clips() if not (args.ir or args.vis) else None
         if real is not None:  # real footage, already registered (samples/demo/README.md)
             args.ir, args.vis = str(real[0]), str(real[1])
@@ -199,12 +199,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 def write_json(d: dict, path: str) -> None:
     """Atomically (temp file + rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(d, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(d, indent=2) + "\n")
 
 
 def format_summary(d: dict) -> str:
@@ -237,12 +232,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
     cfg = config_from_args(args)
-    pipe = Pipeline(cfg)
-    pipe.precheck()  # outputs, files, devices, GStreamer elements: before a model is loaded
+    checked = precheck(cfg)  # outputs, files, devices, GStreamer elements: before a model is loaded
     backend, reason = select_backend(args.backend, args.model, device=args.device, precision=args.precision,
                                      cuda_graphs=not args.no_cuda_graphs, trt_plugins=args.trt_plugins)
     log.info("backend choice: %s", reason)
-    pipe.backend, pipe.backend_reason = backend, reason
+    pipe = Pipeline(cfg, backend, backend_reason=reason, checked=checked)
 
     def on_signal(signum, frame):
         name = signal.Signals(signum).name

@@ -21,10 +21,8 @@ output file is complete and playable.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,17 +31,16 @@ from ..errors import UserError
 from .backends import Backend
 from .capture import ROLE_NAMES, SourceError, SourceThread, Status, make_capture
 from .fit import FIT_MODES, plan_model_fit
+from .output_clock import HeldFrame, OutputClock
+from .precheck import Checked, precheck
 from .process import BufferPool, Preprocessor, attention_to_frame, compose, draw_overlay, postprocess
-from .registration import Registrar
-from .sinks import MultiSink, Sink, make_sink
+from .queues import _END, BoundedQueue, Inbox
+from .sinks import Sink
 from .stats import Stats
 from .sync import Pairer
-from .uri import StreamOptions, StreamURI, expand_images, pair_by_stem, parse_output_uri
+from .uri import StreamOptions, StreamURI, parse_output_uri
 
 log = logging.getLogger("moefusion.runtime")
-
-_END = object()
-
 
 @dataclass
 class PipelineConfig:
@@ -71,85 +68,6 @@ class PipelineConfig:
     model_fit: str = "letterbox"  # fixed-size models: letterbox | stretch (see fit.py)
 
 
-class BoundedQueue:
-    """Bounded FIFO. ``drop_oldest``: a put into a full queue evicts the oldest (counted);
-    otherwise it blocks until there is room or the pipeline stops."""
-
-    def __init__(self, maxsize: int, drop_oldest: bool, on_drop, stop_event: threading.Event):
-        self.maxsize, self.drop_oldest, self.on_drop, self.stop = max(1, maxsize), drop_oldest, on_drop, stop_event
-        self.q = deque()
-        self.cond = threading.Condition()
-        self.closed = False
-
-    def put(self, item) -> bool:
-        with self.cond:
-            while len(self.q) >= self.maxsize:
-                if self.drop_oldest:
-                    self.q.popleft()
-                    self.on_drop()
-                    break
-                if self.stop.is_set():
-                    break  # stopping: what is already prepared still goes through
-                self.cond.wait(0.05)
-            self.q.append(item)
-            self.cond.notify_all()
-            return True
-
-    def close(self):
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
-
-    def get(self):
-        """Next item, or _END once closed and empty."""
-        with self.cond:
-            while not self.q:
-                if self.closed:
-                    return _END
-                self.cond.wait(0.1)
-            item = self.q.popleft()
-            self.cond.notify_all()
-            return item
-
-
-class Inbox:
-    """Where capture threads leave frames for the sync thread."""
-
-    def __init__(self, live: dict, cap: int, stats: Stats, stop_event: threading.Event):
-        self.live, self.cap, self.stats, self.stop = live, cap, stats, stop_event
-        self.q = {"ir": deque(), "vis": deque()}
-        self.cond = threading.Condition()
-
-    def put(self, role: str, frame) -> bool:
-        if frame.copy_s:
-            self.stats.stage_time("capture", frame.copy_s)
-        with self.cond:
-            q = self.q[role]
-            if self.live[role]:
-                if len(q) >= self.cap:
-                    q.popleft()
-                    self.stats.drop(f"queue_full_{role}")
-            else:
-                while len(q) >= self.cap:
-                    if self.stop.is_set():
-                        return False
-                    self.cond.wait(0.05)
-            q.append(frame)
-            self.stats.count_in(role)
-            self.cond.notify_all()
-        return True
-
-    def take(self, timeout: float) -> dict:
-        with self.cond:
-            if not self.q["ir"] and not self.q["vis"]:
-                self.cond.wait(timeout)
-            out = {r: list(q) for r, q in self.q.items()}
-            for q in self.q.values():
-                q.clear()
-            self.cond.notify_all()
-            return out
-
-
 @dataclass
 class Item:
     prep: object
@@ -162,7 +80,9 @@ class Item:
 
 class Pipeline:
     def __init__(self, cfg: PipelineConfig, backend: Backend | None = None, *, stats: Stats | None = None,
-                 backend_reason: str = ""):
+                 backend_reason: str = "", checked: Checked | None = None):
+        """``checked``: the result of ``precheck.precheck(cfg)`` when it ran before the backend was
+        built (run_pipeline: before a model is loaded); else ``run`` does it."""
         self.cfg = cfg
         self.backend = backend
         self.backend_reason = backend_reason
@@ -178,6 +98,11 @@ class Pipeline:
         self.notes: dict[str, str] = {}  # warnings said once: geometry changes, output resizing
         self._fits: dict = {}
         self._fit_lock = threading.Lock()
+        self._registrar = None
+        self._image_pairing = None
+        self._prechecked = False
+        if checked is not None:
+            self._use_checks(checked)
 
     # -- control ---------------------------------------------------------------------------
     def stop(self, reason: str = "stop requested") -> None:
@@ -237,7 +162,7 @@ class Pipeline:
         if mixed:
             log.info("a file or image folder is paired with a live source: it is played at its own rate")
         caps = {}
-        pairing, files, rate = getattr(self, "_image_pairing", None) or (None, {}, None)
+        pairing, files, rate = self._image_pairing or (None, {}, None)
         for role, uri, opts in (("ir", cfg.ir, cfg.ir_opts), ("vis", cfg.vis, cfg.vis_opts)):
             def factory(uri=uri, opts=opts, role=role):
                 return make_capture(uri, opts, role, paced=self.paced and uri.is_finite, pairing=pairing,
@@ -261,42 +186,17 @@ class Pipeline:
         return caps
 
     def precheck(self) -> None:
-        """Everything that can be checked before loading a model or starting a camera: the
-        registration file, the outputs, the source paths/devices and GStreamer elements."""
-        cfg = self.cfg
-        self._registrar = Registrar.from_file(cfg.registration) if cfg.registration else None
-        sinks = [make_sink(o, cfg.output_fps or 30.0, cfg.encoder, segment_s=cfg.segment_s, overwrite=cfg.overwrite)
-                 for o in cfg.outputs]
-        self.sink = sinks[0] if len(sinks) == 1 else MultiSink(sinks)
-        for role, uri, opts in (("ir", cfg.ir, cfg.ir_opts), ("vis", cfg.vis, cfg.vis_opts)):
-            try:
-                make_capture(uri, opts, role).precheck()
-            except SourceError as e:
-                raise UserError(str(e))
-        self._image_pairing = self._pair_image_folders() if cfg.ir.kind == cfg.vis.kind == "images" else None
-        self._prechecked = True
+        """Everything that can be checked before loading a model or starting a camera (``precheck.precheck``)."""
+        self._use_checks(precheck(self.cfg))
 
-    def _pair_image_folders(self):
-        """Two image sequences pair by file stem (as moefusion-fuse does), at one common rate."""
-        cfg = self.cfg
-        ir_rate, vis_rate = cfg.ir_opts.rate, cfg.vis_opts.rate
-        if ir_rate and vis_rate and abs(ir_rate - vis_rate) > 1e-9:
-            raise UserError(f"--ir-rate {ir_rate:g} and --vis-rate {vis_rate:g} differ, but two image folders pair "
-                            "frame by frame by file name: give one rate (or the same to both)")
-        files = {"ir": expand_images(cfg.ir, "--ir"), "vis": expand_images(cfg.vis, "--vis")}
-        pairing = pair_by_stem(files["ir"], files["vis"], f"--ir {cfg.ir.raw}", f"--vis {cfg.vis.raw}")
-        for role, other, only in (("IR", "VIS", pairing.only_ir), ("VIS", "IR", pairing.only_vis)):
-            if only:
-                more = f" and {len(only) - 1} more" if len(only) > 1 else ""
-                log.warning("%d %s image(s) have no %s image of the same name (%s%s): counted as unpaired_%s",
-                            len(only), role, other, only[0], more, role.lower())
-        self.stats.info["image_pairing"] = {"by": "file name", "only_ir": len(pairing.only_ir),
-                                            "only_vis": len(pairing.only_vis)}
-        return pairing, files, ir_rate or vis_rate
+    def _use_checks(self, checked: Checked) -> None:
+        self._registrar, self.sink, self._image_pairing = checked.registrar, checked.sink, checked.image_pairing
+        self.stats.info.update(checked.info)
+        self._prechecked = True
 
     def run(self) -> dict:
         cfg, stats = self.cfg, self.stats
-        if not getattr(self, "_prechecked", False):
+        if not self._prechecked:
             self.precheck()
         registrar = self._registrar
         caps = self._open_sources()
@@ -486,34 +386,20 @@ class Pipeline:
         Live sources: a frame is written when the next slot is due (within half a slot), with its
         capture time; the others are skipped."""
         cfg, stats, sink = self.cfg, self.stats, self.sink
-        first_ns = None
-        n = 0
+        clock = OutputClock(fps, live=any_live, convert=cfg.output_fps is not None, max_frames=cfg.max_frames)
         overlay_lines: list[str] = []
-        convert = cfg.output_fps is not None
-        period = 1e9 / fps
-        eps = 1e6  # 1 ms: media timestamps are rounded to ns
-        t_first = None
-        next_slot = 0
-        held = None  # files with --output-rate: [frame copy, media time, capture time, slots it got]
-        last_dt = 0
-
-        def full() -> bool:
-            return bool(cfg.max_frames) and n >= cfg.max_frames
 
         def write_held(until_ns: float) -> bool:
             """Files with --output-rate: the held frame into every slot before ``until_ns``."""
-            nonlocal n, next_slot
-            while held is not None and next_slot * period + eps < until_ns and not full():
+            while clock.slot_due(until_ns):
                 t1 = time.perf_counter()
-                ok = self._write(held[0], int(round(next_slot * period)))
+                ok = self._write(clock.held.frame, clock.slot_pts())
                 stats.stage_time("sink", time.perf_counter() - t1)
                 if not ok:
                     return False
-                stats.output(held[2], repeat=held[3] > 0)
-                held[3] += 1
-                n += 1
-                next_slot += 1
-                if full():
+                stats.output(clock.held.capture_ns, repeat=clock.held.slots > 0)
+                clock.slot_filled()
+                if clock.full():
                     self.stop(f"--max-frames {cfg.max_frames} reached")
             return True
 
@@ -521,20 +407,18 @@ class Pipeline:
             while True:
                 item = out_q.get()
                 if item is _END:
-                    if held is not None:
-                        write_held(held[1] + last_dt)
-                        if held[3] == 0:
+                    if clock.held is not None:
+                        write_held(clock.held.media_ns + clock.last_dt)
+                        if clock.held.slots == 0:
                             stats.drop("output_rate")
                     return
-                if full():
+                if clock.full():
                     stats.drop("unprocessed_at_stop")
                     self._release(item)
                     continue
-                if convert:
-                    t = item.capture_ns if any_live else item.ts_ns
-                    t_first = t if t_first is None else t_first
-                    t -= t_first
-                    if any_live and t < next_slot * period - period / 2:
+                if clock.convert:
+                    t = clock.media_ns(item)
+                    if clock.too_early(t):
                         stats.drop("output_rate")  # too early for the next slot
                         self._release(item)
                         continue
@@ -543,33 +427,27 @@ class Pipeline:
                             self._output_failed()
                             self._release(item)
                             continue
-                        if held is not None:
-                            last_dt = t - held[1]
-                            if held[3] == 0:
+                        if clock.held is not None:
+                            clock.last_dt = t - clock.held.media_ns
+                            if clock.held.slots == 0:
                                 stats.drop("output_rate")  # no slot between it and this frame
                 t0 = time.perf_counter()
                 out = postprocess(item.fused, item.prep, in_place=cfg.view == "fused")
                 att = attention_to_frame(item.attention, item.prep) if cfg.view == "grid" else None
                 frame = compose(cfg.view, out, item.prep, att)
                 if cfg.overlay:
-                    if n % 10 == 0:
+                    if clock.n % 10 == 0:
                         lat = stats.latency_window()
                         overlay_lines = [f"{stats.fps_window():.1f} FPS  latency {lat['p50'] or 0:.0f} ms",
                                          f"{self.backend.name}"]
                     draw_overlay(frame, overlay_lines)  # the frame is this item's own buffer
                 t1 = time.perf_counter()
                 stats.stage_time("postprocess", t1 - t0)
-                if convert and not any_live:  # held until the next frame says how many slots it gets
-                    held = [frame.copy(), t, item.capture_ns, 0]
+                if clock.convert and not any_live:  # held until the next frame says how many slots it gets
+                    clock.held = HeldFrame(frame.copy(), t, item.capture_ns)
                     self._release(item)
                     continue
-                if any_live:
-                    first_ns = item.capture_ns if first_ns is None else first_ns
-                    pts = item.capture_ns - first_ns
-                    if convert:
-                        next_slot = int(math.floor(t / period + 0.5)) + 1
-                else:
-                    pts = int(round(n * 1e9 / fps))
+                pts = clock.live_pts(item, t if clock.convert else None) if any_live else clock.file_pts()
                 ok = self._write(frame, pts)
                 stats.stage_time("sink", time.perf_counter() - t1)
                 self._release(item)
@@ -577,8 +455,8 @@ class Pipeline:
                     self._output_failed()
                     continue
                 stats.output(item.capture_ns)
-                n += 1
-                if full():
+                clock.n += 1
+                if clock.full():
                     self.stop(f"--max-frames {cfg.max_frames} reached")
         finally:
             try:

@@ -34,10 +34,10 @@ from fractions import Fraction
 from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import UserError
+from ..files import IMAGE_EXTS
 
 VIDEO_EXTS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".h264", ".h265",
               ".264", ".265", ".ogv", ".flv", ".y4m")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
 OUTPUT_EXTS = (".mp4", ".mkv", ".mov", ".avi")
 
 INPUT_KINDS = ("v4l2", "csi", "rtsp", "file", "images", "test")

@@ -1,0 +1,180 @@
+"""``GstSink``: frames pushed into an appsrc-fed GStreamer pipeline (a window, an RTP/UDP or RTSP
+stream; the file sinks build on it)."""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from ...errors import UserError
+from .. import gst as gstmod
+from ..yuv import I420Frame
+from .base import Sink
+
+log = logging.getLogger("moefusion.runtime")
+
+
+class GstSink(Sink):
+    """appsrc-fed pipeline; ``build(w, h, fps[, fmt])`` returns the launch string. It is called when
+    the first frame arrives, with the output rate known by then (``fps``, set by the pipeline), and
+    the frames' format: BGR, or I420 (``yuv.I420Frame``, the fast path: the encoder takes it as it
+    is; ``build`` is then called with ``fmt="I420"``).
+
+    Buffers are laid out as GStreamer expects for the appsrc caps: each BGR row padded to the
+    caps' stride (3 * width rounded up to 4 bytes). Tightly packed rows of a width that is not a
+    multiple of 4 would be rejected by videoconvert (a uniform green picture). The buffers come
+    from a GStreamer buffer pool: each frame is copied once, row by row, into a buffer that returns
+    to the pool when the pipeline is done with it (no allocation per frame)."""
+
+    kind = "gstreamer"
+
+    def __init__(self, what: str, fps: float, build):
+        super().__init__()
+        self.what, self.fps, self.build = what, fps, build
+        self.launch = None
+        self._pipe = None
+        self._src = None
+        self._last_pts = -1
+        self._bufpool = None
+        self._layout = None  # ((offset, stride) per plane, size)
+        self.fmt = "BGR"
+
+    def describe(self) -> str:
+        return self.launch or self.what
+
+    def _open(self, w: int, h: int):
+        Gst = gstmod.import_gst()
+        from gi.repository import GLib, GstVideo  # optional (PyGObject): loaded by gstmod.import_gst above
+
+        self.launch = self.build(w, h, self.fps, self.fmt) if self.fmt != "BGR" else self.build(w, h, self.fps)
+        log.info("output pipeline: %s", self.launch)
+        gstmod.check_elements(self.launch, self.what)
+        try:
+            self._pipe = Gst.parse_launch(self.launch)
+        except GLib.Error as e:
+            raise UserError(f"{self.what}: cannot build the output pipeline: {e.message}")
+        self._src = self._pipe.get_by_name("src")
+        info = GstVideo.VideoInfo.new_from_caps(self._src.get_property("caps"))
+        want = GstVideo.VideoFormat.I420 if self.fmt == "I420" else GstVideo.VideoFormat.BGR
+        if info.finfo.format != want or info.stride[0] < (w if self.fmt == "I420" else w * 3):
+            raise RuntimeError(f"{self.what}: unexpected appsrc layout {info.finfo.format} stride {info.stride[0]} "
+                               f"size {info.size}")
+        self._layout = (tuple((info.offset[p], info.stride[p]) for p in range(info.finfo.n_planes)), info.size)
+        self._bufpool = Gst.BufferPool.new()
+        conf = self._bufpool.get_config()
+        Gst.BufferPool.config_set_params(conf, self._src.get_property("caps"), info.size, 2, 0)
+        if not self._bufpool.set_config(conf) or not self._bufpool.set_active(True):
+            raise RuntimeError(f"{self.what}: cannot set up a buffer pool of {info.size} bytes")
+        if self._pipe.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
+            err = self._poll_bus() or "cannot start"
+            self._pipe.set_state(Gst.State.NULL)
+            self._pipe = None
+            raise UserError(f"{self.what}: {err}")
+
+    def _buffer(self, frame):
+        """A pooled Gst.Buffer holding the frame with GStreamer's strides (one copy)."""
+        Gst = gstmod.import_gst()
+        ret, buf = self._bufpool.acquire_buffer(None)
+        if ret != Gst.FlowReturn.OK:
+            raise RuntimeError(f"{self.what}: no buffer from the pool ({ret.value_nick})")
+        planes, size = self._layout
+        h, w = frame.shape[:2]
+        ok, mi = buf.map(Gst.MapFlags.WRITE)
+        if not ok:
+            raise RuntimeError(f"{self.what}: cannot map an output buffer")
+        try:
+            if isinstance(frame, I420Frame):
+                for (off, st), src in zip(planes, (frame.y, frame.u, frame.v)):
+                    np.copyto(np.ndarray(src.shape, np.uint8, buffer=mi.data, offset=off, strides=(st, 1)), src)
+            else:
+                np.copyto(np.ndarray((h, w, 3), np.uint8, buffer=mi.data, strides=(planes[0][1], 3, 1)), frame)
+        finally:
+            buf.unmap(mi)
+        return buf
+
+    def _poll_bus(self) -> str:
+        """Handle element messages (``_on_element``) and return the first error, if any."""
+        Gst = gstmod.import_gst()
+        if self._pipe is None:
+            return ""
+        bus = self._pipe.get_bus()
+        while True:
+            msg = bus.pop_filtered(Gst.MessageType.ERROR | Gst.MessageType.ELEMENT)
+            if msg is None:
+                return ""
+            if msg.type == Gst.MessageType.ELEMENT:
+                self._on_element(msg.get_structure())
+                continue
+            return self._error_text(msg)
+
+    def _error_text(self, msg) -> str:
+        err, _debug = msg.parse_error()
+        text = f"{err.message} ({msg.src.get_name() if msg.src else '?'})"
+        if "window" in (err.message or "").lower() and "closed" in (err.message or "").lower():
+            self.closed_by_user = True
+        return text
+
+    def _on_element(self, structure) -> None:
+        pass
+
+    def write(self, frame, pts_ns) -> bool:
+        Gst = gstmod.import_gst()
+        frame = self._fit(frame)
+        if self._pipe is None:
+            self.fmt = "I420" if isinstance(frame, I420Frame) else "BGR"
+            self._open(*self.size)
+        if self.fmt == "I420" and not isinstance(frame, I420Frame):
+            frame = I420Frame.from_bgr(frame)
+        elif self.fmt == "BGR" and isinstance(frame, I420Frame):
+            frame = frame.to_bgr()
+        pts = max(int(pts_ns), self._last_pts + 1)
+        self._last_pts = pts
+        buf = self._buffer(frame)
+        buf.pts = pts
+        buf.duration = int(1e9 / self.fps) if self.fps else Gst.CLOCK_TIME_NONE
+        ret = self._src.emit("push-buffer", buf)
+        err = self._poll_bus()
+        if ret != Gst.FlowReturn.OK or err:
+            self.error = err or f"{self.what}: the output refused a frame ({ret.value_nick})"
+            return False
+        self.frames += 1
+        return True
+
+    def _finish(self, timeout_s: float) -> bool:
+        """Send EOS through the pipeline (the muxer writes its index) and stop it."""
+        if self._pipe is None:
+            return True
+        Gst = gstmod.import_gst()
+        ok = True
+        if not self.error:
+            self._src.emit("end-of-stream")
+            bus = self._pipe.get_bus()
+            deadline = time.monotonic() + timeout_s
+            while True:
+                left = deadline - time.monotonic()
+                msg = bus.timed_pop_filtered(int(max(0.0, left) * Gst.SECOND),
+                                             Gst.MessageType.EOS | Gst.MessageType.ERROR | Gst.MessageType.ELEMENT)
+                if msg is None:
+                    ok = False
+                    self.error = self.error or f"{self.what}: EOS did not get through in {timeout_s:g} s"
+                    break
+                if msg.type == Gst.MessageType.ELEMENT:
+                    self._on_element(msg.get_structure())
+                    continue
+                if msg.type == Gst.MessageType.ERROR:
+                    ok = False
+                    self.error = self.error or f"{self.what}: {self._error_text(msg)}"
+                break
+        else:
+            ok = False
+        self._pipe.set_state(Gst.State.NULL)
+        self._pipe = None
+        if self._bufpool is not None:
+            self._bufpool.set_active(False)
+            self._bufpool = None
+        return ok
+
+    def close(self):
+        self._finish(10.0)
+        return None
