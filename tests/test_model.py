@@ -11,7 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import moefusion
 from moefusion.errors import UserError
-from moefusion.model.checkpoint import load, read_checkpoint, save_checkpoint
+from moefusion import load
+from moefusion.model.checkpoint import read_checkpoint, save_checkpoint
 from moefusion.model.experts import DISPATCH_MODES, DISPATCHERS, ExpertBank
 from moefusion.model.gating import (balancing_loss, gate_descriptor, gated_logsumexp, randomize_gates,
                                     top_k_gating)

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import moefusion
-from moefusion.model.checkpoint import load, save_checkpoint
+from moefusion import load
+from moefusion.model.checkpoint import save_checkpoint
 from moefusion.model.pyramid import head_channels, laplacian_pyramid, pyramid_fuse, reconstruct
 
 LEVELS, SHARP = 5, 30.0

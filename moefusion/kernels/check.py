@@ -422,12 +422,11 @@ def _prepare_model(preset: str, dispatch: str, device: str):
     that routing depends on the input (zero-initialised gates tie every expert)."""
     import torch
 
-    import moefusion
-
+    from ..model import build_model
     from ..model.gating import randomize_gates
 
     torch.manual_seed(0)
-    return randomize_gates(moefusion.build_model(preset, dispatch=dispatch), seed=1, scale=None).to(device).eval()
+    return randomize_gates(build_model(preset, dispatch=dispatch), seed=1, scale=None).to(device).eval()
 
 
 def step_model_benchmarks(report: Report, device: str, scale: float, iters: int, batches, presets, budget: Budget,

@@ -22,11 +22,6 @@ def gate(features: torch.Tensor, w_gate: torch.Tensor, grid_h: int, grid_w: int,
     return g.indices.to(torch.int32), g.weights.float()
 
 
-def gate_logits(features: torch.Tensor, w_gate: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
-    """The clean logits [B, E] (tests use them to accept either expert of a near-tie)."""
-    return gate_descriptor(features.float(), (grid_h, grid_w)) @ w_gate.float()
-
-
 def gate_float64(features: torch.Tensor, w_gate: torch.Tensor, grid_h: int, grid_w: int, k: int):
     """The gate's math in float64: (indices int32 [B,k], weights float64 [B,k], logits float64 [B,E]).
 
