@@ -9,18 +9,23 @@ Exit status: 0 after a normal end (end of the files, --max-frames, SIGINT/SIGTER
 closed); 2 for a user mistake (one line naming the flag/device/element and the fix); 1 when
 the run failed mid-way (a camera lost for longer than --reconnect-timeout, an output error) or
 produced no output frame (one line saying why).
+
+Every numeric flag is checked while the command line is parsed (``argtypes``: finite, in range),
+before any file is opened or any source or model starts.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import re
 import signal
 import sys
 
 from ..errors import UserError, cli_entry
 from ..files import atomic_write_text
 from ..kernels.plugins import PLUGIN_ENV
+from . import argtypes
 from .backends import BACKENDS, select_backend
 from .fit import FIT_MODES
 from .pipeline import Pipeline, PipelineConfig
@@ -36,9 +41,30 @@ log = logging.getLogger("moefusion.runtime")
 DEMO_OUTPUT = "out/run_pipeline_demo.mp4"
 DEMO_STATS = "out/run_pipeline_demo.json"
 
+BACKEND_ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
+
+
+class _ArgumentError(UserError):
+    """A bad flag or value, found while parsing: printed as ``run_pipeline: error: ...`` (one line)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (``run_pipeline: error: --vis-rate: got inf; allowed: ...``,
+    exit 2) instead of the whole usage block."""
+
+    def error(self, message):
+        message = re.sub(r"^argument ([^:]+): ", r"\1: ", message)
+        raise _ArgumentError(message)
+
+
+def backend_name(text: str) -> str:
+    """--backend: the names of BACKENDS, and the aliases users type (onnx for onnxruntime, ...)."""
+    name = str(text).strip().lower()
+    return BACKEND_ALIASES.get(name, name)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="run_pipeline",
         description="Fuse a thermal (IR) and a visible (VIS) video stream live with MoE-Fusion.",
         epilog="Sources and outputs are URIs (after jetson-utils). See docs/runtime.md.",
@@ -50,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_stream_args(p, "vis", "visible (VIS)")
     m = p.add_argument_group("model")
     m.add_argument("--model", metavar="PATH", help="a checkpoint (.pt), an .onnx or an .engine (default: bundled weights)")
-    m.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="inference backend (default auto: the fastest that can run; the choice is logged)")
+    m.add_argument("--backend", type=backend_name, choices=BACKENDS, default="auto",
+                   help="inference backend (default auto: the fastest that can run; the choice is logged); "
+                        "onnx is accepted for onnxruntime, trt for tensorrt")
     m.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     m.add_argument("--precision", choices=("auto", "fp16", "fp32"), default="auto",
                    help="torch backend: auto = fp16 on a GPU, fp32 on the CPU")
@@ -63,10 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--trt-plugins", action="append", metavar="LIB",
                    help=f"TensorRT plugin library to load (default: from <engine>.json or {PLUGIN_ENV})")
     s = p.add_argument_group("synchronisation and registration")
-    s.add_argument("--sync-tolerance", type=float, default=25.0, metavar="MS",
-                   help="pair frames whose timestamps differ by at most this (default 25 ms)")
-    s.add_argument("--sync-offset", type=float, default=0.0, metavar="MS",
-                   help="added to IR timestamps before pairing (a thermal camera that delivers late: negative)")
+    s.add_argument("--sync-tolerance", type=argtypes.sync_tolerance_ms, default=25.0, metavar="MS",
+                   help=f"pair frames whose timestamps differ by at most this (default 25 ms; "
+                        f"0 < MS <= {argtypes.MAX_TOLERANCE_MS:g})")
+    s.add_argument("--sync-offset", type=argtypes.sync_offset_ms, default=0.0, metavar="MS",
+                   help=f"added to IR timestamps before pairing (a thermal camera that delivers late: negative; "
+                        f"at most {argtypes.MAX_OFFSET_MS:g} ms either way)")
     s.add_argument("--registration", metavar="FILE",
                    help="IR-to-VIS homography (YAML/JSON from moefusion-calibrate register): warp IR into VIS, crop "
                         "to the common field of view")
@@ -79,28 +108,32 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--encoder", choices=ENCODER_CHOICES, default="auto",
                    help="H.264 encoder for file/stream outputs (auto: nvv4l2h264enc, x264enc, openh264enc; "
                         "files fall back to OpenCV mp4v)")
-    o.add_argument("--output-rate", type=float, metavar="HZ",
-                   help="output frame rate (default: the slower source's): frames are skipped or repeated by their "
+    o.add_argument("--output-rate", type=argtypes.rate_hz, metavar="HZ",
+                   help="output frame rate (default: the slower source's; 0 < HZ <= "
+                        f"{argtypes.MAX_RATE_HZ:g}): frames are skipped or repeated by their "
                         "timestamps, so the output keeps the input's duration")
-    o.add_argument("--segment", type=float, default=0.0, metavar="S",
-                   help="file outputs: start a new file every S seconds (NAME_00000.EXT, ...; each renamed from "
-                        ".partial once complete)")
+    o.add_argument("--segment", type=argtypes.segment_s, default=0.0, metavar="S",
+                   help="file outputs: start a new file every S (>= 1) seconds (NAME_00000.EXT, ...; each renamed "
+                        "from .partial once complete; default 0: one file)")
     o.add_argument("--overwrite", action="store_true",
                    help="file outputs: replace an existing recording (default: keep it and write NAME.1.EXT, ...; "
                         "segments continue their numbering)")
     r = p.add_argument_group("run")
     r.add_argument("--stats-json", metavar="FILE",
                    help="write the statistics as JSON at exit ('-': stdout, JSON only; the summary then goes to stderr)")
-    r.add_argument("--stats-interval", type=float, default=5.0, metavar="S", help="print statistics every S s (0: off)")
-    r.add_argument("--max-frames", type=int, default=0, metavar="N", help="stop after N output frames")
+    r.add_argument("--stats-interval", type=argtypes.stats_interval_s, default=5.0, metavar="S",
+                   help="print statistics every S s (default 5; 0: off)")
+    r.add_argument("--max-frames", type=argtypes.max_frames, default=0, metavar="N",
+                   help="stop after N output frames (default 0: no limit)")
     r.add_argument("--realtime", action="store_true",
                    help="play files and image folders at their frame rate (like cameras)")
-    r.add_argument("--queue-size", type=int, default=None, metavar="N",
-                   help="frames queued between stages (default: 1 with live sources, for the lowest latency; 4 for files)")
-    r.add_argument("--stall-timeout", type=float, default=3.0, metavar="S",
-                   help="a live source silent this long is reconnected (default 3 s)")
-    r.add_argument("--reconnect-timeout", type=float, default=-1.0, metavar="S",
-                   help="give up on a lost camera after S s (default: retry forever; 0: never retry)")
+    r.add_argument("--queue-size", type=argtypes.queue_size, default=None, metavar="N",
+                   help=f"frames queued between stages, 1-{argtypes.MAX_QUEUE} (default: 1 with live sources, for "
+                        "the lowest latency; 4 for files)")
+    r.add_argument("--stall-timeout", type=argtypes.stall_timeout_s, default=3.0, metavar="S",
+                   help="a live source silent this long (S > 0) is reconnected (default 3 s)")
+    r.add_argument("--reconnect-timeout", type=argtypes.reconnect_timeout_s, default=None, metavar="S",
+                   help="give up on a lost camera after S (>= 0) s (default: retry forever; 0: never retry)")
     r.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -174,16 +207,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     outputs = [parse_output_uri(o, "--output") for o in args.output]
     if len(outputs) > 1 and any(o.kind == "none" for o in outputs):
         outputs = [o for o in outputs if o.kind != "none"]
-    if args.sync_tolerance <= 0:
-        raise UserError(f"--sync-tolerance must be positive (milliseconds), got {args.sync_tolerance}")
-    if args.queue_size is not None and args.queue_size < 1:
-        raise UserError(f"--queue-size must be at least 1, got {args.queue_size}")
-    if args.max_frames < 0:
-        raise UserError(f"--max-frames must be 0 (no limit) or positive, got {args.max_frames}")
-    if args.output_rate is not None and args.output_rate <= 0:
-        raise UserError(f"--output-rate must be positive, got {args.output_rate}")
-    if args.segment < 0 or (0 < args.segment < 1):
-        raise UserError(f"--segment must be at least 1 (seconds per file), got {args.segment:g}")
+    # the numbers were checked by their argparse types (argtypes.py)
     if args.segment and not any(o.kind == "file" for o in outputs):
         raise UserError("--segment applies to file outputs: add --output file://NAME.mp4")
     return PipelineConfig(
@@ -193,7 +217,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         sync_tolerance_ms=args.sync_tolerance, sync_offset_ms=args.sync_offset,
         registration=args.registration, max_frames=args.max_frames, queue_size=args.queue_size,
         realtime=args.realtime, stats_interval=args.stats_interval, stall_timeout=args.stall_timeout,
-        reconnect_timeout=args.reconnect_timeout, encoder=args.encoder, output_fps=args.output_rate,
+        reconnect_timeout=-1.0 if args.reconnect_timeout is None else args.reconnect_timeout, encoder=args.encoder, output_fps=args.output_rate,
         segment_s=args.segment, overwrite=args.overwrite, model_fit=args.model_fit)
 
 
@@ -229,7 +253,11 @@ def format_summary(d: dict) -> str:
 
 @cli_entry
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _ArgumentError as e:
+        print(f"run_pipeline: error: {e}", file=sys.stderr)
+        return 2
     _setup_logging(args.log_level)
     cfg = config_from_args(args)
     checked = precheck(cfg)  # outputs, files, devices, GStreamer elements: before a model is loaded

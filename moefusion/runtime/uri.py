@@ -35,6 +35,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from ..errors import UserError
 from ..files import IMAGE_EXTS
+from . import argtypes
 
 VIDEO_EXTS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".h264", ".h265",
               ".264", ".265", ".ogv", ".flv", ".y4m")
@@ -144,15 +145,18 @@ def add_stream_args(parser: argparse.ArgumentParser, prefix: str, what: str) -> 
     """Add ``--PREFIX`` (the URI) and ``--PREFIX-width/-height/-rate/-format/-flip/-loop``."""
     g = parser.add_argument_group(f"{what} stream (--{prefix}-*)")
     g.add_argument(f"--{prefix}", metavar="URI", help=f"{what} source: {INPUT_HELP}")
-    g.add_argument(f"--{prefix}-width", type=int, metavar="PX", help="capture width (cameras) / scale to (files)")
-    g.add_argument(f"--{prefix}-height", type=int, metavar="PX", help="capture height (cameras) / scale to (files)")
-    g.add_argument(f"--{prefix}-rate", type=float, metavar="HZ",
-                   help="frame rate: camera mode; image sequences are timed at this rate (default 30)")
+    g.add_argument(f"--{prefix}-width", type=argtypes.pixels, metavar="PX",
+                   help=f"capture width (cameras) / scale to (files); 1-{argtypes.MAX_PIXELS}")
+    g.add_argument(f"--{prefix}-height", type=argtypes.pixels, metavar="PX",
+                   help=f"capture height (cameras) / scale to (files); 1-{argtypes.MAX_PIXELS}")
+    g.add_argument(f"--{prefix}-rate", type=argtypes.rate_hz, metavar="HZ",
+                   help=f"frame rate: camera mode; image sequences are timed at this rate (default 30; "
+                        f"0 < HZ <= {argtypes.MAX_RATE_HZ:g})")
     g.add_argument(f"--{prefix}-format", metavar="FMT",
                    help="camera pixel format: GRAY8, GRAY16_LE (Y16, radiometric thermal), YUY2, MJPG, NV12, ...")
     g.add_argument(f"--{prefix}-flip", choices=list(FLIPS), help="flip/rotate the stream (camera mounting)")
-    g.add_argument(f"--{prefix}-loop", type=int, nargs="?", const=-1, default=0, metavar="N",
-                   help="file sources: play N more times (no N: forever)")
+    g.add_argument(f"--{prefix}-loop", type=argtypes.loop_count, nargs="?", const=-1, default=0, metavar="N",
+                   help="file sources: play N (>= 0) more times (no N: forever)")
 
 
 def normalize_format(fmt: str, flag: str = "--format") -> str:
