@@ -529,7 +529,9 @@ def test_truncated_input_warns_with_the_count(tmp_path, capsys, ext):
     cut = tmp_path / f"cut{ext}"
     data = full.read_bytes()
     cut.write_bytes(data[: len(data) * 6 // 10])  # a copy cut short (a full disk, an interrupted transfer)
-    rc, st = run(["--ir", str(full), "--vis", str(full), "--output", "none", "--backend", "average"], tmp_path)
+    twin = tmp_path / f"twin{ext}"  # run_pipeline refuses the same file as IR and VIS
+    twin.write_bytes(data)
+    rc, st = run(["--ir", str(full), "--vis", str(twin), "--output", "none", "--backend", "average"], tmp_path)
     assert rc == 0 and st["frames_out"] == 60 and st["warnings"] == []
     capsys.readouterr()
     rc, st = run(["--ir", str(full), "--vis", str(cut), "--output", "none", "--backend", "average"], tmp_path)

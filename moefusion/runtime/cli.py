@@ -10,14 +10,16 @@ closed); 2 for a user mistake (one line naming the flag/device/element and the f
 the run failed mid-way (a camera lost for longer than --reconnect-timeout, an output error) or
 produced no output frame (one line saying why).
 
-Every numeric flag is checked while the command line is parsed (``argtypes``: finite, in range),
-before any file is opened or any source or model starts.
+Every numeric flag is checked while the command line is parsed (``argtypes``: finite, in range), and
+the outputs (host names, folders, free space, --stats-json) right after (``precheck.check_outputs``),
+all before any file is opened or any source or model starts.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -29,7 +31,7 @@ from . import argtypes
 from .backends import BACKENDS, select_backend
 from .fit import FIT_MODES
 from .pipeline import Pipeline, PipelineConfig
-from .precheck import precheck
+from .precheck import check_outputs, check_sources_differ, precheck
 from .process import VIEWS
 from .samplegen import ensure_demo_clips, real_demo_clips
 from .sinks import ENCODER_CHOICES, display_available
@@ -166,6 +168,8 @@ def _window_possible() -> bool:
     """For the demo's optional window: a display is set and a window sink opens on it (if not, the
     demo still writes its file, and says why there is no window)."""
     if not display_available():
+        log.info("demo: no window opens: no display ($DISPLAY and $WAYLAND_DISPLAY are not set); the fused video "
+                 "is written to %s", os.path.abspath(DEMO_OUTPUT))
         return False
     try:
         choose_display_sink("--demo window")
@@ -199,6 +203,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     vis = parse_input_uri(args.vis, "--vis")
     if ir.kind == vis.kind and ir.location == vis.location and ir.kind in ("v4l2", "csi"):
         raise UserError(f"--ir and --vis are the same device ({ir.location}); give the thermal and the visible camera")
+    check_sources_differ(ir, vis)
     if args.output is None:
         if not display_available():
             raise UserError("no --output given and no display (DISPLAY is not set): use --output file://out.mp4, "
@@ -260,6 +265,7 @@ def main(argv=None) -> int:
         return 2
     _setup_logging(args.log_level)
     cfg = config_from_args(args)
+    check_outputs(cfg, args.stats_json)  # host names, folders, free space: before anything is opened
     checked = precheck(cfg)  # outputs, files, devices, GStreamer elements: before a model is loaded
     backend, reason = select_backend(args.backend, args.model, device=args.device, precision=args.precision,
                                      cuda_graphs=not args.no_cuda_graphs, trt_plugins=args.trt_plugins)
