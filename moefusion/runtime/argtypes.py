@@ -26,9 +26,10 @@ def _fmt(v) -> str:
 
 
 def bounded(kind: type = float, lo=None, hi=None, *, lo_open: bool = False, name: str = "N", hint: str = "",
-            zero_ok: bool = False):
+            also: tuple = ()):
     """A ``type=`` function: ``kind`` (int or float) within [lo, hi] (``lo_open``: lo itself excluded),
-    finite; ``zero_ok``: 0 is allowed too (it switches something off) whatever ``lo`` is."""
+    finite; ``also``: values allowed besides the range (0 that switches something off, -1 for
+    'forever')."""
     if lo is not None and hi is not None:
         rng = f"{_fmt(lo)} {'<' if lo_open else '<='} {name} <= {_fmt(hi)}"
     elif lo is not None:
@@ -37,8 +38,8 @@ def bounded(kind: type = float, lo=None, hi=None, *, lo_open: bool = False, name
         rng = f"{name} <= {_fmt(hi)}" if hi is not None else ""
     what = "a whole number" if kind is int else "a finite number"
     allowed = f"{what}, {rng}" if rng else what
-    if zero_ok:
-        allowed = f"0 or {allowed}"
+    if also:
+        allowed = f"{' or '.join(_fmt(a) for a in also)} or {allowed}"
     if hint:
         allowed += f" ({hint})"
 
@@ -50,7 +51,7 @@ def bounded(kind: type = float, lo=None, hi=None, *, lo_open: bool = False, name
             raise argparse.ArgumentTypeError(f"got {text!r}; allowed: {allowed}") from None
         if kind is float and not math.isfinite(v):
             raise argparse.ArgumentTypeError(f"got {text}; allowed: {allowed}")
-        if zero_ok and v == 0:
+        if v in also:
             return v
         if (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v > hi):
             raise argparse.ArgumentTypeError(f"got {text}; allowed: {allowed}")
@@ -87,9 +88,9 @@ rate_hz = positive_float("HZ", MAX_RATE_HZ, "frames per second")
 loop_count = non_negative_int("N", hint="play N more times; the flag without N loops forever")
 sync_tolerance_ms = positive_float("MS", MAX_TOLERANCE_MS, "milliseconds")
 sync_offset_ms = finite_float("MS", -MAX_OFFSET_MS, MAX_OFFSET_MS, "milliseconds, added to IR timestamps")
-segment_s = bounded(float, 1, name="S", zero_ok=True, hint="seconds per file; 0: one file")
+segment_s = bounded(float, 1, name="S", also=(0,), hint="seconds per file; 0: one file")
 stats_interval_s = non_negative_float("S", hint="seconds; 0: off")
 max_frames = non_negative_int("N", hint="0: no limit")
 queue_size = positive_int("N", MAX_QUEUE, "frames")
 stall_timeout_s = positive_float("S", hint="seconds")
-reconnect_timeout_s = non_negative_float("S", hint="seconds; 0: never retry; leave the flag out to retry forever")
+reconnect_timeout_s = bounded(float, 0, name="S", also=(-1,), hint="seconds; 0: never retry; -1: retry forever")

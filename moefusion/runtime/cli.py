@@ -134,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the lowest latency; 4 for files)")
     r.add_argument("--stall-timeout", type=argtypes.stall_timeout_s, default=3.0, metavar="S",
                    help="a live source silent this long (S > 0) is reconnected (default 3 s)")
-    r.add_argument("--reconnect-timeout", type=argtypes.reconnect_timeout_s, default=None, metavar="S",
-                   help="give up on a lost camera after S (>= 0) s (default: retry forever; 0: never retry)")
+    r.add_argument("--reconnect-timeout", type=argtypes.reconnect_timeout_s, default=-1.0, metavar="S",
+                   help="give up on a lost camera after S (>= 0) s (default -1: retry forever; 0: never retry)")
     r.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
@@ -222,7 +222,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         sync_tolerance_ms=args.sync_tolerance, sync_offset_ms=args.sync_offset,
         registration=args.registration, max_frames=args.max_frames, queue_size=args.queue_size,
         realtime=args.realtime, stats_interval=args.stats_interval, stall_timeout=args.stall_timeout,
-        reconnect_timeout=-1.0 if args.reconnect_timeout is None else args.reconnect_timeout, encoder=args.encoder, output_fps=args.output_rate,
+        reconnect_timeout=args.reconnect_timeout, encoder=args.encoder, output_fps=args.output_rate,
         segment_s=args.segment, overwrite=args.overwrite, model_fit=args.model_fit)
 
 
