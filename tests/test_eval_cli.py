@@ -380,7 +380,9 @@ def test_heldout_evaluates_the_sets_the_config_held_out(tmp_path, capsys):
     (["--data", "x", "--unseen", "y"], ["--unseen cannot be used with --data"]),
     (["--heldout", "--json", "r.json"], ["--json cannot be used with --heldout"]),
     (["--routing-report", "--methods", "average"], ["--methods cannot be used with --routing-report"]),
-    ([], ["--data ROOT, --heldout or --routing-report"]),
+    (["--temporal", "--heldout"], ["--temporal and --heldout", "give one of them"]),
+    (["--data", "x", "--temporal", "--sheet", "s.png"], ["--sheet cannot be used with --temporal"]),
+    ([], ["--data ROOT, --heldout, --routing-report or --temporal"]),
 ])
 def test_conflicting_modes_and_options_are_one_line_errors(argv, words, capsys):
     code, _, stderr = _run(argv, capsys)

@@ -2,7 +2,9 @@
 
     moefusion-eval --data ROOT [--methods average,max,laplacian,gff,model] [--model PATH]
                    [--metrics EN,SD,...] [--convention default|published] [--limit N]
-                   [--json F] [--csv F] [--sheet F.png] [--sheet-rows N] [--temporal]
+                   [--json F] [--csv F] [--sheet F.png] [--sheet-rows N]
+    moefusion-eval --temporal (--data ROOT | --ir-video A.mp4 --vis-video B.mp4) [--max-frames N]
+                   [--methods model,laplacian,gff,average] [--model PATH] [--markdown F.md] [--json F]
     moefusion-eval --heldout [--model PATH] [--config YAML] [--unseen DIR ...] [--unseen-limit N]
                    [--methods ...] [--metrics ...] [--limit N] [--markdown F.md] [--sheet-dir DIR]
     moefusion-eval --routing-report [--model PATH] [--config YAML] [--limit N] [--markdown F.md] [--maps F.png]
@@ -34,6 +36,9 @@ the first ``--unseen-limit`` pairs of each ``--unseen`` folder; one table of mea
 expert is chosen and how far the fused image moves when the layer runs experts it did not choose or
 is zeroed; the attention inside and outside labelled boxes and the effect of a uniform attention;
 the person-minus-surround contrast (:mod:`moefusion.eval.ablation`).
+``--temporal``: the pairs of ROOT in natural id order (or two synchronised video files) are a video;
+per method, flicker excess, warping error and brightness pumping with motion compensated by the
+sources' optical flow, beside the raw frame-to-frame change (:mod:`moefusion.eval.temporal`).
 """
 from __future__ import annotations
 
@@ -58,18 +63,26 @@ from .runner import (
     find_pairs,
     parse_methods,
 )
-from .temporal import TEMPORAL_METRICS, TemporalStats
+from .temporal import (
+    MAX_FRAMES,
+    format_table,
+    measure_sequence,
+    method_fuser,
+    open_sequence,
+    results_json,
+)
 
 SHEET_ROWS = 8
 HELDOUT_METHODS = "model,average,max,laplacian,gff"
 HELDOUT_METRICS = "EN,SD,SF,AG,MI,SCD,VIF,Qabf,SSIM"
+TEMPORAL_METHODS = "model,laplacian,gff,average"
 UNSEEN = ["../shared/data/llvip_samples"]  # never used in training (the bundled weights' config)
 UNSEEN_LIMIT = 12
 MAP_ROWS = 4
 # The options of each mode; any other option given with the mode is an error.
 MODE_OPTIONS = {
-    "data": {"data", "methods", "model", "metrics", "convention", "limit", "json", "csv", "sheet", "temporal",
-             "sheet_rows"},
+    "data": {"data", "methods", "model", "metrics", "convention", "limit", "json", "csv", "sheet", "sheet_rows"},
+    "temporal": {"temporal", "data", "ir_video", "vis_video", "max_frames", "methods", "model", "markdown", "json"},
     "heldout": {"heldout", "model", "config", "unseen", "unseen_limit", "methods", "metrics", "convention", "limit",
                 "markdown", "sheet_dir", "sheet_rows"},
     "routing_report": {"routing_report", "model", "config", "limit", "markdown", "maps"},
@@ -86,14 +99,6 @@ def load_model(m: Method):
     if not callable(getattr(model, "fuse", None)):
         raise UserError(f"method {m.label!r}: moefusion.load({what}) returned an object without fuse()")
     return model
-
-
-def format_temporal(results: dict[str, dict]) -> str:
-    head = ["method", *TEMPORAL_METRICS]
-    body = [[label] + [f"{r[k]:.4f}" for k in TEMPORAL_METRICS] for label, r in results.items()]
-    widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-                     for row in [head] + body)
 
 
 def _positive_int(s: str) -> int:
@@ -126,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "expert sets, change of the fused image when the layer runs experts it did not choose "
                            "or is zeroed; attention inside/outside labelled boxes and the change with a uniform "
                            "attention; person-minus-surround contrast (grey levels)")
+    mode.add_argument("--temporal", action="store_true",
+                      help="the --data pairs in natural id order, or --ir-video/--vis-video, are a video: per "
+                           "method, flicker excess, warping error and pumping (motion compensated by the sources' "
+                           "optical flow) beside the raw frame-to-frame change (docs/metrics.md; default methods "
+                           f"{TEMPORAL_METHODS})")
     p.add_argument("--methods", metavar="LIST",
                    help="comma-separated: average, max, laplacian, gff, model, model:PATH, fused:DIR "
                         "(fused images already on disk, named like the pairs; default: "
@@ -143,12 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="write per-image and mean results as JSON")
     p.add_argument("--csv", metavar="FILE", help="write per-image and mean rows as CSV")
     p.add_argument("--sheet", metavar="FILE.png", help="write a contact sheet: rows = images, columns = IR, VIS, each method")
-    p.add_argument("--temporal", action="store_true",
-                   help="the pairs are a video sequence (natural id order): also report frame-to-frame change, "
-                        "brightness spread and change beyond the sources' own (docs/metrics.md)")
     p.add_argument("--sheet-rows", type=_positive_int, metavar="N",
                    help=f"images on each contact sheet (default {SHEET_ROWS})")
-    held = p.add_argument_group("--heldout and --routing-report")
+    video = p.add_argument_group("--temporal")
+    video.add_argument("--ir-video", metavar="FILE", help="IR video file (with --vis-video, instead of --data)")
+    video.add_argument("--vis-video", metavar="FILE", help="visible video file, frame-synchronised with --ir-video")
+    video.add_argument("--max-frames", type=_positive_int, metavar="N",
+                       help=f"use at most the first N frames (default {MAX_FRAMES})")
+    held = p.add_argument_group("--heldout, --routing-report, --temporal")
     held.add_argument("--config", metavar="YAML", help="the training config whose held-out pairs to use (default: "
                       "the one saved in the checkpoint; edge.yaml for .onnx/.engine files)")
     held.add_argument("--unseen", nargs="*", metavar="DIR", help="--heldout: folders never used in training, "
@@ -165,12 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _mode(args) -> str:
     """The one mode the arguments ask for; an option of another mode is a one-line error."""
     given = {k for k, v in vars(args).items() if v not in (None, False)}
-    modes = [m for m in MODE_OPTIONS if m in given]
+    modes = [m for m in MODE_OPTIONS if m in given and not (m == "data" and "temporal" in given)]
     flag = lambda k: "--" + k.replace("_", "-")
     if len(modes) > 1:
         raise UserError(f"{' and '.join(flag(m) for m in modes)} are different jobs; give one of them")
     if not modes:
-        raise UserError("say what to evaluate: --data ROOT, --heldout or --routing-report")
+        raise UserError("say what to evaluate: --data ROOT, --heldout, --routing-report or --temporal")
     extra = sorted(given - MODE_OPTIONS[modes[0]])
     if extra:
         raise UserError(f"{', '.join(flag(k) for k in extra)} cannot be used with {flag(modes[0])}")
@@ -189,6 +201,8 @@ def main(argv=None) -> int:
         return main_heldout(args)
     if mode == "routing_report":
         return main_routing_report(args)
+    if mode == "temporal":
+        return main_temporal(args)
     return main_data(args)
 
 
@@ -216,8 +230,7 @@ def main_data(args) -> int:
             print(f"\r[{i + 1}/{len(pairs)}] {pair.id}   ", end="", file=sys.stderr, flush=True)
 
     sheet_rows = args.sheet_rows if "--sheet" in outputs else 0
-    temporal = {m.label: TemporalStats() for m in methods} if args.temporal else None
-    rows, sheet = evaluate(pairs, methods, metric_names, args.convention, sheet_rows, progress, temporal)
+    rows, sheet = evaluate(pairs, methods, metric_names, args.convention, sheet_rows, progress)
     if progress:
         print(file=sys.stderr)
 
@@ -235,8 +248,6 @@ def main_data(args) -> int:
             "images": [p.id for p in pairs],
             "failures": len(failures),
         }
-        if temporal is not None:
-            summary["temporal"] = {label: t.result() for label, t in temporal.items()}
         report.atomic_write_text(outputs["--json"], report.to_json(summary, rows, mean, metric_names))
     if "--csv" in outputs:
         report.atomic_write_text(outputs["--csv"], report.to_csv(rows, mean, metric_names))
@@ -246,9 +257,6 @@ def main_data(args) -> int:
 
     print(f"{len(pairs)} image pairs from {root}, convention '{args.convention}' (means over the images each method handled)")
     print(report.format_table(mean, metric_names, hib))
-    if temporal is not None:
-        print(f"\ntemporal, {len(pairs)} frames in id order (grey levels; lower is steadier):")
-        print(format_temporal({label: t.result() for label, t in temporal.items()}))
     return _report_failures(failures, len(rows))
 
 
@@ -271,6 +279,42 @@ def _report_failures(failures, total: int) -> int:
     if len(failures) > 10:
         print(f"  ... and {len(failures) - 10} more (see the error column of --csv / --json)", file=sys.stderr)
     return 1
+
+
+def main_temporal(args) -> int:
+    methods = parse_methods(args.methods or TEMPORAL_METHODS, args.model)
+    for m in methods:
+        if m.fused_dir is not None:
+            raise UserError(f"method {m.label!r}: --temporal fuses each frame itself; fused:DIR is not supported")
+    outputs = {flag: Path(v) for flag, v in (("--markdown", args.markdown), ("--json", args.json)) if v}
+    for flag, path in outputs.items():
+        report.check_output_path(path, flag)
+    count = args.max_frames or MAX_FRAMES
+    frames, what = open_sequence(args.data, args.ir_video, args.vis_video, count)
+    _load_models(methods)
+
+    def progress(n):
+        if sys.stderr.isatty():
+            print(f"\rframe {n + 1}   ", end="", file=sys.stderr, flush=True)
+
+    results = measure_sequence(frames, {m.label: method_fuser(m) for m in methods}, count, progress)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    if min(r["frames"] for r in results.values()) < 2 and not any("error" in r for r in results.values()):
+        raise UserError(f"{what}: fewer than 2 frames; the temporal measures need a sequence")
+    title = (f"Temporal measures on {what}, grey levels of the fused luminance, lower is steadier: "
+             "flicker_excess, warping_error, pumping motion-compensated (docs/metrics.md); change, "
+             "brightness_sd, change_excess raw frame to frame.")
+    if "--markdown" in outputs:
+        report.atomic_write_text(outputs["--markdown"], f"{title}\n\n{format_table(results, markdown=True)}\n")
+    if "--json" in outputs:
+        report.atomic_write_text(outputs["--json"], results_json(what, results))
+    print(title)
+    print(format_table(results))
+    failed = {label: r["error"] for label, r in results.items() if "error" in r}
+    for label, e in failed.items():
+        print(f"{label}: failed at {e}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 # --------------------------------------------------------------------------------------------

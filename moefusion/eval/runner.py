@@ -147,9 +147,8 @@ def _to255(unit: np.ndarray, dtype) -> np.ndarray:
     return np.rint(x) if dtype == np.uint8 else x
 
 
-def evaluate(pairs, methods, metric_names, convention, sheet_rows, progress=None, temporal=None):
-    """Rows of metric values per (image, method) and the contact sheet's tiles; ``temporal``: a dict
-    of method label -> TemporalStats fed every fused frame in order (the pairs are a sequence)."""
+def evaluate(pairs, methods, metric_names, convention, sheet_rows, progress=None):
+    """Rows of metric values per (image, method) and the contact sheet's tiles."""
     rows: list[report.Row] = []
     sheet: list[tuple[str, list]] = []
     for i, pair in enumerate(pairs):
@@ -173,8 +172,6 @@ def evaluate(pairs, methods, metric_names, convention, sheet_rows, progress=None
                 continue
             if tiles is not None:
                 tiles.append(report.to_display(shown))
-            if temporal is not None:
-                temporal[m.label].add(fused255, ir255, vis255)
             errors = []
             for k in metric_names:
                 try:
