@@ -274,8 +274,10 @@ def main(argv=None) -> int:
 
     def on_signal(signum, frame):
         name = signal.Signals(signum).name
-        pipe.stop(name)
-        signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once
+        if pipe.stop_event.is_set():
+            pipe.hurry(name)  # a second one: drop what is queued, finalise the output now (bounded)
+        else:
+            pipe.stop(name)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

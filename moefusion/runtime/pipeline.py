@@ -63,6 +63,8 @@ class PipelineConfig:
     segment_s: float = 0.0  # file outputs: a new file every segment_s seconds (0: one file)
     overwrite: bool = False  # file outputs: replace an existing recording instead of adding a suffix
     model_fit: str = "letterbox"  # fixed-size models: letterbox | stretch (see fit.py)
+    shutdown_timeout: float = 30.0  # s from a stop to the end of the run, draining and finalising included
+    hurry_timeout: float = 5.0  # the same after a second SIGINT/SIGTERM (queued frames are dropped)
 
 
 class Pipeline(Stages):
@@ -88,6 +90,9 @@ class Pipeline(Stages):
         self._registrar = None
         self._image_pairing = None
         self._prechecked = False
+        self._hurry = threading.Event()
+        self._stop_at = None
+        self._left, self._left_lock = 0, threading.Lock()  # see _unprocessed
         if checked is not None:
             self._use_checks(checked)
 
@@ -95,14 +100,34 @@ class Pipeline(Stages):
     def stop(self, reason: str = "stop requested") -> None:
         if not self.stop_event.is_set():
             self.stop_reason = reason
-            log.info("stopping: %s", reason)
+            self._stop_at = time.monotonic()
+            log.info("stopping: %s", "after the error above" if reason.startswith("error: ") else reason)
         self.stop_event.set()
 
+    def hurry(self, reason: str) -> None:
+        """A second SIGINT/SIGTERM: what is still queued is dropped (``unprocessed_at_stop``) and the
+        output finalised at once, within ``cfg.hurry_timeout``; what was written is kept."""
+        if not self._hurry.is_set():
+            log.warning("%s again: dropping what is queued and finalising the output now", reason)
+        self._hurry.set()
+        self.stop(reason)
+
     def _fail(self, msg: str) -> None:
+        """An error on any thread: the first one is the run's error (the one line at exit), the
+        others are logged; the run stops."""
         if msg not in self.errors:
             self.errors.append(msg)
-            log.error("%s", msg)
+            if len(self.errors) == 1:
+                log.error("%s", msg)
+            else:
+                log.info("after the first error: %s", msg)
         self.stop(f"error: {msg}")
+
+    def _unprocessed(self, n: int = 1) -> None:
+        """Frames still queued when the run stopped: counted here and published once, when every
+        stage has stopped (``_supervise``), so the status lines and the summary give one figure."""
+        with self._left_lock:
+            self._left += n
 
     def _note(self, key: str, text: str) -> None:
         """A warning said once (log and the statistics' ``warnings``)."""
@@ -267,26 +292,49 @@ class Pipeline(Stages):
         return f"no output frame: {st.pairs} pairs were made but none reached the output{why}"
 
     def _supervise(self):
+        """Wait for the stages, print status lines, and bound the shutdown: once the run is
+        stopping, the stages get ``cfg.shutdown_timeout`` seconds (``cfg.hurry_timeout`` after a
+        second signal) to drain and finalise the output; then the sink is aborted (a writer waiting
+        on the output gives up, finished files and segments stay) and the run ends anyway."""
         cfg, stats = self.cfg, self.stats
         out_thread = self._threads[-1]
         next_line = time.monotonic() + cfg.stats_interval
+        aborted = False
         while out_thread.is_alive():
             out_thread.join(0.1)
-            for role, src in self.sources.items():
+            for src in self.sources.values():
                 if src.fatal and src.live and not src.finite:
                     self._fail(src.fatal)
+            if self._stop_at is not None:
+                limit = cfg.hurry_timeout if self._hurry.is_set() else cfg.shutdown_timeout
+                waited = time.monotonic() - self._stop_at
+                if waited > limit and not aborted:
+                    log.warning("the stages did not stop within %g s; aborting the output", limit)
+                    self.sink.abort()
+                    aborted = True
+                if waited > limit + 5.0:
+                    self._fail(f"shutdown did not finish within {limit:g} s (output {self._output_names()}); "
+                               "finished files are kept")
+                    break
             if cfg.stats_interval > 0 and time.monotonic() >= next_line:
                 next_line += cfg.stats_interval
                 self._sync_counters()
                 log.info("%s", stats.line())
         self.stop_event.set()
+        deadline = time.monotonic() + 5.0
         for t in list(self.sources.values()) + self._threads:
-            t.join(5.0)
+            t.join(max(0.0, deadline - time.monotonic()))
         self._count_leftovers()  # frames delivered after the sync thread finished
         self._sync_counters()
+        stats.set_drop("unprocessed_at_stop", self._left)  # once, every stage has stopped
+        if cfg.stats_interval > 0:
+            log.info("%s", stats.line())  # the last status line: the figures of the summary
         for src in self.sources.values():
             if src.fatal and src.fatal not in self.errors:
                 self.errors.append(src.fatal)
+
+    def _output_names(self) -> str:
+        return ", ".join(o.raw for o in self.cfg.outputs)
 
     def _sync_counters(self):
         for role, src in self.sources.items():

@@ -108,7 +108,7 @@ class Stages:
             if self.stop_reason == "end of input":
                 self.stats.drop(f"unpaired_{role}", left)  # the other file ended: no partner can come
             else:
-                self.stats.drop("unprocessed_at_stop", left)
+                self._unprocessed(left)
 
     def _infer_loop(self, infer_q: BoundedQueue, out_q: BoundedQueue):
         stats, backend = self.stats, self.backend
@@ -171,8 +171,8 @@ class Stages:
                         if clock.held.slots == 0:
                             stats.drop("output_rate")
                     return
-                if clock.full():
-                    stats.drop("unprocessed_at_stop")
+                if clock.full() or self._hurry.is_set():
+                    self._unprocessed()
                     self._release(item)
                     continue
                 if clock.convert:

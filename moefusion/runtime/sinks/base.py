@@ -41,6 +41,9 @@ class Sink:
     def close(self) -> str | None:
         return None
 
+    def abort(self) -> None:
+        """From another thread, at a shutdown that takes too long: a writer waiting on the output gives up."""
+
     def _fit(self, frame: np.ndarray) -> np.ndarray:
         """Even width/height for 4:2:0 encoders; one size for the whole output, set by the first
         frame: a frame of another size is letterboxed into it (aspect kept, black bars), said once.
@@ -113,6 +116,10 @@ class MultiSink(Sink):
                 self.closed_by_user = self.closed_by_user or s.closed_by_user
         self.frames += 1
         return ok
+
+    def abort(self) -> None:
+        for s in self.sinks:
+            s.abort()
 
     def close(self):
         paths = [s.close() for s in self.sinks]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import struct
 
 import cv2
 import numpy as np
@@ -76,8 +77,62 @@ class GstFileSink(GstSink):
             os.replace(self.tmp, self.path)
             self.files.append(self.path)
             return self.path
-        log.error("%s: not finalised (%s); the partial file is %s", self.what, self.error, self.tmp)
+        if os.path.isfile(self.tmp):
+            trim_incomplete(self.tmp)  # a write error (full disk) cut the last fragment short
+        if os.path.isfile(self.tmp) and not has_frames(self.tmp):
+            os.remove(self.tmp)  # a header without a single frame: no file rather than an empty one
+            log.warning("%s: not finalised and no frame was written; %s removed", self.what, self.tmp)
+        else:
+            log.warning("%s: not finalised; the frames written so far are kept in %s", self.what, self.tmp)
         return None
+
+
+def trim_incomplete(path: str) -> int:
+    """A fragmented MP4/MOV cut short (a write error, a full disk) ends inside a fragment, and
+    players then refuse the whole file: cut it after its last complete fragment (``moof`` +
+    ``mdat``) so that every frame before it plays. Returns the bytes removed (0: other containers,
+    or nothing to cut)."""
+    if not path.lower().endswith((".mp4", ".mov")):
+        return 0
+    try:
+        size = os.path.getsize(path)
+        keep, pos = 0, 0
+        with open(path, "rb") as fh:
+            while pos + 8 <= size:
+                fh.seek(pos)
+                head = fh.read(16)
+                n, kind = struct.unpack(">I4s", head[:8])
+                if n == 1 and len(head) == 16:
+                    n = struct.unpack(">Q", head[8:16])[0]
+                elif n == 0:
+                    n = size - pos
+                if n < 8 or pos + n > size:
+                    break
+                pos += n
+                if kind != b"moof":  # a fragment is complete with its mdat
+                    keep = pos
+        if keep < size:
+            os.truncate(path, keep)
+            log.info("%s: cut after its last complete fragment (%d bytes of an unfinished one removed)", path,
+                     size - keep)
+        return size - keep
+    except OSError as e:
+        log.warning("%s: cannot trim its unfinished last fragment: %s", path, e)
+        return 0
+
+
+def has_frames(path: str) -> bool:
+    """Whether a recording that was not finalised holds a frame: a fragmented MP4/MOV needs one
+    complete fragment (``moof``; the header alone is written at the start); other containers are
+    readable up to their last frame, so any data after a small header counts."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(4 << 20)
+    except OSError:
+        return False
+    if path.lower().endswith((".mp4", ".mov")):
+        return b"moof" in data
+    return len(data) > 4096
 
 
 class OpenCVFileSink(Sink):

@@ -39,6 +39,7 @@ class GstSink(Sink):
         self._bufpool = None
         self._layout = None  # ((offset, stride) per plane, size)
         self.fmt = "BGR"
+        self._aborted = False
 
     def describe(self) -> str:
         return self.launch or self.what
@@ -67,10 +68,10 @@ class GstSink(Sink):
         if not self._bufpool.set_config(conf) or not self._bufpool.set_active(True):
             raise RuntimeError(f"{self.what}: cannot set up a buffer pool of {info.size} bytes")
         if self._pipe.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
-            err = self._poll_bus() or "cannot start"
+            err = self._poll_bus() or f"{self.what}: cannot start"
             self._pipe.set_state(Gst.State.NULL)
             self._pipe = None
-            raise UserError(f"{self.what}: {err}")
+            raise UserError(err)
 
     def _buffer(self, frame):
         """A pooled Gst.Buffer holding the frame with GStreamer's strides (one copy)."""
@@ -109,17 +110,53 @@ class GstSink(Sink):
             return self._error_text(msg)
 
     def _error_text(self, msg) -> str:
-        err, _debug = msg.parse_error()
-        text = f"{err.message} ({msg.src.get_name() if msg.src else '?'})"
-        if "window" in (err.message or "").lower() and "closed" in (err.message or "").lower():
+        """``--output X: <GStreamer's message>: <the system's cause> (element)``, e.g. ``--output rec.mp4:
+        Could not write to resource: File too large (filesink0)``."""
+        err, debug = msg.parse_error()
+        message = (err.message or "error").rstrip(".")
+        last = ((debug or "").strip().splitlines() or [""])[-1]  # "Error while writing to file ...: File too large"
+        cause = last.rsplit(": ", 1)[-1].strip() if ": " in last else ""
+        if cause.startswith("/Gst"):  # the element's path, not a cause
+            cause = ""
+        text = f"{self.what}: {message}{': ' + cause if cause else ''} ({msg.src.get_name() if msg.src else '?'})"
+        if "window" in message.lower() and "closed" in message.lower():
             self.closed_by_user = True
         return text
+
+    def _set_error(self, text: str) -> None:
+        """The first error is the cause; what other elements report after it is logged at debug level."""
+        if not self.error:
+            self.error = text
+        elif text != self.error:
+            log.debug("%s (after: %s)", text, self.error)
+
+    def _room(self) -> bool:
+        """Wait until appsrc has room for one more frame, so that ``push-buffer`` never blocks: a
+        pipeline stopped by an error (a full disk) never drains its queue, and a writer blocked in
+        push-buffer would never see the error nor a stop. False on an error or ``abort``."""
+        limit = self._src.get_property("max-bytes")
+        while limit and self._src.get_property("current-level-bytes") >= limit:
+            err = self._poll_bus()
+            if err:
+                self._set_error(err)
+                return False
+            if self._aborted:
+                self._set_error(f"{self.what}: aborted while the output was full")
+                return False
+            time.sleep(0.002)
+        return True
+
+    def abort(self) -> None:
+        """From another thread: make a writer waiting for room give up (the run is shutting down)."""
+        self._aborted = True
 
     def _on_element(self, structure) -> None:
         pass
 
     def write(self, frame, pts_ns) -> bool:
         Gst = gstmod.import_gst()
+        if self.error or self._aborted:
+            return False  # the output failed: nothing more goes in (the first error is the cause)
         frame = self._fit(frame)
         if self._pipe is None:
             self.fmt = "I420" if isinstance(frame, I420Frame) else "BGR"
@@ -133,10 +170,12 @@ class GstSink(Sink):
         buf = self._buffer(frame)
         buf.pts = pts
         buf.duration = int(1e9 / self.fps) if self.fps else Gst.CLOCK_TIME_NONE
+        if not self._room():
+            return False
         ret = self._src.emit("push-buffer", buf)
         err = self._poll_bus()
         if ret != Gst.FlowReturn.OK or err:
-            self.error = err or f"{self.what}: the output refused a frame ({ret.value_nick})"
+            self._set_error(err or f"{self.what}: the output refused a frame ({ret.value_nick})")
             return False
         self.frames += 1
         return True
@@ -157,14 +196,14 @@ class GstSink(Sink):
                                              Gst.MessageType.EOS | Gst.MessageType.ERROR | Gst.MessageType.ELEMENT)
                 if msg is None:
                     ok = False
-                    self.error = self.error or f"{self.what}: EOS did not get through in {timeout_s:g} s"
+                    self._set_error(f"{self.what}: EOS did not get through in {timeout_s:g} s")
                     break
                 if msg.type == Gst.MessageType.ELEMENT:
                     self._on_element(msg.get_structure())
                     continue
                 if msg.type == Gst.MessageType.ERROR:
                     ok = False
-                    self.error = self.error or f"{self.what}: {self._error_text(msg)}"
+                    self._set_error(self._error_text(msg))
                 break
         else:
             ok = False
