@@ -120,8 +120,17 @@ def test_live_9hz_thermal_and_30hz_rgb(tmp_path):
     assert 6 < st["fps"] < 12  # paced by the 9 Hz camera
 
 
+def camera_that_dies(monkeypatch):
+    """A live test pattern with num-buffers stands for a camera that stops: its end of stream is
+    taken as a failure, as a camera's is (a finite test stream otherwise ends the run)."""
+    from moefusion.runtime.capture import GstCapture
+
+    monkeypatch.setattr(GstCapture, "ends", property(lambda self: self.uri.is_finite))
+
+
 @gst_test
-def test_live_source_that_ends_is_reconnected_and_the_run_continues(tmp_path):
+def test_live_source_that_ends_is_reconnected_and_the_run_continues(tmp_path, monkeypatch):
+    camera_that_dies(monkeypatch)
     rc, st = run(["--ir", "test://ball?num-buffers=15", "--ir-width", "48", "--ir-height", "32",
                   "--vis", "test://smpte", "--vis-width", "48", "--vis-height", "32",
                   "--output", str(tmp_path / "o.mp4"), "--backend", "average", "--max-frames", "40"], tmp_path)
@@ -131,7 +140,8 @@ def test_live_source_that_ends_is_reconnected_and_the_run_continues(tmp_path):
 
 
 @gst_test
-def test_live_source_gone_for_good_fails_with_one_line(tmp_path, capsys):
+def test_live_source_gone_for_good_fails_with_one_line(tmp_path, capsys, monkeypatch):
+    camera_that_dies(monkeypatch)
     rc, st = run(["--ir", "test://ball?num-buffers=5", "--vis", "test://smpte", "--ir-width", "32", "--ir-height", "24",
                   "--vis-width", "32", "--vis-height", "24", "--output", "none", "--backend", "average",
                   "--reconnect-timeout", "0"], tmp_path)

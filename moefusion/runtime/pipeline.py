@@ -178,7 +178,8 @@ class Pipeline(Stages):
         for role, uri, opts in (("ir", cfg.ir, cfg.ir_opts), ("vis", cfg.vis, cfg.vis_opts)):
             def factory(uri=uri, opts=opts, role=role):
                 return make_capture(uri, opts, role, paced=self.paced and uri.is_finite, pairing=pairing,
-                                    files=files.get(role), rate=rate, pool=self.pool, yuv=role == "vis")
+                                    files=files.get(role), rate=rate, pool=self.pool, yuv=role == "vis",
+                                    media_clock=self.paced and not any_live)
             cap = factory()
             if cap.launch:
                 log.info("%s source %s: %s", ROLE_NAMES[role], uri.raw, cap.describe())
@@ -248,7 +249,7 @@ class Pipeline(Stages):
         live = {}
         for role, (cap, _) in caps.items():
             live[role] = cap.live
-            if cap.live:  # the peeked frame is stale after warm-up
+            if cap.live and not cap.ends:  # the peeked frame is stale after warm-up (a finite stream keeps it)
                 cap.discard_peeked()
                 cap.restart_counting()
         self.live = live

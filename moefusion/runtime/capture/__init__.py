@@ -37,20 +37,22 @@ _FALLBACK_SAID = False
 
 def make_capture(uri: StreamURI, opts: StreamOptions, role: str, *, paced: bool = False,
                  pairing: ImagePairing | None = None, files: list[str] | None = None,
-                 rate: float | None = None, pool=None, yuv: bool = False) -> Capture:
+                 rate: float | None = None, pool=None, yuv: bool = False, media_clock: bool = False) -> Capture:
     """The capture for a URI: image sequences directly (``pairing``/``files``/``rate``: two
     folders paired by file name), everything else through GStreamer, or OpenCV when
     GStreamer/PyGObject is missing (said once). ``pool``: GStreamer frames are copied into arrays
     from it (``process.BufferPool``), given back by the pipeline once written. ``yuv``: a colour
-    VIS stream through GStreamer comes as ``yuv.I420Frame`` (others ignore it)."""
+    VIS stream through GStreamer comes as ``yuv.I420Frame`` (others ignore it). ``media_clock``: a
+    paced file or folder with no live source beside it (``--realtime``) is stamped with its media
+    time, not the moment it was due, so that two of them pair by their own timestamps."""
     global _FALLBACK_SAID
     if uri.kind == "images":
         if pairing is not None:
             return ImageSequenceCapture(uri, opts, role, paced=paced, files=files, slots=pairing.slots(role),
-                                        n_slots=pairing.n_slots, rate=rate)
-        return ImageSequenceCapture(uri, opts, role, paced=paced)
+                                        n_slots=pairing.n_slots, rate=rate, media_clock=media_clock)
+        return ImageSequenceCapture(uri, opts, role, paced=paced, media_clock=media_clock)
     if gstmod.have_gst():
-        return GstCapture(uri, opts, role, paced=paced, pool=pool, yuv=yuv)
+        return GstCapture(uri, opts, role, paced=paced, pool=pool, yuv=yuv, media_clock=media_clock)
     if not _FALLBACK_SAID:
         log.warning("GStreamer is not available (%s): using OpenCV capture for devices and files",
                     gstmod.gst_reason())

@@ -91,6 +91,12 @@ class Capture:
     def what(self) -> str:
         return f"{ROLE_NAMES.get(self.role, self.role)} source {self.uri.raw} ({_flag(self.role)})"
 
+    @property
+    def ends(self) -> bool:
+        """Its end of stream is the end of the input (files, image folders, finite test streams),
+        not a failure to reconnect from."""
+        return self.uri.is_finite
+
     def describe(self) -> str:
         return self.launch or f"{type(self).__name__}({self.uri.raw})"
 

@@ -19,11 +19,15 @@ class GstCapture(Capture):
     kind = "gstreamer"
 
     def __init__(self, uri, opts, role, *, paced: bool = False, open_timeout: float | None = None, pool=None,
-                 yuv: bool = False):
+                 yuv: bool = False, media_clock: bool = False):
         super().__init__(uri, opts, role)
         self.pool = pool  # a process.BufferPool for the frames' arrays (None: fresh arrays)
         self.paced = paced  # a file played at its own rate (beside a live camera)
         self.live = uri.is_live or paced
+        # paced files with no camera (--realtime): stamped with their media time, so that two files
+        # pair frame by frame whatever the moments their pipelines started (see _to_frame)
+        self.media_clock = media_clock and paced and not uri.is_live
+        self._said_range = False  # the limited-range note: once per source, not once per loop
         self.yuv = yuv  # colour VIS frames as yuv.I420Frame (the pipeline's fast path)
         self._said_odd = False
         self._expand = None  # see _limited_luma
@@ -42,6 +46,11 @@ class GstCapture(Capture):
         self._first_warning = ""
         self._expected = None  # frames the file announces (files only)
         self._opened_at_index = 0
+
+    @property
+    def ends(self) -> bool:
+        """A test pattern with ``num-buffers`` ends after that many frames: the end of the input."""
+        return self.uri.is_finite or (self.uri.kind == "test" and any(k == "num-buffers" for k, _ in self.uri.params))
 
     def precheck(self):
         loc = os.path.expanduser(self.uri.location)
@@ -111,8 +120,10 @@ class GstCapture(Capture):
                 info.finfo.flags & GstVideo.VideoFormatFlags.GRAY or \
                 info.colorimetry.range != getattr(GstVideo.VideoColorRange, "16_235"):
             return None
-        log.info("%s: limited-range %s in, its luma expanded to full range", self.what,
-                 GstVideo.VideoFormat.to_string(info.finfo.format))
+        if not self._said_range:
+            log.info("%s: limited-range %s in, its luma expanded to full range", self.what,
+                     GstVideo.VideoFormat.to_string(info.finfo.format))
+            self._said_range = True
         return np.clip(np.rint((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)
 
     def _announced_frames(self, sample) -> int | None:
@@ -254,17 +265,18 @@ class GstCapture(Capture):
         copy_s = time.perf_counter() - t0
         now = time.monotonic_ns()
         pts = buf.pts
-        if self.live:  # capture time on the monotonic clock: base time + PTS (never in the future)
+        if self.live and not self.media_clock:  # capture time on the monotonic clock: base time + PTS
             ts = now if pts == Gst.CLOCK_TIME_NONE else min(self._pipeline.get_base_time() + pts, now)
             cap = ts
-            off = buf.offset
-            if off != Gst.BUFFER_OFFSET_NONE and self._last_offset is not None and off > self._last_offset + 1:
-                self.gaps += off - self._last_offset - 1
-            self._last_offset = off if off != Gst.BUFFER_OFFSET_NONE else None
         else:
             base = pts if pts != Gst.CLOCK_TIME_NONE else self.index * (self._frame_dur or 33_333_333)
             ts = self._loop_offset + base
             cap = now
+        if self.live:  # frames dropped by the leaky appsink show as gaps in buffer offsets
+            off = buf.offset
+            if off != Gst.BUFFER_OFFSET_NONE and self._last_offset is not None and off > self._last_offset + 1:
+                self.gaps += off - self._last_offset - 1
+            self._last_offset = off if off != Gst.BUFFER_OFFSET_NONE else None
         self._last_ts = ts
         f = Frame(img, int(ts), int(cap), self.index, self.role, buffer=own if self.pool is not None else None,
                   copy_s=copy_s)

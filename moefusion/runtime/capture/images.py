@@ -20,7 +20,8 @@ class ImageSequenceCapture(Capture):
     kind = "images"
 
     def __init__(self, uri, opts, role, *, paced: bool = False, files: list[str] | None = None,
-                 slots: tuple | None = None, n_slots: int | None = None, rate: float | None = None):
+                 slots: tuple | None = None, n_slots: int | None = None, rate: float | None = None,
+                 media_clock: bool = False):
         super().__init__(uri, opts, role)
         self.files: list[str] = list(files) if files else []
         self._given = files is not None
@@ -30,6 +31,7 @@ class ImageSequenceCapture(Capture):
         self.fps = self.rate
         self.paced = paced
         self.live = paced
+        self.media_clock = media_clock  # paced without a camera (--realtime): stamped with media time
         self._period = 1e9 / self.rate
         self._pos = 0
         self._loops_left = opts.loop
@@ -101,6 +103,8 @@ class ImageSequenceCapture(Capture):
         img = to_role_format(img, self.role, self.opts)
         if self.paced:
             ts = cap = due
+            if self.media_clock:
+                ts = self._media_ns(self._pos)
         else:
             ts, cap = self._media_ns(self._pos), time.monotonic_ns()
         self._pos += 1

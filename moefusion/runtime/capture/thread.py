@@ -49,7 +49,7 @@ class SourceThread(threading.Thread):
         self.fatal: str | None = None
         self.warning: str | None = None  # a file that ended early (``Capture.shortfall``)
         self.live = capture.live
-        self.finite = capture.uri.is_finite  # EOS ends it; errors are fatal (no reconnect)
+        self.finite = capture.ends  # EOS ends it; errors are fatal (no reconnect)
         self._gaps_before = 0
 
     def run(self):
