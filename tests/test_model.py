@@ -402,34 +402,3 @@ def test_decoder_sees_the_last_block_only_through_mole_in_edge():
     torch.testing.assert_close(enc, F.avg_pool2d(full, 2))
     paper = moefusion.build_model("paper").eval()  # upstream: every encoder feature, in order
     torch.testing.assert_close(paper.decoder_input(fv, fi, y_fg, y_bg, att), torch.cat([*fv, *fi, y_fg, y_bg], 1))
-
-
-def test_sticky_top_k_keeps_the_previous_experts_unless_clearly_beaten():
-    from moefusion.model.gating import sticky_top_k
-
-    logits = torch.tensor([[2.0, 1.0, 1.2, -1.0]])
-    idx, w = sticky_top_k(logits, 2)
-    assert idx.tolist() == [[0, 2]] and abs(float(w.sum()) - 1) < 1e-6
-    prev = torch.tensor([[1, 0]])
-    idx, w = sticky_top_k(logits, 2, prev, margin=0.5)  # expert 2 beats 1 by 0.2 < 0.5: keep {0, 1}
-    assert idx.tolist() == [[0, 1]]
-    torch.testing.assert_close(w, torch.softmax(torch.tensor([[2.0, 1.0]]), dim=1))
-    idx, _ = sticky_top_k(logits, 2, prev, margin=0.1)  # beaten by more than the margin: switch
-    assert idx.tolist() == [[0, 2]]
-
-
-def test_route_smoothing_holds_routes_across_frames_and_is_off_by_default():
-    torch.manual_seed(0)
-    model = randomize_gates(moefusion.build_model("edge")).eval()
-    frames = [torch.rand(1, 1, 64, 64) * s for s in torch.linspace(0.2, 1.0, 6)]
-    with torch.no_grad():
-        plain = [model(f, f).routes["moge"].tolist() for f in frames]
-        model.set_route_smoothing(0.8, 100.0)  # a huge margin: the first frame's experts stay
-        sticky = [model(f, f).routes["moge"].tolist() for f in frames]
-        model.set_route_smoothing(0.0, 0.0)
-        again = [model(f, f).routes["moge"].tolist() for f in frames]
-    assert len({tuple(map(tuple, r)) for r in plain}) > 1  # these frames route differently...
-    assert len({tuple(map(tuple, r)) for r in sticky}) == 1 and sticky[0] == plain[0]  # ...unless held
-    assert again == plain
-    with pytest.raises(ValueError):
-        model.set_route_smoothing(1.0)

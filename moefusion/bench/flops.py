@@ -25,7 +25,4 @@ def count_flops(model: torch.nn.Module, size: tuple[int, int]) -> dict:
             model(ir, vis)
     finally:
         model.train(was_training)
-        for m in model.modules():  # the probe must not leave route-smoothing state behind
-            if hasattr(m, "reset_route_state"):
-                m.reset_route_state()
     return {"flops": int(counter.get_total_flops()), "params": int(sum(p.numel() for p in model.parameters()))}

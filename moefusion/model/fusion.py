@@ -11,16 +11,14 @@ import torch.nn.functional as F
 from ..data.preprocess import DEFAULT_AGC_PERCENTILES, merge_visible, prepare_pair
 from .attention import DetectionAttention
 from .experts import DISPATCH_MODES
+from . import stream as streaming
 from .moe import GatedExperts
 from .presets import ModelConfig
-from .pyramid import pyramid_fuse
+from .pyramid import pyramid_fuse, pyramid_parts
+from .stream import StreamState
 
 # Input sizes are padded up to a multiple of the deepest FPN level's stride and cropped back.
 STRIDE = 32
-# Routing smoothing for video (set_route_smoothing): weight of the past in the logits' moving
-# average, and the logit margin a new expert needs to replace a chosen one.
-ROUTE_SMOOTHING = 0.8
-ROUTE_MARGIN = 0.5
 
 
 class FusionOutput(NamedTuple):
@@ -32,6 +30,7 @@ class FusionOutput(NamedTuple):
     routes: dict  # layer name -> expert indices [B, k]
     gatings: dict  # layer name -> Gating (indices, weights, gates, load) of the MoE layers
     attention_maps: tuple | None  # training: level-0 (a_vis, a_ir) at stride 4, not detached
+    state: StreamState | None = None  # stream mode: the state for the next frame
 
 
 class DenseEncoder(nn.Module):
@@ -92,27 +91,17 @@ class MoEFusion(nn.Module):
         return self
 
     # -- video ----------------------------------------------------------------------------
-    def set_route_smoothing(self, smoothing: float = ROUTE_SMOOTHING, margin: float = ROUTE_MARGIN) -> "MoEFusion":
-        """Smooth routing across successive frames (eval, one stream per model): an exponential
-        moving average of each gate's logits (``smoothing`` = weight of the past, 0 = none) and
-        sticky experts (a new expert must beat the weakest chosen one by ``margin``). Routing that
-        flips between near-tied experts frame by frame makes the picture jump; this stops it.
-        ``set_route_smoothing(0, 0)`` turns it off. Resets the state (call it per new stream)."""
-        if not (0.0 <= smoothing < 1.0) or margin < 0:
-            raise ValueError(f"smoothing must be in [0, 1) and margin >= 0, got {smoothing}, {margin}")
-        for layer in (self.mole_fg, self.mole_bg, self.moge):
-            layer.smoothing, layer.margin = float(smoothing), float(margin)
-            layer.reset_route_state()
-        return self
+    def stream(self) -> "FusionStream":
+        """A video stream: ``stream.fuse(ir, vis)`` per frame, in order, with temporal state carried
+        from frame to frame (model/stream.py); ``stream.reset()`` at a new stream."""
+        return FusionStream(self)
 
-    def reset_route_state(self) -> None:
-        """Forget the previous frame's routing (a new stream, a cut, a seek)."""
-        for layer in (self.mole_fg, self.mole_bg, self.moge):
-            layer.reset_route_state()
+    def initial_state(self, batch: int, h: int, w: int) -> StreamState:
+        return streaming.initial_state(self.cfg, batch, h, w, device=self.device)
 
     # -- forward --------------------------------------------------------------------------
     def forward(self, ir, vis, targets_ir=None, targets_vis=None, detections: bool = False,
-                attention_override: torch.Tensor | None = None) -> FusionOutput:
+                attention_override: torch.Tensor | None = None, state: StreamState | None = None) -> FusionOutput:
         """ir, vis: [B, 1, H, W] in [0, 1] (IR and visible luminance), any H, W.
 
         targets_*: lists of {'boxes': [N, 4] xyxy px, 'labels': [N] in 1..num_classes} for the
@@ -120,12 +109,19 @@ class MoEFusion(nn.Module):
         either may be None); detections=True also returns both detectors' boxes.
         attention_override: a [B, 1, H, W] map used instead of the attention (ablations: how much
         does the attention steer the fusion?).
+        state: stream mode (eval): the previous frame's state (``initial_state`` for the first);
+        the output's ``state`` is the next frame's.
         """
         h, w = ir.shape[-2:]
         ph, pw = (-h) % STRIDE, (-w) % STRIDE
         if ph or pw:
             ir = F.pad(ir, (0, pw, 0, ph), mode="replicate")
             vis = F.pad(vis, (0, pw, 0, ph), mode="replicate")
+        stream = None
+        if state is not None:
+            sources = streaming.half_res(ir, vis)
+            beta, keep = streaming.follow_factor(sources, state.sources, state.scalars)
+            stream = (state, sources, beta, keep)
 
         if detections:
             detect = ("vis", "ir")
@@ -147,12 +143,17 @@ class MoEFusion(nn.Module):
         early_ir, last_ir = self.enc_ir(ir)
         fg = (last_vis * att, last_ir * att)
         bg = (last_vis * (1 - att), last_ir * (1 - att))
-        out_fg = self.mole_fg(torch.cat(fg, dim=1), fg)
-        out_bg = self.mole_bg(torch.cat(bg, dim=1), bg)
+        route = (lambda name: None) if stream is None else (lambda name: (getattr(state, f"route_{name}"), stream[3]))
+        out_fg = self.mole_fg(torch.cat(fg, dim=1), fg, route("mole_fg"))
+        out_bg = self.mole_bg(torch.cat(bg, dim=1), bg, route("mole_bg"))
         enc = self.decoder_input((early_vis, last_vis), (early_ir, last_ir), out_fg.y, out_bg.y, att)
-        out_dec = self.moge(enc, enc)
+        out_dec = self.moge(enc, enc, route("moge"))
 
-        fused = self.head(ir, vis, out_dec.y, att)[..., :h, :w]
+        new_state = None
+        if stream is None:
+            fused = self.head(ir, vis, out_dec.y, att)[..., :h, :w]
+        else:
+            fused, new_state = self.stream_head(ir, vis, att, (out_fg, out_bg, out_dec), stream, h, w)
         aux = out_fg.aux_loss + out_bg.aux_loss + out_dec.aux_loss
         gatings = {"mole_fg": out_fg.gating, "mole_bg": out_bg.gating, "moge": out_dec.gating}
         routes = {name: g.indices for name, g in gatings.items()}
@@ -161,7 +162,29 @@ class MoEFusion(nn.Module):
         if not detections:
             dets = None
         return FusionOutput(fused, att[..., :h, :w], aux, det_losses, dets, routes, gatings,
-                            maps if self.training else None)
+                            maps if self.training else None, new_state)
+
+    def stream_head(self, ir, vis, att, outs, stream, h: int, w: int):
+        """Stream mode's head: blend maps and lifted detail smoothed where nothing moved, brightness
+        steadied (model/stream.py). -> (fused [B, 1, h, w], next frame's state)."""
+        state, sources, beta, keep = stream
+        c = self.cfg
+        y = streaming.smooth(outs[2].y, state.maps, beta)
+        lifted = state.detail
+        if c.output_head == "pyramid":
+            maps = y
+            if c.decoder_stride > 1:
+                maps = F.interpolate(y, scale_factor=float(c.decoder_stride), mode="bilinear", align_corners=False)
+            base, detail = pyramid_parts(ir, vis, maps, c.pyramid_levels, c.pyramid_sharpness, att,
+                                         c.pyramid_attention_gain)
+            lifted = streaming.smooth(detail, state.detail, beta)
+            fused = base + detail + (c.pyramid_detail_gain - 1.0) * lifted
+        else:
+            fused = y
+        fused = fused[..., :h, :w]
+        offset, scalars = streaming.brightness(fused, ir[..., :h, :w], vis[..., :h, :w], state.scalars, keep)
+        new = StreamState(scalars, sources, y, lifted.to(state.detail.dtype), *(o.route_state for o in outs))
+        return fused + offset.to(fused.dtype), new
 
     def head(self, ir, vis, y, att) -> torch.Tensor:
         """The fused image from the (padded) sources, the decoder's output and the attention."""
@@ -201,6 +224,16 @@ class MoEFusion(nn.Module):
         return out.fused.clamp(0, 1), out.attention
 
     @torch.inference_mode()
+    def forward_stream_unit(self, ir_unit: torch.Tensor, vis_y: torch.Tensor, state: StreamState | None):
+        """forward_unit in stream mode: -> (fused in [0, 1], attention, next state). A state of another
+        batch or frame size (or None) starts a new stream."""
+        b, _, h, w = ir_unit.shape
+        if state is None or not streaming.state_matches(state, self.cfg, b, h, w):
+            state = self.initial_state(b, h, w)
+        out = self(ir_unit, vis_y, state=state)
+        return out.fused.clamp(0, 1), out.attention, out.state
+
+    @torch.inference_mode()
     def fuse(self, ir: np.ndarray, vis: np.ndarray, agc_percentiles=DEFAULT_AGC_PERCENTILES) -> np.ndarray:
         """Fuse one registered pair of numpy images; the result is shaped and typed like ``vis``.
 
@@ -212,4 +245,29 @@ class MoEFusion(nn.Module):
         ir_u, parts = prepare_pair(ir, vis, agc_percentiles)
         t = lambda a: torch.from_numpy(a)[None, None].to(self.device, self.dtype)  # noqa: E731
         fused, _ = self.forward_unit(t(ir_u), t(parts.y))
+        return merge_visible(fused[0, 0].float().cpu().numpy(), parts)
+
+
+class FusionStream:
+    """``model.stream()``: ``fuse(ir, vis)`` per frame of one video, in order, with the same
+    arguments and output as ``MoEFusion.fuse``; the temporal state (model/stream.py) is carried from
+    frame to frame and starts afresh on ``reset()`` or when the frame size changes."""
+
+    def __init__(self, model: MoEFusion):
+        self.model = model
+        self.state: StreamState | None = None
+        self.frames = 0
+
+    def reset(self) -> None:
+        self.state, self.frames = None, 0
+
+    @torch.inference_mode()
+    def fuse(self, ir: np.ndarray, vis: np.ndarray, agc_percentiles=DEFAULT_AGC_PERCENTILES) -> np.ndarray:
+        m = self.model
+        if m.training:
+            m.eval()
+        ir_u, parts = prepare_pair(ir, vis, agc_percentiles)
+        t = lambda a: torch.from_numpy(a)[None, None].to(m.device, m.dtype)  # noqa: E731
+        fused, _, self.state = m.forward_stream_unit(t(ir_u), t(parts.y), self.state)
+        self.frames += 1
         return merge_visible(fused[0, 0].float().cpu().numpy(), parts)

@@ -127,25 +127,6 @@ def gated_logsumexp(expert_outputs: torch.Tensor, weights: torch.Tensor) -> torc
     return torch.logsumexp(expert_outputs + log_w, dim=1)
 
 
-def sticky_top_k(logits: torch.Tensor, k: int, previous: torch.Tensor | None = None,
-                 margin: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(indices [B, k], weights [B, k]) of the top k logits, keeping ``previous`` (the last frame's
-    experts) unless an expert outside it beats the weakest of them by more than ``margin``.
-
-    For video: two experts with nearly equal logits would otherwise take turns frame by frame,
-    and a switch of experts is a jump of the picture. Weights are the softmax over the chosen
-    logits, as in top_k_gating.
-    """
-    _, idx = logits.topk(k, dim=1)
-    if previous is not None and margin > 0:
-        kept = logits.gather(1, previous)
-        outside = logits.scatter(1, previous, float("-inf")).max(dim=1, keepdim=True).values
-        keep = outside <= kept.min(dim=1, keepdim=True).values + margin
-        order = kept.argsort(dim=1, descending=True)
-        idx = torch.where(keep, previous.gather(1, order), idx)
-    return idx, torch.softmax(logits.gather(1, idx), dim=1)
-
-
 def _mean_gate_descriptors(model: torch.nn.Module, layers: list) -> dict:
     """The normalised gate descriptor of each layer, averaged over a few varied probe inputs."""
     seen: dict = {}
@@ -167,9 +148,6 @@ def _mean_gate_descriptors(model: torch.nn.Module, layers: list) -> dict:
     finally:
         for h in hooks:
             h.remove()
-        for layer in layers:
-            if hasattr(layer, "reset_route_state"):
-                layer.reset_route_state()
         model.train(was_training)
     return {layer: torch.cat(seen[layer]).float().mean(0) for layer in layers if layer in seen}
 

@@ -8,13 +8,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .experts import DISPATCHERS, ExpertBank
-from .gating import Gating, balancing_loss, gate_descriptor, gate_descriptor_size, sticky_top_k, top_k_gating
+from . import stream as streaming
+from .gating import Gating, balancing_loss, gate_descriptor, gate_descriptor_size, top_k_gating
 
 
 class MoEOutput(NamedTuple):
     y: torch.Tensor
     aux_loss: torch.Tensor  # balancing loss, already multiplied by the layer's coefficient
     gating: Gating
+    route_state: torch.Tensor | None = None  # stream mode: the layer's new routing state [B, 2, E]
 
 
 class GatedExperts(nn.Module):
@@ -55,11 +57,6 @@ class GatedExperts(nn.Module):
         self.w_gate = nn.Parameter(torch.zeros(features, num_experts))
         self.w_noise = nn.Parameter(torch.zeros(features, num_experts)) if noisy_gating else None
         self.experts = ExpertBank(num_experts, channels)
-        # Temporal routing smoothing for video (eval only, off by default): an exponential moving
-        # average of the gate logits over successive calls and sticky expert choice (sticky_top_k).
-        self.smoothing = 0.0
-        self.margin = 0.0
-        self._route_state = None  # (smoothed logits [B, E], indices [B, k]) of the previous call
 
     @property
     def num_experts(self) -> int:
@@ -80,24 +77,17 @@ class GatedExperts(nn.Module):
                 norm.num_batches_tracked.add_(1)
         return F.batch_norm(desc, norm.running_mean, norm.running_var, training=False, eps=norm.eps)
 
-    def route(self, gate_features: torch.Tensor) -> Gating:
+    def route(self, gate_features: torch.Tensor, stream: tuple | None = None) -> tuple[Gating, torch.Tensor | None]:
+        """(gating, new routing state). ``stream`` = (state [B, 2, E], keep [B, 1]) in stream mode
+        (eval): the logits are smoothed over frames and last frame's experts are sticky (stream.py)."""
         desc = self.normalise(gate_descriptor(gate_features, self.grid, self.pool))
-        if self.training or not (self.smoothing or self.margin):
-            return top_k_gating(desc, self.w_gate, self.k, self.w_noise, train=self.training)
-        logits = desc.float() @ self.w_gate.float()
-        previous = None
-        if self._route_state is not None and self._route_state[0].shape == logits.shape:
-            logits = self.smoothing * self._route_state[0] + (1 - self.smoothing) * logits
-            previous = self._route_state[1]
-        idx, weights = sticky_top_k(logits, self.k, previous, self.margin)
-        self._route_state = (logits.detach(), idx.detach())
-        gates = torch.zeros_like(logits).scatter(1, idx, weights)
-        return Gating(idx, weights, gates, (gates > 0).sum(0).to(gates.dtype))
+        if stream is None or self.training:
+            return top_k_gating(desc, self.w_gate, self.k, self.w_noise, train=self.training), None
+        idx, weights, state = streaming.route(desc.float() @ self.w_gate.float(), self.k, *stream)
+        gates = torch.zeros_like(state[:, 0]).scatter(1, idx, weights)
+        return Gating(idx, weights, gates, (gates > 0).sum(0).to(gates.dtype)), state
 
-    def reset_route_state(self) -> None:
-        self._route_state = None
-
-    def forward(self, gate_features: torch.Tensor, inputs) -> MoEOutput:
-        gating = self.route(gate_features)
+    def forward(self, gate_features: torch.Tensor, inputs, stream: tuple | None = None) -> MoEOutput:
+        gating, state = self.route(gate_features, stream)
         y = DISPATCHERS[self.dispatch](self.experts, inputs, gating.indices, gating.weights)
-        return MoEOutput(y, balancing_loss(gating) * self.loss_coef, gating)
+        return MoEOutput(y, balancing_loss(gating) * self.loss_coef, gating, state)

@@ -81,6 +81,24 @@ def detail_prior(d_ir: torch.Tensor, d_vis: torch.Tensor, sharpness: float) -> t
     return sharpness * (e_ir - e_vis) / (e_ir + e_vis + ENERGY_EPS)
 
 
+def _blend(ir, vis, maps, levels, sharpness, attention, attention_gain):
+    """The blended pyramid: (base level, [detail level 0 (full size), ..., levels-1])."""
+    p_ir, p_vis = laplacian_pyramid(ir, levels), laplacian_pyramid(vis, levels)
+    maps = maps.to(ir.dtype)
+    base_logit = maps[:, :1]
+    if attention_gain and attention is not None:
+        base_logit = base_logit + attention_gain * attention.to(ir.dtype)
+    w_base = torch.sigmoid(_at_level(base_logit, levels))
+    base = w_base * p_ir[-1] + (1 - w_base) * p_vis[-1]
+    details = []
+    for level in range(levels):
+        d_ir, d_vis = p_ir[level], p_vis[level]
+        logit = detail_prior(d_ir, d_vis, sharpness) + _at_level(maps[:, 1 + level : 2 + level], level)
+        w = torch.sigmoid(logit)
+        details.append(w * d_ir + (1 - w) * d_vis)
+    return base, details
+
+
 def pyramid_fuse(ir: torch.Tensor, vis: torch.Tensor, maps: torch.Tensor, levels: int,
                  sharpness: float, detail_gain: float = 1.0, attention: torch.Tensor | None = None,
                  attention_gain: float = 0.0) -> torch.Tensor:
@@ -89,16 +107,18 @@ def pyramid_fuse(ir: torch.Tensor, vis: torch.Tensor, maps: torch.Tensor, levels
     attention [B, 1, H, W] in [0, 1] with ``attention_gain`` g: the base layer's IR-weight logit gets
     ``g * attention`` (targets keep their thermal brightness unless the decoder overrules it).
     """
-    p_ir, p_vis = laplacian_pyramid(ir, levels), laplacian_pyramid(vis, levels)
-    maps = maps.to(ir.dtype)
-    base_logit = maps[:, :1]
-    if attention_gain and attention is not None:
-        base_logit = base_logit + attention_gain * attention.to(ir.dtype)
-    w_base = torch.sigmoid(_at_level(base_logit, levels))
-    x = w_base * p_ir[-1] + (1 - w_base) * p_vis[-1]
-    for level in reversed(range(levels)):
-        d_ir, d_vis = p_ir[level], p_vis[level]
-        logit = detail_prior(d_ir, d_vis, sharpness) + _at_level(maps[:, 1 + level : 2 + level], level)
-        w = torch.sigmoid(logit)
-        x = pyr_up(x) + detail_gain * (w * d_ir + (1 - w) * d_vis)
+    x, details = _blend(ir, vis, maps, levels, sharpness, attention, attention_gain)
+    for detail in reversed(details):
+        x = pyr_up(x) + detail_gain * detail
     return x
+
+
+def pyramid_parts(ir: torch.Tensor, vis: torch.Tensor, maps: torch.Tensor, levels: int, sharpness: float,
+                  attention: torch.Tensor | None = None, attention_gain: float = 0.0):
+    """(base image, detail image), both [B, 1, H, W]: ``pyramid_fuse(..., detail_gain=g)`` equals
+    base + g * detail (the reconstruction is linear). The stream mode lifts a smoothed detail."""
+    base, details = _blend(ir, vis, maps, levels, sharpness, attention, attention_gain)
+    detail = torch.zeros_like(base)
+    for d in reversed(details):
+        base, detail = pyr_up(base), pyr_up(detail) + d
+    return base, detail
