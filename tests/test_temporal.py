@@ -169,7 +169,7 @@ def test_a_global_brightness_step_shows_in_pumping_and_in_excess_only_once(pan):
 
 
 def test_measure_sequence_runs_any_fuser_including_a_stateful_stream_and_reports_a_failing_one(pan):
-    ir, vis, fused = pan
+    ir, vis, _ = pan
 
     class Stream:  # a recursive filter on the fused output: state carried from frame to frame
         def __init__(self):
