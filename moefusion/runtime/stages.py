@@ -20,7 +20,7 @@ from .process import (
     draw_overlay,
     postprocess,
 )
-from .queues import _END, BoundedQueue, Inbox
+from .queues import _END, BoundedQueue, Inbox, nbytes
 from .sync import Pairer
 
 log = logging.getLogger("moefusion.runtime")
@@ -49,7 +49,7 @@ class Stages:
         try:
             while not self.stop_event.is_set():
                 eos_seen = {r: s.eos.is_set() for r, s in self.sources.items()}
-                batch = inbox.take(0.02 if any_live else 0.1)
+                batch = inbox.take(0.02 if any_live else 0.1, self._room(pairer))
                 t0 = time.perf_counter()  # "sync" is the pairing work, not the wait for frames
                 for role, src in self.sources.items():
                     if src.counters.reconnects != reconnects[role]:  # timestamps restart after a reconnect
@@ -60,7 +60,7 @@ class Stages:
                         for cause, _ in pairer.push(role, f):
                             stats.drop(cause)
                 for role, seen in eos_seen.items():
-                    if seen and not ended[role]:
+                    if seen and not ended[role] and inbox.pending(role) == 0:
                         src = self.sources[role]
                         if src.fatal:
                             self._fail(src.fatal)
@@ -99,6 +99,19 @@ class Stages:
         finally:
             self._count_leftovers({r: pairer.pending(r) for r in ("ir", "vis")})
             infer_q.close()
+
+    def _room(self, pairer: Pairer) -> dict:
+        """How many frames of each file the pairer may take in: files wait in their (bounded)
+        queues rather than in the pairer, which would otherwise buffer the faster file without
+        limit (all 590 VIS frames of a clip beside a slow 2560x1920 IR stream). Live streams: all
+        (their queues drop the oldest)."""
+        room = {}
+        for role, src in self.sources.items():
+            if not self.live.get(role):
+                held = pairer.q[role]
+                full = sum(nbytes(f) for f in held) >= self._inbox.max_bytes
+                room[role] = 0 if full else max(0, self._inbox.cap - len(held))
+        return room
 
     def _count_leftovers(self, pending: dict | None = None) -> None:
         """Frames still in the pairer or the inbox when the run ends are counted as drops."""
