@@ -1,5 +1,9 @@
 """The backend interface: ``infer(ir_unit, vis_y) -> (fused_y, attention)`` on float32 ``[B, 1, H, W]``
-arrays in [0, 1], plus size checks, warm-up and a description."""
+arrays in [0, 1], plus size checks, warm-up and a description.
+
+Stream mode (model/stream.py): a backend whose model carries temporal state sets ``stream_capable``;
+after ``set_stream_mode(True)`` every ``infer`` call is the next frame of one stream (the backend
+keeps the state, starting afresh when the frame size changes) until ``reset_stream()``."""
 from __future__ import annotations
 
 import time
@@ -19,6 +23,19 @@ class Backend:
     path: str | None = None
     # ((min H, min W), (max H, max W)) the model accepts; None: any size. Fixed-size exports: min == max.
     size_range: tuple[tuple[int, int], tuple[int, int]] | None = None
+    stream_capable = False  # the model can carry temporal state from frame to frame
+    stream_mode = False  # infer() calls are successive frames of one stream
+    stream_unavailable = "this backend has no model state"  # why not, when not stream_capable
+
+    def set_stream_mode(self, on: bool) -> bool:
+        """Turn stream mode on or off; returns whether it is on (off when the model cannot carry
+        state: ``stream_unavailable`` says why)."""
+        self.stream_mode = bool(on) and self.stream_capable
+        self.reset_stream()
+        return self.stream_mode
+
+    def reset_stream(self) -> None:
+        """Forget the temporal state: the next frame starts a new stream (new source, restart, seek)."""
 
     def infer(self, ir_unit: np.ndarray, vis_y: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         raise NotImplementedError
