@@ -241,8 +241,8 @@ def test_auto_without_model_does_not_fall_back_to_averaging(tmp_path, monkeypatc
     monkeypatch.setattr(checkpoint, "DEFAULT_WEIGHTS", tmp_path / "moefusion_edge.pt")
     with pytest.raises(UserError, match="--backend auto: the default weights cannot be loaded .*--backend average"):
         select_backend("auto", None, device="cpu")
-    clip = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "samples" / "demo" / "ir.mp4")
-    rc = main(["--ir", clip, "--vis", clip, "--output", "none", "--log-level", "error"])
+    demo = __import__("pathlib").Path(__file__).resolve().parents[1] / "samples" / "demo"
+    rc = main(["--ir", str(demo / "ir.mp4"), "--vis", str(demo / "vis.mp4"), "--output", "none", "--log-level", "error"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("error: --backend auto: the default weights cannot be loaded")
     assert "Traceback" not in "\n".join(err)
