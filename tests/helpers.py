@@ -13,11 +13,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import moefusion
 from moefusion.model.checkpoint import DEFAULT_WEIGHTS
 from moefusion.model.gating import randomize_gates
+from moefusion.runtime import gst as gstmod
 
 # Real pairs chosen for variety (day/night, road/surveillance/TNO): (set, id).
 REAL_PAIRS = (
@@ -157,3 +159,10 @@ def _ort_session(path, mtime_ns, size):
     so.intra_op_num_threads = 2
     so.log_severity_level = 3
     return ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+
+
+def gst_test(fn):
+    """Mark a test that needs GStreamer and PyGObject: marker ``gstreamer``, skipped with the reason
+    when they are missing."""
+    fn = pytest.mark.skipif(not gstmod.have_gst(), reason=f"GStreamer/PyGObject not available: {gstmod.gst_reason()}")(fn)
+    return pytest.mark.gstreamer(fn)

@@ -7,21 +7,20 @@ import logging
 import cv2
 import numpy as np
 import pytest
+from helpers import gst_test
 
 from moefusion.errors import UserError
 from moefusion.runtime import capture as capmod
 from moefusion.runtime import gst as gstmod
-from moefusion.runtime.capture import GstCapture, ImageSequenceCapture, OpenCVCapture, SourceError, Status, make_capture
+from moefusion.runtime.capture import (
+    GstCapture,
+    ImageSequenceCapture,
+    OpenCVCapture,
+    SourceError,
+    Status,
+    make_capture,
+)
 from moefusion.runtime.uri import StreamOptions, parse_input_uri
-
-GST = [pytest.mark.gstreamer,
-       pytest.mark.skipif(not gstmod.have_gst(), reason=f"GStreamer/PyGObject not available: {gstmod.gst_reason()}")]
-
-
-def gst_test(fn):
-    for m in GST:
-        fn = m(fn)
-    return fn
 
 
 def read_all(cap, limit=1000):

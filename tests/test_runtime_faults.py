@@ -4,7 +4,6 @@ streams, a second signal, one unprocessed_at_stop figure, one limited-range line
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import resource
@@ -18,20 +17,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import gst_test
 
-from moefusion.runtime import gst as gstmod
 from moefusion.runtime.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "moefusion.runtime.cli"]
-needs_gst = [pytest.mark.gstreamer,
-             pytest.mark.skipif(not gstmod.have_gst(), reason=f"GStreamer/PyGObject not available: {gstmod.gst_reason()}")]
-
-
-def gst_test(fn):
-    for m in needs_gst:
-        fn = m(fn)
-    return fn
 
 
 def read_gray(path, limit=None):

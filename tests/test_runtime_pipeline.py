@@ -14,19 +14,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from helpers import gst_test
 
 from moefusion.runtime import gst as gstmod
 from moefusion.runtime.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-needs_gst = [pytest.mark.gstreamer,
-             pytest.mark.skipif(not gstmod.have_gst(), reason=f"GStreamer/PyGObject not available: {gstmod.gst_reason()}")]
-
-
-def gst_test(fn):
-    for m in needs_gst:
-        fn = m(fn)
-    return fn
 
 
 def run(argv, tmp_path):

@@ -8,24 +8,22 @@ import time
 import cv2
 import numpy as np
 import pytest
+from helpers import gst_test
 
 from moefusion.data.preprocess import merge_visible, prepare_pair
 from moefusion.errors import UserError
 from moefusion.runtime import gst as gstmod
 from moefusion.runtime import sinks as sinkmod
-from moefusion.runtime.sinks import launch
 from moefusion.runtime.process import Preprocessor, compose, draw_overlay, postprocess
-from moefusion.runtime.sinks import GstFileSink, NullSink, OpenCVFileSink, make_sink, partial_path
+from moefusion.runtime.sinks import (
+    GstFileSink,
+    NullSink,
+    OpenCVFileSink,
+    launch,
+    make_sink,
+    partial_path,
+)
 from moefusion.runtime.uri import parse_output_uri
-
-needs_gst = [pytest.mark.gstreamer,
-             pytest.mark.skipif(not gstmod.have_gst(), reason=f"GStreamer/PyGObject not available: {gstmod.gst_reason()}")]
-
-
-def gst_test(fn):
-    for m in needs_gst:
-        fn = m(fn)
-    return fn
 
 
 def frames(n, w=64, h=48):
