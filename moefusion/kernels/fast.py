@@ -232,9 +232,9 @@ def accelerate(model: torch.nn.Module, strategy: str = "gathered") -> torch.nn.M
     from ..model.moe import GatedExperts, MoEOutput
 
     def make_forward(layer: GatedExperts, original: Callable):
-        def forward(gate_features, inputs):
-            if layer.training or not kernels_usable(gate_features):
-                return original(gate_features, inputs)
+        def forward(gate_features, inputs, stream=None):
+            if stream is not None or layer.training or not kernels_usable(gate_features):  # stream: its own routing
+                return original(gate_features, inputs, stream)
             indices, weights = gate(gate_features, layer.w_gate, layer.grid, layer.k, layer.pool, layer.normalise)
             if isinstance(inputs, torch.Tensor):
                 x, groups = inputs, 1

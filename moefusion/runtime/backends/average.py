@@ -8,6 +8,7 @@ class AverageBackend(Backend):
     """Classical fuser: the per-pixel mean of IR and visible luminance. No attention map."""
 
     name = "average"
+    stream_unavailable = "the average fusion has no temporal state"
 
     def infer(self, ir_unit, vis_y):
         _check_inputs(ir_unit, vis_y)

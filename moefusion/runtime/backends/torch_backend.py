@@ -1,4 +1,11 @@
-"""``torch``: a ``moefusion.load()`` model run by PyTorch (CUDA: fp16 autocast, CUDA graphs; CPU: fp32)."""
+"""``torch``: a ``moefusion.load()`` model run by PyTorch (CUDA: fp16 autocast, CUDA graphs; CPU: fp32).
+
+Stream mode (``set_stream_mode(True)``, model/stream.py): each ``infer`` is the next frame of one
+video, run by the model's ``forward_stream_unit`` with the temporal state kept here (None at the
+start and after ``reset_stream()``; a new frame size starts afresh). On CUDA the stream step is a
+CUDA graph too: the state lives in static buffers that are the graph's inputs, and the graph itself
+copies the new state into them as its last step, so one replay is one frame; a reset zeroes them
+(all zeros is the model's "no previous frame" state)."""
 from __future__ import annotations
 
 import logging
@@ -47,6 +54,24 @@ class TorchBackend(Backend):
         self.graphs_off_reason = ""
         self.kernels = "PyTorch ops"
         self.source = "in-memory model" if model is not None else (path or "default weights")
+        self._state = None  # stream mode, eager: the state returned by the last frame (None: a new stream)
+        self._stream_key = None  # stream mode, CUDA graphs: the shape whose static state holds the stream
+        self._fresh = True  # stream mode: the next frame starts a new stream
+
+    # -- stream mode ----------------------------------------------------------------------
+    @property
+    def stream_capable(self) -> bool:
+        """A MoE-Fusion model (``forward_stream_unit``) carries temporal state; loads the model to know."""
+        self.load()
+        return callable(getattr(self._net, "forward_stream_unit", None))
+
+    @property
+    def stream_unavailable(self) -> str:
+        return ("the loaded model has no forward_stream_unit() (not a MoE-Fusion model), so it has no "
+                "temporal state")
+
+    def reset_stream(self) -> None:
+        self._state, self._fresh = None, True
 
     def load(self):
         if self._net is not None:
@@ -116,6 +141,84 @@ class TorchBackend(Backend):
             fused, att = out, None
         return fused.float(), (att.float() if att is not None else None)
 
+    def _forward_stream(self, ir, vis, state):
+        """-> (fused, attention, next state): one frame of a stream (fp16 autocast on CUDA)."""
+        torch = self.torch
+        with torch.inference_mode():
+            if self.precision == "fp16":
+                with torch.autocast("cuda", dtype=torch.float16):
+                    fused, att, new = self._net.forward_stream_unit(ir, vis, state)
+            else:
+                fused, att, new = self._net.forward_stream_unit(ir, vis, state)
+        return fused.float(), (att.float() if att is not None else None), new
+
+    def _static_step(self, entry):
+        """One frame of a stream on the static buffers of ``entry`` (what the stream graph captures):
+        reads dev ir/vis and the state, writes the state for the next frame back into the same
+        buffers. -> (fused, attention)."""
+        with self.torch.inference_mode():
+            fused, att, new = self._forward_stream(entry["dev"]["ir"], entry["dev"]["vis"], entry["state"])
+            for buf, value in zip(entry["state"], new):
+                buf.copy_(value)  # a cast where the autocast step made fp16 (the buffers stay fp32)
+        return fused, att
+
+    def _stream_entry(self, shape):
+        """The static buffers (and, when graphs are on, the CUDA graph) of the stream step at ``shape``."""
+        torch = self.torch
+        key = ("stream", shape)
+        e = self._graphs.get(key)
+        if e is not None:
+            return e
+        b, _, h, w = shape
+        with torch.inference_mode():
+            state = self._net.initial_state(b, h, w)
+        e = {"pin": {k: torch.empty(shape, dtype=torch.float32, pin_memory=True) for k in ("ir", "vis", "fused", "att")},
+             "dev": {k: torch.zeros(shape, dtype=torch.float32, device=self.device) for k in ("ir", "vis")},
+             "state": state, "graph": None}
+        if self.want_graphs:
+            try:
+                s = torch.cuda.Stream()
+                s.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(s):
+                    for _ in range(3):
+                        self._static_step(e)
+                torch.cuda.current_stream().wait_stream(s)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    out = self._static_step(e)
+                e["graph"], e["out"] = graph, out
+            except Exception as ex:  # noqa: BLE001 - logged; eager is the documented fallback
+                self.want_graphs = False
+                self.graphs_off_reason = f"stream-mode capture failed: {type(ex).__name__}: {ex}"
+                log.warning("torch backend: CUDA graph capture of the stream step failed (%s); running eagerly", ex)
+        self._graphs[key] = e
+        return e
+
+    def _infer_stream_cuda(self, ir_unit, vis_y):
+        torch = self.torch
+        shape = tuple(ir_unit.shape)
+        e = self._stream_entry(shape)
+        if self._fresh or self._stream_key != shape:  # a new stream, or another size: no previous frame
+            with torch.inference_mode():
+                for buf in e["state"]:
+                    buf.zero_()
+            self._fresh, self._stream_key = False, shape
+        pin, dev = e["pin"], e["dev"]
+        pin["ir"].numpy()[...] = ir_unit
+        pin["vis"].numpy()[...] = vis_y
+        dev["ir"].copy_(pin["ir"], non_blocking=True)
+        dev["vis"].copy_(pin["vis"], non_blocking=True)
+        if e["graph"] is not None:
+            e["graph"].replay()
+            fused, att = e["out"]
+        else:
+            fused, att = self._static_step(e)
+        pin["fused"].copy_(fused, non_blocking=True)
+        if att is not None:
+            pin["att"].copy_(att, non_blocking=True)
+        torch.cuda.current_stream().synchronize()
+        return pin["fused"].numpy().copy(), (pin["att"].numpy().copy() if att is not None else None)
+
     def _graph_for(self, shape):
         torch = self.torch
         g = self._graphs.get(shape)
@@ -160,6 +263,16 @@ class TorchBackend(Backend):
         _check_inputs(ir_unit, vis_y)
         self.load()
         torch = self.torch
+        if self.stream_mode:
+            if self.device.type == "cuda" and callable(getattr(self._net, "initial_state", None)):
+                return self._infer_stream_cuda(ir_unit, vis_y)
+            if self._fresh:
+                self._state, self._fresh = None, False
+            dev = self.device
+            fused, att, self._state = self._forward_stream(torch.from_numpy(np.ascontiguousarray(ir_unit)).to(dev),
+                                                           torch.from_numpy(np.ascontiguousarray(vis_y)).to(dev),
+                                                           self._state)  # a new size starts afresh in the model
+            return fused.cpu().numpy(), (att.cpu().numpy() if att is not None else None)
         if self.device.type == "cpu":
             fused, att = self._forward(torch.from_numpy(np.ascontiguousarray(ir_unit)),
                                        torch.from_numpy(np.ascontiguousarray(vis_y)))
@@ -188,6 +301,7 @@ class TorchBackend(Backend):
             name = self.torch.cuda.get_device_name(self.device)
             graphs = "CUDA graphs" if self.want_graphs else f"no CUDA graphs ({self.graphs_off_reason or 'off'})"
             return (f"torch (cuda: {name}, {self.precision}{' autocast' if self.precision == 'fp16' else ''}, {graphs}, "
-                    f"{self.kernels}; {self.source})")
-        return f"torch (cpu, {self.precision}, {self.torch.get_num_threads()} threads; {self.source})"
+                    f"{self.kernels}{', stream mode' if self.stream_mode else ''}; {self.source})")
+        return (f"torch (cpu, {self.precision}, {self.torch.get_num_threads()} threads"
+                f"{', stream mode' if self.stream_mode else ''}; {self.source})")
 
