@@ -7,10 +7,13 @@ import numpy as np
 
 from ...errors import UserError
 from .base import Backend, _check_inputs
+from .stream_state import StreamStates, stream_spec_from_metadata
 
 
 class OnnxRuntimeBackend(Backend):
-    """An .onnx with inputs ``ir``, ``vis`` [B,1,H,W] and outputs ``fused`` (and ``attention``)."""
+    """An .onnx with inputs ``ir``, ``vis`` [B,1,H,W] and outputs ``fused`` (and ``attention``); a stream
+    graph (``moefusion-export --stream``) also has the state inputs ``state_*`` and outputs ``next_*``,
+    which this backend keeps per stream (zeros on the first frame: per-frame use when stream mode is off)."""
 
     name = "onnxruntime"
 
@@ -51,24 +54,44 @@ class OnnxRuntimeBackend(Backend):
         self.path = path
         ins = {i.name: i for i in self.sess.get_inputs()}
         outs = [o.name for o in self.sess.get_outputs()]
-        if set(ins) != {"ir", "vis"} or "fused" not in outs:
+        frame_ins = {k for k in ins if not k.startswith("state_")}
+        if frame_ins != {"ir", "vis"} or "fused" not in outs:
             raise UserError(f"--model {path}: expected inputs ir, vis and output fused (and attention); it has "
                             f"inputs {sorted(ins)} and outputs {outs}. Export it with moefusion-export --format onnx")
         self.in_dtype = {k: (np.float16 if "float16" in v.type else np.float32) for k, v in ins.items()}
+        meta = {k[len("moefusion."):]: v for k, v in self.sess.get_modelmeta().custom_metadata_map.items()
+                if k.startswith("moefusion.")}
+        spec, why = stream_spec_from_metadata(meta, list(ins))
+        if spec is None and len(frame_ins) != len(ins):
+            raise UserError(f"--model {path}: {why}")
+        self.states = StreamStates(spec, self.in_dtype) if spec else None
+        self.stream_capable = spec is not None
+        self.stream_unavailable = why
         hw = ins["ir"].shape[-2:]  # ints when exported without --dynamic, names otherwise
         if all(isinstance(d, int) for d in hw):
             self.size_range = (tuple(hw), tuple(hw))
         self.out_names = ["fused"] + (["attention"] if "attention" in outs else [])
+        if self.states is not None:
+            self.out_names += self.states.spec.outputs
         self.providers = self.sess.get_providers()
+
+    def reset_stream(self) -> None:
+        if self.states is not None:
+            self.states.reset()
 
     def infer(self, ir_unit, vis_y):
         _check_inputs(ir_unit, vis_y)
         self.check_size(*ir_unit.shape[-2:])
         feeds = {"ir": np.ascontiguousarray(ir_unit, dtype=self.in_dtype["ir"]),
                  "vis": np.ascontiguousarray(vis_y, dtype=self.in_dtype["vis"])}
+        if self.states is not None:  # a stream graph: carried state in stream mode, else a fresh zero state
+            b, _, h, w = ir_unit.shape
+            feeds.update(self.states.feeds(b, h, w, self.stream_mode))
         res = self.sess.run(self.out_names, feeds)
         fused = res[0].astype(np.float32, copy=False)
-        att = res[1].astype(np.float32, copy=False) if len(res) > 1 else None
+        att = res[1].astype(np.float32, copy=False) if "attention" in self.out_names else None
+        if self.states is not None:
+            self.states.update(dict(zip(self.out_names, res)), self.stream_mode)
         return fused, att
 
     def describe(self):

@@ -18,23 +18,59 @@ from .torch_backend import TorchBackend
 log = logging.getLogger("moefusion.runtime")
 
 
+def _fuse_images(backend: Backend, stream: bool, ir: np.ndarray, vis: np.ndarray, agc_percentiles) -> np.ndarray:
+    """One numpy pair through ``backend`` (as ``MoEFusion.fuse``: prepare_pair, infer, merge_visible);
+    ``stream``: as the next frame of the backend's stream, else per frame (the stream's state untouched)."""
+    ir_u, parts = prepare_pair(ir, vis, agc_percentiles or DEFAULT_AGC_PERCENTILES)
+    saved, backend.stream_mode = backend.stream_mode, stream
+    try:
+        fused, _ = backend.infer(ir_u[None, None], parts.y[None, None].astype(np.float32))
+    finally:
+        backend.stream_mode = saved
+    return merge_visible(fused[0, 0], parts)
+
+
 class BackendModel:
     """What ``moefusion.load`` returns for an .onnx or an .engine: ``fuse(ir, vis)`` with the same
-    conventions as the torch model (output shaped and typed like VIS), plus ``backend``."""
+    conventions as the torch model (output shaped and typed like VIS), plus ``backend``; ``stream()``
+    for a stream graph (``moefusion-export --stream``), like the torch model's."""
 
     def __init__(self, backend: Backend):
         self.backend = backend
 
     def fuse(self, ir: np.ndarray, vis: np.ndarray, agc_percentiles=None) -> np.ndarray:
-        ir_u, parts = prepare_pair(ir, vis, agc_percentiles or DEFAULT_AGC_PERCENTILES)
-        fused, _ = self.backend.infer(ir_u[None, None], parts.y[None, None].astype(np.float32))
-        return merge_visible(fused[0, 0], parts)
+        return _fuse_images(self.backend, False, ir, vis, agc_percentiles)
+
+    def stream(self) -> "BackendStream":
+        """A video stream: ``fuse(ir, vis)`` per frame in order with the temporal state carried (in the
+        backend: one stream per loaded model, a second ``stream()`` starts it afresh); ``reset()``."""
+        if not self.backend.stream_capable:
+            raise UserError(f"{self.backend.path}: no stream mode: {self.backend.stream_unavailable}")
+        return BackendStream(self.backend)
 
     def infer(self, ir_unit: np.ndarray, vis_y: np.ndarray):
         return self.backend.infer(ir_unit, vis_y)
 
     def describe(self) -> str:
         return self.backend.describe()
+
+
+class BackendStream:
+    """``BackendModel.stream()``: the same ``fuse`` / ``reset`` as the torch ``FusionStream``."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.frames = 0
+        backend.reset_stream()
+
+    def reset(self) -> None:
+        self.backend.reset_stream()
+        self.frames = 0
+
+    def fuse(self, ir: np.ndarray, vis: np.ndarray, agc_percentiles=None) -> np.ndarray:
+        out = _fuse_images(self.backend, True, ir, vis, agc_percentiles)
+        self.frames += 1
+        return out
 
 
 def open_model_file(path, *, device: str = "auto", providers: list[str] | None = None,

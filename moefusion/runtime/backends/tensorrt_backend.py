@@ -3,6 +3,7 @@ cuda-python; no torch on this path."""
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 
@@ -11,6 +12,7 @@ import numpy as np
 from ...errors import UserError
 from ...kernels import plugins as plugin_files
 from .base import Backend, _check_inputs
+from .stream_state import StreamStates, stream_spec_from_metadata
 
 log = logging.getLogger("moefusion.runtime")
 
@@ -47,6 +49,15 @@ def _cuda_check(res, what: str):
     if int(err) != 0:
         raise RuntimeError(f"CUDA error in {what}: {err}")
     return res[1] if isinstance(res, tuple) and len(res) == 2 else (res[1:] if isinstance(res, tuple) else None)
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 class TensorRTBackend(Backend):
@@ -92,9 +103,17 @@ class TensorRTBackend(Backend):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
-        if set(self.inputs) != {"ir", "vis"} or "fused" not in self.outputs:
+        if {n for n in self.inputs if not n.startswith("state_")} != {"ir", "vis"} or "fused" not in self.outputs:
             raise UserError(f"--model {path}: expected engine inputs ir, vis and output fused; it has {self.inputs} -> {self.outputs}")
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        # A stream engine (moefusion-export --stream): the state's shapes come from the ONNX metadata in the
+        # sidecar (<engine>.json); the state makes a host round trip per frame (simple, not the fastest).
+        side = _read_json(path + ".json")
+        spec, why = stream_spec_from_metadata(side.get("onnx_metadata") or {}, self.inputs)
+        if spec is None and len(self.inputs) > 2:
+            raise UserError(f"--model {path}: {why} (its sidecar {path}.json is missing or has no stream metadata)")
+        self.states = StreamStates(spec, self.dtypes) if spec else None
+        self.stream_capable, self.stream_unavailable = spec is not None, why
         hw = tuple(self.engine.get_tensor_shape("ir"))[-2:]
         if -1 in hw:  # dynamic: the first optimisation profile's range
             lo, _, hi = self.engine.get_tensor_profile_shape("ir", 0)
@@ -105,11 +124,16 @@ class TensorRTBackend(Backend):
         self._dev: dict = {}
         self._host: dict = {}
 
+    def reset_stream(self) -> None:
+        if getattr(self, "states", None) is not None:
+            self.states.reset()
+
     def _alloc(self, shape):
         cudart = self.cudart
         self._free()
+        state_shapes = self.states.spec.shapes(shape[0], shape[2], shape[3]) if self.states else {}
         for n in self.inputs:
-            self.context.set_input_shape(n, shape)
+            self.context.set_input_shape(n, state_shapes.get(n, shape))
         for n in self.inputs + self.outputs:
             shp = tuple(self.context.get_tensor_shape(n))
             nbytes = int(np.prod(shp)) * self.dtypes[n].itemsize
@@ -137,7 +161,11 @@ class TensorRTBackend(Backend):
             self._alloc(tuple(ir_unit.shape))
         H2D = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         D2H = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        for n, x in (("ir", ir_unit), ("vis", vis_y)):
+        frames = [("ir", ir_unit), ("vis", vis_y)]
+        if self.states is not None:
+            b, _, h, w = ir_unit.shape
+            frames += list(self.states.feeds(b, h, w, self.stream_mode).items())
+        for n, x in frames:
             hptr, host = self._host[n]
             host[...] = x
             ptr, nbytes = self._dev[n]
@@ -151,6 +179,8 @@ class TensorRTBackend(Backend):
         _cuda_check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         fused = self._host["fused"][1].astype(np.float32, copy=True)
         att = self._host["attention"][1].astype(np.float32, copy=True) if "attention" in self._host else None
+        if self.states is not None and self.stream_mode:  # copies: the host buffers are overwritten next frame
+            self.states.update({n: self._host[n][1].copy() for n in self.states.spec.outputs}, True)
         return fused, att
 
     def describe(self):
