@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a model with a fixed input size (.onnx exported without --dynamic, an engine): frames are "
                         "scaled to it and the output back; letterbox (default) keeps the aspect ratio and pads, "
                         "stretch fills the input. Dynamic models run at the frames' size")
+    m.add_argument("--no-stream-mode", dest="stream_mode", action="store_false",
+                   help="fuse every frame alone; by default the model runs in stream mode (files and cameras): "
+                        "its temporal state is carried from frame to frame (steadier video: no flicker of the "
+                        "experts, blend maps and brightness where nothing moved) and starts afresh when a source "
+                        "reconnects, a looping file starts again or the frame size changes. A backend whose model "
+                        "has no state (--backend average, an .onnx exported without it) runs per frame; the log "
+                        "says why, and --stats-json records stream_mode")
     m.add_argument("--trt-plugins", action="append", metavar="LIB",
                    help=f"TensorRT plugin library to load (default: from <engine>.json or {PLUGIN_ENV})")
     s = p.add_argument_group("synchronisation and registration")
@@ -223,7 +230,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         registration=args.registration, max_frames=args.max_frames, queue_size=args.queue_size,
         realtime=args.realtime, stats_interval=args.stats_interval, stall_timeout=args.stall_timeout,
         reconnect_timeout=args.reconnect_timeout, encoder=args.encoder, output_fps=args.output_rate,
-        segment_s=args.segment, overwrite=args.overwrite, model_fit=args.model_fit)
+        segment_s=args.segment, overwrite=args.overwrite, model_fit=args.model_fit, stream_mode=args.stream_mode)
 
 
 def write_json(d: dict, path: str) -> None:
@@ -247,6 +254,9 @@ def format_summary(d: dict) -> str:
         "stage ms (p50): " + ", ".join(f"{k} {v['p50']:.2f}" for k, v in d.get("stage_ms", {}).items()),
         f"backend: {d.get('backend_detail', d.get('backend'))}",
     ]
+    if "stream_mode" in d:
+        lines.append(f"stream mode: on (state reset {d.get('stream_resets', 0)} times)" if d["stream_mode"] else
+                     f"stream mode: off ({d.get('stream_mode_off', 'per frame')})")
     if d.get("output_file"):
         lines.append(f"output: {d['output_file']}")
     for w in d.get("warnings") or []:

@@ -63,6 +63,7 @@ class PipelineConfig:
     segment_s: float = 0.0  # file outputs: a new file every segment_s seconds (0: one file)
     overwrite: bool = False  # file outputs: replace an existing recording instead of adding a suffix
     model_fit: str = "letterbox"  # fixed-size models: letterbox | stretch (see fit.py)
+    stream_mode: bool = True  # carry the model's temporal state from frame to frame, where the backend can
     shutdown_timeout: float = 30.0  # s from a stop to the end of the run, draining and finalising included
     hurry_timeout: float = 5.0  # the same after a second SIGINT/SIGTERM (queued frames are dropped)
 
@@ -93,6 +94,7 @@ class Pipeline(Stages):
         self._hurry = threading.Event()
         self._stop_at = None
         self._left, self._left_lock = 0, threading.Lock()  # see _unprocessed
+        self.stream_resets = 0  # stream mode: times the state started afresh after the first frame
         if checked is not None:
             self._use_checks(checked)
 
@@ -228,8 +230,11 @@ class Pipeline(Stages):
                 raise UserError(f"--model-fit {cfg.model_fit}: use one of {', '.join(FIT_MODES)}")
             fit = self._fit_for(h, w)
             mh, mw = fit.model
+            stream = self._start_stream_mode()
             t0 = time.perf_counter()
-            warm = self.backend.warmup(mh, mw, iters=2)
+            warm = self.backend.warmup(mh, mw, iters=2)  # in stream mode: the stream step (CUDA graphs)
+            if stream:
+                self.backend.reset_stream()  # the warm-up's random frames are no part of the video
             log.info("backend: %s (%s); warm-up %.0f ms, then %.1f ms per frame at %dx%d", self.backend.describe(),
                      self.backend_reason or self.backend.name, (time.perf_counter() - t0) * 1000, warm, mw, mh)
         except BaseException:
@@ -277,6 +282,24 @@ class Pipeline(Stages):
             self.errors.append(self._why_no_output())
             log.error("%s", self.errors[-1])
         return self.summary()
+
+    def _start_stream_mode(self) -> bool:
+        """Stream mode on (cfg.stream_mode) where the backend can carry state; logged in one line and
+        recorded (``stream_mode``, and ``stream_mode_off`` saying why not)."""
+        on = self.backend.set_stream_mode(self.cfg.stream_mode)
+        if on:
+            why = ""
+            log.info("stream mode: on (temporal state carried from frame to frame; --no-stream-mode turns it off)")
+        elif not self.cfg.stream_mode:
+            why = "--no-stream-mode"
+            log.info("stream mode: off (--no-stream-mode): every frame is fused alone")
+        else:
+            why = f"{self.backend.name} backend: {self.backend.stream_unavailable}"
+            log.info("stream mode: off (%s): every frame is fused alone", why)
+        self.stats.info["stream_mode"] = on
+        if why:
+            self.stats.info["stream_mode_off"] = why
+        return on
 
     def _why_no_output(self) -> str:
         """One line: why a run ended without a single output frame."""
@@ -350,5 +373,6 @@ class Pipeline(Stages):
         d["errors"] = list(self.errors)
         d["warnings"] = (list(self.notes.values()) + [s.warning for s in self.sources.values() if s.warning]
                          + (list(self.sink.warnings) if self.sink is not None else []))
+        d["stream_resets"] = self.stream_resets
         d["ok"] = not self.errors
         return d

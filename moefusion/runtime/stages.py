@@ -33,6 +33,7 @@ class Item:
     fused: np.ndarray | None = None
     attention: np.ndarray | None = None
     frames: tuple = ()  # the source frames (their pooled buffers go back once the output is written)
+    new_stream: str = ""  # why this frame starts a new stream (stream mode's state is reset before it)
 
 
 
@@ -46,6 +47,8 @@ class Stages:
         pre = Preprocessor(pool=self.pool, fit_for=self._fit_for, on_note=self._note)
         ended = {"ir": False, "vis": False}
         reconnects = {"ir": 0, "vis": 0}
+        restart = ""  # a source reconnected: the next pair starts a new stream
+        last = None  # (IR loop, VIS loop, IR size, VIS size) of the last pair
         try:
             while not self.stop_event.is_set():
                 eos_seen = {r: s.eos.is_set() for r, s in self.sources.items()}
@@ -55,6 +58,7 @@ class Stages:
                     if src.counters.reconnects != reconnects[role]:  # timestamps restart after a reconnect
                         reconnects[role] = src.counters.reconnects
                         pairer.reset_stream(role)
+                        restart = f"{ROLE_NAMES[role]} source reconnected"
                 for role in ("ir", "vis"):
                     for f in batch[role]:
                         for cause, _ in pairer.push(role, f):
@@ -87,6 +91,12 @@ class Stages:
                     prep = pre(ir, vis)
                     stats.stage_time("preprocess", time.perf_counter() - t1)
                     item = Item(prep, min(p.ir.capture_ns, p.vis.capture_ns), p.vis.ts_ns, frames=(p.ir, p.vis))
+                    key = (p.ir.loop, p.vis.loop, p.ir.image.shape[:2], p.vis.image.shape[:2])
+                    if last is not None and key != last:  # the stream's scene jumps: its state must not carry over
+                        restart = restart or ("a looping file started again" if key[:2] != last[:2] else
+                                              "a source's frame size changed")
+                    last = key
+                    item.new_stream, restart = restart, ""
                     if not infer_q.put(item):
                         break
                 if (ended["ir"] and pairer.pending("ir") == 0) or (ended["vis"] and pairer.pending("vis") == 0):
@@ -125,11 +135,16 @@ class Stages:
 
     def _infer_loop(self, infer_q: BoundedQueue, out_q: BoundedQueue):
         stats, backend = self.stats, self.backend
+        shape = None
         try:
             while True:
                 item = infer_q.get()
                 if item is _END:
                     return
+                if backend.stream_mode and (item.new_stream or item.prep.model_ir.shape != shape):
+                    if shape is not None:  # not the first frame (the stream was reset after warm-up)
+                        self._new_stream(item.new_stream or "the model's input size changed")
+                    shape = item.prep.model_ir.shape
                 t0 = time.perf_counter()
                 fused, att = backend.infer(item.prep.model_ir, item.prep.model_vis)
                 stats.stage_time("infer", time.perf_counter() - t0)
@@ -138,6 +153,12 @@ class Stages:
                 out_q.put(item)
         finally:
             out_q.close()
+
+    def _new_stream(self, why: str) -> None:
+        """Stream mode: forget the temporal state before this frame (infer thread, in frame order)."""
+        self.backend.reset_stream()
+        self.stream_resets += 1
+        log.info("stream mode: the state starts afresh (%s)", why)
 
     def _release(self, item: Item) -> None:
         """The frame's arrays go back to the pool (its output has been written or dropped)."""

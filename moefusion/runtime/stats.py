@@ -143,8 +143,9 @@ class Stats:
         sk = percentiles(np.abs(skew)) if skew else {"p95": None}
         lat_s = f"{lat['p50']:.1f}/{lat['p95']:.1f}/{lat['p99']:.1f}" if lat["p50"] is not None else "-"
         sk_s = f"{sk['p95']:.1f}" if sk["p95"] is not None else "-"
+        stream = "" if "stream_mode" not in self.info else f" | stream {'on' if self.info['stream_mode'] else 'off'}"
         return (f"{self.fps_window():.1f} FPS | latency p50/p95/p99 {lat_s} ms | |skew| p95 {sk_s} ms | "
-                f"in IR {ins.get('ir', 0)} VIS {ins.get('vis', 0)} out {out} | drops: {d}")
+                f"in IR {ins.get('ir', 0)} VIS {ins.get('vis', 0)} out {out} | drops: {d}{stream}")
 
     def summary(self) -> dict:
         with self.lock:

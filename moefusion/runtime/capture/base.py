@@ -30,6 +30,7 @@ class Frame:
     arrival_ns: int = 0
     buffer: np.ndarray | None = None  # the pooled array behind ``image`` (given back after the output)
     copy_s: float = 0.0  # time taken to copy the frame out of GStreamer ("capture" stage)
+    loop: int = 0  # how many times a looping file (--ir-loop/--vis-loop) had started again before this frame
 
 
 class SourceError(Exception):
@@ -86,6 +87,7 @@ class Capture:
         self.gaps = 0  # frames lost before they reached us (buffer-offset gaps of live sources)
         self.index = 0
         self.fps: float | None = None
+        self.loops = 0  # times a file or image folder started again from its beginning (--*-loop)
 
     @property
     def what(self) -> str:

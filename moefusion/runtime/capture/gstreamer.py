@@ -201,6 +201,7 @@ class GstCapture(Capture):
         return Status.OK, self._to_frame(sample)
 
     def _loop(self):
+        self.loops += 1
         if self._loops_left > 0:
             self._loops_left -= 1
         self._loop_offset = (self._last_ts or 0) + self._frame_dur

@@ -57,14 +57,14 @@ class ImageSequenceCapture(Capture):
         return self._loop_offset + int(round(slot * self._period))
 
     def peek(self, timeout: float = 10.0):
-        self._state = (self._pos, self._loops_left, self._loop_offset, self.index)
+        self._state = (self._pos, self._loops_left, self._loop_offset, self.index, self.loops)
         return super().peek(timeout)
 
     def discard_peeked(self) -> bool:
         """Paced sequences rewind instead: the first image is shown, on the clock started now."""
         had = super().discard_peeked()
         if had and self._state is not None:
-            self._pos, self._loops_left, self._loop_offset, self.index = self._state
+            self._pos, self._loops_left, self._loop_offset, self.index, self.loops = self._state
         return had
 
     def restart_counting(self) -> None:
@@ -77,6 +77,7 @@ class ImageSequenceCapture(Capture):
                 return Status.EOS, None
             if self._loops_left > 0:
                 self._loops_left -= 1
+            self.loops += 1
             self._loop_offset += int(round((self.n_slots or len(self.files)) * self._period))
             self._pos = 0
         now = time.monotonic_ns()

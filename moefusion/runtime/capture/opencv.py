@@ -74,6 +74,7 @@ class OpenCVCapture(Capture):
                 if self._loops_left != 0:
                     if self._loops_left > 0:
                         self._loops_left -= 1
+                    self.loops += 1
                     self._loop_offset = self._last_ts + self._frame_dur
                     self._cap.release()
                     self.open()

@@ -70,6 +70,7 @@ class SourceThread(threading.Thread):
             status, frame = self.capture.read(0.1)
             if status is Status.OK:
                 frame.arrival_ns = time.monotonic_ns()
+                frame.loop = self.capture.loops
                 self.counters.frames += 1
                 self.counters.gaps = self._gaps_before + self.capture.gaps
                 last_frame = time.monotonic()
