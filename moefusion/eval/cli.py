@@ -4,7 +4,7 @@
                    [--metrics EN,SD,...] [--convention default|published] [--limit N]
                    [--json F] [--csv F] [--sheet F.png] [--sheet-rows N]
     moefusion-eval --temporal (--data ROOT | --ir-video A.mp4 --vis-video B.mp4) [--max-frames N]
-                   [--methods model,laplacian,gff,average] [--model PATH] [--markdown F.md] [--json F]
+                   [--methods model,stream,laplacian,gff,average] [--model PATH] [--markdown F.md] [--json F]
     moefusion-eval --heldout [--model PATH] [--config YAML] [--unseen DIR ...] [--unseen-limit N]
                    [--methods ...] [--metrics ...] [--limit N] [--markdown F.md] [--sheet-dir DIR]
     moefusion-eval --routing-report [--model PATH] [--config YAML] [--limit N] [--markdown F.md] [--maps F.png]
@@ -17,7 +17,8 @@ unknown metric or method name.
 Methods: the classical baselines of :mod:`moefusion.eval.baselines` (average, max, laplacian,
 gff), ``model`` (the ``--model`` file, or the bundled default weights without ``--model``),
 ``model:PATH`` (any number of them: checkpoints, .onnx or .engine files, through
-``moefusion.load``) and ``fused:DIR`` (fused images already on disk, e.g. another method's
+``moefusion.load``), with ``--temporal`` ``stream`` and ``stream:PATH`` (that model in stream mode,
+a fresh ``model.stream()`` per sequence; ``model`` fuses each frame alone) and ``fused:DIR`` (fused images already on disk, e.g. another method's
 published results, named by the same ids). Baselines fuse IR and the visible luminance in [0, 1];
 their output is rounded to 8 bits as a saved image would be. The model gets the raw frames and
 returns an image like VIS. Metrics are computed on luminance, 0..255 (see
@@ -38,7 +39,8 @@ is zeroed; the attention inside and outside labelled boxes and the effect of a u
 the person-minus-surround contrast (:mod:`moefusion.eval.ablation`).
 ``--temporal``: the pairs of ROOT in natural id order (or two synchronised video files) are a video;
 per method, flicker excess, warping error and brightness pumping with motion compensated by the
-sources' optical flow, beside the raw frame-to-frame change (:mod:`moefusion.eval.temporal`).
+sources' optical flow, beside the raw frame-to-frame change (:mod:`moefusion.eval.temporal`);
+``model`` and ``stream`` side by side show what the stream mode changes.
 """
 from __future__ import annotations
 
@@ -61,6 +63,7 @@ from .runner import (
     check_pairs,
     evaluate,
     find_pairs,
+    no_stream_methods,
     parse_methods,
 )
 from .temporal import (
@@ -75,7 +78,7 @@ from .temporal import (
 SHEET_ROWS = 8
 HELDOUT_METHODS = "model,average,max,laplacian,gff"
 HELDOUT_METRICS = "EN,SD,SF,AG,MI,SCD,VIF,Qabf,SSIM"
-TEMPORAL_METHODS = "model,laplacian,gff,average"
+TEMPORAL_METHODS = "model,stream,laplacian,gff,average"
 UNSEEN = ["../shared/data/llvip_samples"]  # never used in training (the bundled weights' config)
 UNSEEN_LIMIT = 12
 MAP_ROWS = 4
@@ -138,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                            f"{TEMPORAL_METHODS})")
     p.add_argument("--methods", metavar="LIST",
                    help="comma-separated: average, max, laplacian, gff, model, model:PATH, fused:DIR "
-                        "(fused images already on disk, named like the pairs; default: "
+                        "(fused images already on disk, named like the pairs), and with --temporal stream, "
+                        "stream:PATH (the model in stream mode: temporal state carried from frame to frame; "
+                        "model fuses each frame alone) (default: "
                         f"{','.join(DEFAULT_BASELINES)}, plus model when --model is given; with --heldout: "
                         f"{HELDOUT_METHODS})")
     p.add_argument("--model", metavar="PATH", help="checkpoint, .onnx or .engine for method 'model' "
@@ -209,6 +214,7 @@ def main(argv=None) -> int:
 def main_data(args) -> int:
     metric_names = _metrics.resolve_names(args.metrics) if args.metrics is not None else list(_metrics.METRICS)
     methods = parse_methods(args.methods, args.model)
+    no_stream_methods(methods, "--data")
     outputs = {}
     for flag, value in (("--json", args.json), ("--csv", args.csv), ("--sheet", args.sheet)):
         if value:
@@ -261,9 +267,12 @@ def main_data(args) -> int:
 
 
 def _load_models(methods: list[Method]) -> None:
+    loaded = {}  # model and stream of one file share one loaded model
     for m in methods:
         if m.is_model:
-            m.model = load_model(m)
+            if m.model_path not in loaded:
+                loaded[m.model_path] = load_model(m)
+            m.model = loaded[m.model_path]
 
 
 def _short_labels(methods: list[Method]) -> list[str]:
@@ -359,6 +368,7 @@ def main_heldout(args) -> int:
 
     metric_names = _metrics.resolve_names(args.metrics or HELDOUT_METRICS)
     methods = parse_methods(args.methods or HELDOUT_METHODS, args.model)
+    no_stream_methods(methods, "--heldout")
     outputs = {}
     if args.markdown:
         outputs["markdown"] = Path(args.markdown)

@@ -64,6 +64,7 @@ class Method:
     model_path: str | None = None
     model: object = None
     fused_dir: dict[str, Path] | None = None  # fused:DIR: id -> fused image file
+    stream: bool = False  # stream, stream:PATH (--temporal): the model in stream mode (model.stream())
 
     @property
     def is_model(self) -> bool:
@@ -71,7 +72,7 @@ class Method:
 
 
 def parse_methods(spec: str | None, model_arg: str | None) -> list[Method]:
-    valid = ", ".join(list(_baselines.BASELINES) + ["model", "model:PATH", "fused:DIR"])
+    valid = ", ".join(list(_baselines.BASELINES) + ["model", "model:PATH", "stream", "stream:PATH", "fused:DIR"])
     if spec is None:
         names = list(DEFAULT_BASELINES) + (["model"] if model_arg else [])
     else:
@@ -86,11 +87,14 @@ def parse_methods(spec: str | None, model_arg: str | None) -> list[Method]:
             m = Method(n.lower(), baseline=_baselines.BASELINES[n.lower()])
         elif n == "model":
             m = Method("model", model_path=model_arg)
-        elif n.startswith("model:"):
-            path = n[len("model:"):].strip()
+        elif n == "stream":
+            m = Method("stream", model_path=model_arg, stream=True)
+        elif n.startswith(("model:", "stream:")):
+            kind, path = n.split(":", 1)
+            path = path.strip()
             if not path:
-                raise UserError("method 'model:' needs a path, e.g. model:runs/best.onnx")
-            m = Method(n, model_path=path)
+                raise UserError(f"method '{kind}:' needs a path, e.g. {kind}:runs/best.pt")
+            m = Method(n, model_path=path, stream=kind == "stream")
         elif n.startswith("fused:"):
             folder = Path(n[len("fused:"):].strip())
             if not folder.is_dir():
@@ -101,12 +105,20 @@ def parse_methods(spec: str | None, model_arg: str | None) -> list[Method]:
         if any(o.label == m.label for o in out):
             raise UserError(f"method {m.label!r} is listed twice in --methods")
         out.append(m)
-    if model_arg and spec is not None and not any(m.label == "model" for m in out):
-        raise UserError("--model is given but --methods does not list 'model'; add it (or use model:PATH)")
+    if model_arg and spec is not None and not any(m.label in ("model", "stream") for m in out):
+        raise UserError("--model is given but --methods does not list 'model' (or 'stream'); add it (or use model:PATH)")
     for m in out:
         if m.is_model and m.model_path is not None and not Path(m.model_path).exists():
             raise UserError(f"model file not found: {m.model_path} (method {m.label!r})")
     return out
+
+
+def no_stream_methods(methods: list[Method], mode: str) -> None:
+    """A UserError for a ``stream`` method outside --temporal (it needs a video)."""
+    for m in methods:
+        if m.stream:
+            raise UserError(f"method {m.label!r} (the model in stream mode) needs a video: use it with --temporal; "
+                            f"{mode} fuses each pair alone (method 'model')")
 
 
 def _one_line(e: BaseException) -> str:

@@ -22,7 +22,8 @@ real motion counts as change):
 - ``change_excess``: mean over t of mean max(0, |F_t - F_{t-1}| - max_S |S_t - S_{t-1}|).
 
 A method is anything that turns one (IR, VIS) frame pair into a fused frame, called in time order
-(:data:`Fuser`): a model fusing each frame alone, a baseline, or a stateful stream.
+(:data:`Fuser`): a model fusing each frame alone (``model``), a baseline, or a stateful stream
+(``stream``: the model in stream mode, a fresh ``model.stream()`` per sequence).
 :func:`measure_sequence` runs several on one sequence, computing the sources' flow once per frame;
 :func:`temporal_measures` measures fused frames already made. ``moefusion-eval --temporal``
 reports them per method (docs/metrics.md).
@@ -171,7 +172,16 @@ def fused_luminance(fused: np.ndarray) -> np.ndarray:
 
 def method_fuser(m: Method) -> Fuser:
     """The fuser of a ``moefusion-eval`` method (a baseline, or a model whose ``model`` is loaded):
-    fused luminance on 0..255, baselines rounded to 8 bits as in the image metrics."""
+    fused luminance on 0..255, baselines rounded to 8 bits as in the image metrics. A ``stream``
+    method gets a fresh ``model.stream()`` (the model in stream mode, model/stream.py): call this
+    once per sequence, then the fuser once per frame in time order."""
+    if m.stream:
+        make = getattr(m.model, "stream", None)
+        if not callable(make):
+            raise UserError(f"method {m.label!r}: {m.model_path or 'the model'} has no stream mode (model.stream()); "
+                            "use a checkpoint (.pt), or method 'model' (each frame alone)")
+        return model_fuser(make())
+
     def fuse(ir_raw, vis_raw):
         return _fuse(m, "", ir_raw, vis_raw, ir_to_unit(ir_raw), split_visible(vis_raw))[0]
 
