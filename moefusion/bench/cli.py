@@ -21,7 +21,13 @@ import shlex
 import sys
 from pathlib import Path
 
+from .. import files
 from ..errors import UserError, cli_entry
+from ..export.formats import parse_hw
+from ..model.presets import list_presets
+from . import report
+from .compare import check_model_file, compare_lines, compare_markdown, run_compare
+from .run import Settings, checkpoint_preset, run_benchmark
 from .table import DEFAULT_WARMUP, DEVICES, PRECISIONS, backends
 
 DEFAULT_IMGSZ = (480, 640)
@@ -111,8 +117,6 @@ def _names(values, flag: str, allowed, hint: str = "") -> list[str] | None:
 
 
 def _sizes(values) -> list[tuple[int, int]]:
-    from ..export.formats import parse_hw
-
     if not values:
         return [DEFAULT_IMGSZ]
     sizes = []
@@ -156,18 +160,13 @@ def _check_output(path: str | None, flag: str, suffix: str | None = None) -> Non
         return
     if suffix and Path(path).suffix.lower() != suffix:
         raise UserError(f"{flag} {path}: name it {Path(path).with_suffix(suffix).name} (a {suffix[1:].upper()} file)")
-    from ..files import check_writable
-
     try:
-        check_writable(path)
+        files.check_writable(path)
     except UserError as e:
         raise UserError(str(e).replace("with -o", f"with {flag}")) from None
 
 
-def settings_from_args(args, argv) -> Settings:  # noqa: F821 - imported lazily
-    from ..model.presets import list_presets
-    from .run import Settings
-
+def settings_from_args(args, argv) -> Settings:
     table = backends()
     names = _names(args.backends, "--backends", list(table))
     presets = _names(args.presets, "--presets", list_presets())
@@ -200,8 +199,6 @@ def settings_from_args(args, argv) -> Settings:  # noqa: F821 - imported lazily
         if Path(weights).suffix.lower() not in (".pt", ".pth", ".ckpt"):
             raise UserError(f"--weights {weights}: expected a moefusion checkpoint (.pt); for an .onnx or .engine "
                             "use run_pipeline --model FILE --output none")
-        from .run import checkpoint_preset
-
         presets = [checkpoint_preset(weights)]  # UserError naming the file when it is not a checkpoint
     _check_output(args.json, "--json")
     _check_output(args.markdown, "--markdown")
@@ -228,8 +225,6 @@ NOT_WITH_COMPARE = ("backends", "presets", "precisions", "weights", "batch", "fr
 
 def check_compare_args(args) -> tuple[str, list[tuple[int, int]]]:
     """(device, sizes) for --compare, or a one-line UserError naming the conflicting flag."""
-    from .compare import check_model_file  # here: imports the runtime backends (0.6 s), only for --compare
-
     for name in NOT_WITH_COMPARE:
         if getattr(args, name) not in (None, False):
             flag = "--" + name.replace("_", "-")
@@ -251,20 +246,15 @@ def check_compare_args(args) -> tuple[str, list[tuple[int, int]]]:
 
 
 def main_compare(args, argv) -> int:
-    from .compare import compare_lines, compare_markdown, run_compare
-    from .report import write_json
-
     device, sizes = check_compare_args(args)
     warmup = DEFAULT_WARMUP[device] if args.warmup is None else args.warmup
     result = run_compare(list(args.compare), device=device, sizes=sizes, iters=args.iters, warmup=warmup,
                          budget_s=args.budget, threads=args.threads, command="moefusion-bench " + shlex.join(argv))
     print("\n".join(compare_lines(result)))
     if args.json:
-        write_json(result, args.json)
+        report.write_json(result, args.json)
     if args.markdown:
-        from ..files import atomic_write_text
-
-        atomic_write_text(args.markdown, compare_markdown(result))
+        files.atomic_write_text(args.markdown, compare_markdown(result))
     if args.json or args.markdown:
         print("\nwrote " + ", ".join(x for x in (args.json, args.markdown) if x))
     return 0
@@ -311,9 +301,6 @@ def main(argv=None) -> int:
     if args.compare:
         return main_compare(args, argv)
     s = settings_from_args(args, argv)
-    from . import report
-    from .run import run_benchmark
-
     result = run_benchmark(s)
     print()
     print("\n".join(report.describe_run(result)))

@@ -18,7 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.backends import Backend, TensorRTBackend, TorchBackend, _check_inputs
+from ..kernels import fast
+from ..runtime.backends import Backend, TensorRTBackend, TorchBackend, _check_inputs, _cuda_check
+from ..runtime.pipeline import Pipeline, PipelineConfig
+from ..runtime.process import Preprocessor
+from ..runtime.samplegen import render_frames
+from ..runtime.uri import parse_input_uri, parse_output_uri
 
 MIN_ITERS = 3
 MIN_FOR_CLIPPING = 8
@@ -144,8 +149,6 @@ def device_timer(backend: Backend, ir: np.ndarray, vis: np.ndarray):
             dst.copy_(torch.from_numpy(np.ascontiguousarray(src)))
         return _torch_event_timer(torch, runner.graph.replay), "CUDA events, device work only (inputs on the GPU)"
     if isinstance(backend, TensorRTBackend):
-        from ..runtime.backends import _cuda_check
-
         backend.infer(ir, vis)  # allocates for this shape and leaves the inputs on the device
         cudart, stream, ctx = backend.cudart, backend.stream, backend.context
         start = _cuda_check(cudart.cudaEventCreate(), "cudaEventCreate")
@@ -222,8 +225,6 @@ class KernelsBackend(Backend):
     def __init__(self, model, precision: str = "fp16"):
         import torch
 
-        from ..kernels import fast
-
         self.torch, self.fast, self.precision = torch, fast, precision
         self.model = fast.accelerate(model.to("cuda").eval())
         self._runners: dict = {}
@@ -282,9 +283,6 @@ def input_frames(size: tuple[int, int], n: int) -> tuple[np.ndarray, np.ndarray]
     the frames run_pipeline would feed the model (``Preprocessor``), each one different."""
     import cv2
 
-    from ..runtime.process import Preprocessor
-    from ..runtime.samplegen import render_frames
-
     h, w = size
     pre = Preprocessor()
     irs, viss = [], []
@@ -301,8 +299,6 @@ def write_clips(folder: str | os.PathLike, size: tuple[int, int], frames: int, f
     """IR (gray) and VIS (BGR) sources of the runtime's synthetic scene at size (H, W): MPEG-4 clips, or PNG
     folders where H or W is odd (MPEG-4 writers round the size down to even)."""
     import cv2
-
-    from ..runtime.samplegen import render_frames
 
     h, w = size
     folder = Path(folder)
@@ -339,9 +335,6 @@ def run_pipeline_files(backend: Backend, ir_path: str, vis_path: str, size: tupl
                        reason: str) -> dict:
     """The runtime pipeline over two files (lockstep: every frame processed), output none, ``frames``
     outputs. Returns FPS, latency percentiles and the run's own summary fields that matter here."""
-    from ..runtime.pipeline import Pipeline, PipelineConfig
-    from ..runtime.uri import parse_input_uri, parse_output_uri
-
     # The sources are already `size`: no --ir/--vis-width/height (no scaling step in the measured loop).
     cfg = PipelineConfig(ir=parse_input_uri(ir_path), vis=parse_input_uri(vis_path),
                          outputs=[parse_output_uri("none")], stats_interval=0, max_frames=frames)

@@ -6,6 +6,7 @@ import os
 import platform
 
 from .._version import __version__
+from ..files import atomic_path, atomic_write_text
 from .table import DEFAULT_WARMUP
 
 COLUMNS = ("preset", "backend", "precision", "size", "status", "ms/frame", "p99 ms", "FPS", "pipeline FPS",
@@ -205,14 +206,10 @@ def markdown(result: dict) -> str:
 
 
 def write_json(result: dict, path) -> None:
-    from ..files import atomic_write_text
-
     atomic_write_text(path, json.dumps(result, indent=2, default=str) + "\n")
 
 
 def write_markdown(result: dict, path) -> None:
-    from ..files import atomic_write_text
-
     atomic_write_text(path, markdown(result))
 
 
@@ -227,8 +224,6 @@ def write_plot(result: dict, path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..files import atomic_path
 
     rows = result["rows"]
     labels = [f"{r['preset']} {r['label'].replace(' (reference)', ' (ref)')} {r['precision']} {r['size_text']}"

@@ -24,6 +24,14 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import moefusion
+
+from ..export.api import run_export
+from ..export.formats import FORMATS
+from ..model import checkpoint
+from ..model.gating import randomize_gates
+from ..runtime.backends import AverageBackend, OnnxRuntimeBackend, TensorRTBackend, TorchBackend
+from .flops import count_flops
 from .measure import (
     CpuTimed,
     EagerTorchBackend,
@@ -36,6 +44,7 @@ from .measure import (
     summarize,
     write_clips,
 )
+from .report import machine_info, read_loadavg
 from .table import DEFAULT_WARMUP, availability, backends
 
 log = logging.getLogger("moefusion.bench")
@@ -129,23 +138,17 @@ def load_model(preset: str, weights: str | None):
     """(model on the CPU in eval mode with the sparse dispatch, where it comes from)."""
     import torch
 
-    import moefusion
-
-    from ..model.checkpoint import DEFAULT_WEIGHTS
-    from ..model.gating import randomize_gates  # here: imports torch (0.8 s -> 21 s for this module, loaded VM)
-
     if weights:
         return moefusion.load(weights, device="cpu").eval(), f"checkpoint {weights}"
-    if preset == "edge" and DEFAULT_WEIGHTS.is_file():
-        return moefusion.load(DEFAULT_WEIGHTS, device="cpu").eval(), f"bundled default weights ({DEFAULT_WEIGHTS.name})"
+    default = checkpoint.DEFAULT_WEIGHTS  # looked up per call: tests point it elsewhere
+    if preset == "edge" and default.is_file():
+        return moefusion.load(default, device="cpu").eval(), f"bundled default weights ({default.name})"
     torch.manual_seed(0)
     return randomize_gates(moefusion.build_model(preset, dispatch="sparse")).eval(), UNTRAINED
 
 
 def checkpoint_preset(weights: str) -> str:
-    from ..model.checkpoint import read_checkpoint
-
-    return str(read_checkpoint(weights).get("preset") or Path(weights).stem)
+    return str(checkpoint.read_checkpoint(weights).get("preset") or Path(weights).stem)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,8 +164,6 @@ class _Factory:
         self.export_s = 0.0
 
     def __call__(self, batch: int):
-        from ..runtime.backends import AverageBackend, OnnxRuntimeBackend, TensorRTBackend, TorchBackend
-
         row, s = self.row, self.s
         if row.backend == NO_MODEL:
             return AverageBackend()
@@ -181,9 +182,6 @@ class _Factory:
         raise ValueError(f"no factory for backend {row.backend!r}")
 
     def _export(self, model, batch: int) -> Path:
-        from ..export.api import run_export
-        from ..export.formats import FORMATS
-
         row = self.row
         fmt = FORMATS[backends()[row.backend].export_format]
         h, w = row.size
@@ -381,9 +379,6 @@ def run_benchmark(s: Settings, progress=_progress) -> dict:
 
 
 def _run(s: Settings, progress, torch) -> dict:
-    from .flops import count_flops  # here: imports torch, and cli imports this module before validating arguments
-    from .report import machine_info, read_loadavg
-
     started = _dt.datetime.now().astimezone()
     t0 = time.perf_counter()
     load_start = read_loadavg()

@@ -18,6 +18,11 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
+from ..export.formats import FORMATS
+from ..export.trt_shim import INSTALL_HINT, TRT
+from ..kernels import _lib
+from ..runtime.backends import import_cudart, import_tensorrt, model_kind
+
 PRECISIONS = ("fp32", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 # Runtime backend that runs the file a format writes (keyed by moefusion.runtime.backends.model_kind).
@@ -38,9 +43,6 @@ class BenchBackend:
 
 
 def _exported_backends() -> dict[str, BenchBackend]:
-    from ..export.formats import FORMATS
-    from ..runtime.backends import model_kind
-
     out = {}
     for fmt in FORMATS.values():
         if not fmt.suffixes[0]:
@@ -75,17 +77,11 @@ def _have(module: str) -> bool:
 
 
 def _tensorrt_reason(device: str) -> str | None:
-    from ..runtime.backends import import_cudart, import_tensorrt
-
     trt = import_tensorrt()
     if trt is None:
-        from ..export.trt_shim import INSTALL_HINT
-
         return f"unavailable: TensorRT is not installed ({INSTALL_HINT})"
     found = f"{trt.__name__} {getattr(trt, '__version__', '?')}"
     if device != "cuda":
-        from ..export.trt_shim import TRT
-
         gpu = TRT.gpu()
         if gpu is None:
             extra = (", which builds engines on a CPU but runs them only on RTX-class GPUs; full TensorRT is not "
@@ -95,8 +91,6 @@ def _tensorrt_reason(device: str) -> str | None:
     if import_cudart() is None:
         return "unavailable: the tensorrt backend needs cuda-python for device memory (pip install cuda-python)"
     if trt.__name__ == "tensorrt_rtx":
-        from ..export.trt_shim import TRT
-
         gpu = TRT.gpu() or {}
         cc = gpu.get("compute_capability", "")
         if cc and cc not in RTX_COMPUTE_CAPABILITIES and not cc.startswith("12."):
@@ -122,8 +116,6 @@ def availability(backend: BenchBackend, precision: str, device: str) -> str | No
     if missing:
         return f"unavailable: {', '.join(missing)} not installed (pip install 'moefusion[export]')"
     if backend.name == "torch-kernels":
-        from ..kernels import _lib
-
         if not _lib.available():
             return ("unavailable: the CUDA kernel library is not built (python -m moefusion.kernels.build; "
                     "see docs/kernels.md)")

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import files as _files
+from .engine import build_engine, sidecar_path, verify_engine
 from .formats import ExportOptions, replace
+from .fp16 import convert_to_fp16
 from .onnx_export import OnnxExport, build_metadata, export_onnx, read_metadata
 from .plan import (  # noqa: F401 (the last two: public here)
     Plan,
@@ -31,6 +33,9 @@ from .plan import (  # noqa: F401 (the last two: public here)
     plugin_library_candidates,
     resolve_flavour,
 )
+from .quantize import calibration_fingerprint, quantize_onnx
+from .triton import config_pbtxt, io_from_metadata, model_dir_files
+from .wrapper import DETECTION_OUTPUTS, MOE_LAYERS
 
 log = logging.getLogger("moefusion.export")
 
@@ -65,8 +70,6 @@ def _mb(path: Path) -> str:
 # ------------------------------------------------------------------------------------------------
 
 def _output_names(opts: ExportOptions, routes: bool) -> list[str]:
-    from .wrapper import DETECTION_OUTPUTS, MOE_LAYERS
-
     names = ["fused", "attention"]
     if routes:
         names += [f"route_{n}" for n in MOE_LAYERS]
@@ -104,8 +107,6 @@ def onnx_stage(plan: Plan, out: Path, *, half: bool, reuse: bool, lines: list[st
         if half and meta.get("precision") == "fp32":
             import onnx
 
-            from .fp16 import convert_to_fp16
-
             proto = convert_to_fp16(onnx.load(src.path))
             for p in proto.metadata_props:
                 if p.key == "moefusion.precision":
@@ -133,8 +134,6 @@ def onnx_stage(plan: Plan, out: Path, *, half: bool, reuse: bool, lines: list[st
 
 def qdq_stage(plan: Plan, out: Path, work: Path, *, reuse: bool, lines: list[str]) -> OnnxArtifact:
     """--int8: the Q/DQ ONNX at ``out``, from the float32 ONNX (exported into ``work``, or the given one)."""
-    from .quantize import calibration_fingerprint, quantize_onnx
-
     src, opts = plan.src, plan.opts
     if plan.calib is None:  # a given Q/DQ ONNX: its scales are in the graph
         return OnnxArtifact(Path(src.path), src.onnx_meta)
@@ -168,8 +167,6 @@ def _model_onnx(plan: Plan, onnx_out: Path, work: Path, *, reuse: bool, lines: l
 
 
 def engine_stage(plan: Plan, art: OnnxArtifact, engine_path: Path, lines: list[str]):
-    from .engine import build_engine, sidecar_path
-
     build = build_engine(art.path, engine_path, plan.opts, trt=plan.trt, plugin_libs=plan.plugin_libs,
                          onnx_meta=dict(art.meta), quantization=art.meta.get("quantization"))
     gpu = plan.gpu["name"] if plan.gpu else "no GPU"
@@ -222,8 +219,6 @@ def run_export(given, *, model=None, weights_info=None, routes: bool = False, tr
 
 
 def _triton(plan: Plan, lines, t0) -> ExportResult:
-    from .triton import config_pbtxt, io_from_metadata, model_dir_files
-
     src, opts = plan.src, plan.opts
     name = opts.triton_name or f"moefusion_{src.preset}"
     repo = plan.output
@@ -239,8 +234,6 @@ def _triton(plan: Plan, lines, t0) -> ExportResult:
                 onnx_stage(plan, files["model"], half=opts.half, reuse=False, lines=lines)
             meta = read_metadata(files["model"])
         elif src.kind == "engine":
-            from .engine import sidecar_path, verify_engine
-
             side = verify_engine(src.path, trt=plan.trt)
             shutil.copyfile(src.path, files["model"])
             shutil.copyfile(sidecar_path(src.path), sidecar_path(files["model"]))

@@ -11,8 +11,9 @@ import argparse
 import logging
 import sys
 
-from ..errors import cli_entry
+from ..errors import UserError, cli_entry
 from ..kernels.plugins import PLUGIN_ENV
+from .api import run_export
 from .formats import (
     DEFAULT_CALIB_FRAMES,
     FORMATS,
@@ -29,8 +30,6 @@ def _imgsz(values) -> tuple[int, int] | None:
     if values is None:
         return None
     if len(values) not in (1, 2):
-        from ..errors import UserError
-
         raise UserError(f"--imgsz {' '.join(map(str, values))}: give H W (or one size for both)")
     return parse_hw("x".join(str(v) for v in (values * 2)[:2]), "--imgsz")
 
@@ -108,8 +107,6 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if not args.verbose:
         logging.getLogger("moefusion.export").setLevel(logging.WARNING)
-    from .api import run_export
-
     result = run_export(options_from_args(args))
     for line in result.lines:
         print(line)

@@ -20,8 +20,19 @@ import torch
 from .._version import __version__
 from ..errors import UserError
 from .. import files as _files
+from ..kernels.onnx import register_schemas
+from ..model.checkpoint import default_weights, model_from_checkpoint, read_checkpoint
+from . import fp16 as fp16mod
 from .formats import ExportOptions
-from .wrapper import DETECTION_OUTPUTS, MOE_LAYERS, PLUGIN_DOMAIN, PLUGIN_GATE, ExportModule
+from .wrapper import (
+    DETECTION_OUTPUTS,
+    MOE_LAYERS,
+    PLUGIN_DOMAIN,
+    PLUGIN_GATE,
+    ExportModule,
+    onnx_translations,
+    register_torchscript_symbolics,
+)
 
 log = logging.getLogger("moefusion.export")
 
@@ -66,8 +77,6 @@ class OnnxExport:
 
 def load_checkpoint_model(weights: str | Path | None):
     """(model in eval mode, {'path', 'name', 'sha256'}) from a moefusion checkpoint (None = bundled)."""
-    from ..model.checkpoint import default_weights, model_from_checkpoint, read_checkpoint
-
     path = default_weights() if weights is None else Path(weights)
     if path.suffix.lower() not in (".pt", ".pth", ".ckpt"):
         raise UserError(f"--weights {path}: expected a moefusion checkpoint (.pt); "
@@ -118,8 +127,6 @@ def _export_dynamo(module: ExportModule, args, opts: ExportOptions, output_names
         dyn = {"ir": axes, "vis": dict(axes)}
     table = None
     if module.flavour == "plugin":
-        from .wrapper import onnx_translations
-
         table = onnx_translations()
     with _quiet():
         prog = torch.onnx.export(
@@ -142,8 +149,6 @@ def _export_torchscript(module: ExportModule, args, opts: ExportOptions, output_
             dyn[n] = {0: f"N_{n.split('_')[0]}"}
     custom = None
     if module.flavour == "plugin":
-        from .wrapper import register_torchscript_symbolics
-
         register_torchscript_symbolics(opts.opset)
         custom = {PLUGIN_DOMAIN: 1}
     buf = io.BytesIO()
@@ -218,8 +223,6 @@ def export_onnx(model, output: str | Path, opts: ExportOptions, *, flavour: str 
     """Export ``model`` (a MoEFusion) to ``output`` (.onnx), written atomically. fp16 when opts.half."""
     import onnx
 
-    from . import fp16 as fp16mod
-
     output = _files.check_writable(output)
     model = model.eval()
     module = ExportModule(model, dispatch=opts.dispatch, flavour=flavour, routes=routes,
@@ -249,8 +252,6 @@ def export_onnx(model, output: str | Path, opts: ExportOptions, *, flavour: str 
                         f"Inputs ir, vis [B,1,H,W] float32 in [0,1]; outputs fused (clamped to [0,1]), attention. "
                         f"{NORMALISATION}")
     if flavour == "plugin":
-        from ..kernels.onnx import register_schemas
-
         register_schemas()  # onnx.checker then knows MoEGate / MoECombine
         if not any(o.domain == PLUGIN_DOMAIN for o in proto.opset_import):
             proto.opset_import.add(domain=PLUGIN_DOMAIN, version=1)

@@ -8,10 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import files as _files
+from ..calibration.int8 import CalibrationData
 from ..errors import UserError
 from ..kernels import plugins
+from ..model.checkpoint import default_weights
+from .engine import read_sidecar
 from .formats import FORMATS, ExportOptions, missing_modules, replace, validate
 from .onnx_export import load_checkpoint_model, read_moefusion_onnx
+from .quantize import require_modelopt
+from .trt_shim import TRT
 
 log = logging.getLogger("moefusion.export")
 
@@ -104,8 +109,6 @@ class Source:
             self.info = weights_info or {"name": "in-memory model", "sha256": _model_hash(model)}
             self.stem = f"moefusion_{model.preset}"
         elif self.kind == "checkpoint":
-            from ..model.checkpoint import default_weights
-
             self.path = str(default_weights()) if opts.weights is None else opts.weights
             self.stem = Path(self.path).stem
         else:
@@ -125,8 +128,6 @@ class Source:
         if self.kind == "onnx":
             return str(self.onnx_meta.get("preset", "model"))
         if self.kind == "engine":
-            from .engine import read_sidecar
-
             return str((read_sidecar(self.path) or {}).get("onnx_metadata", {}).get("preset", "model"))
         return str(self.load().preset)
 
@@ -261,16 +262,12 @@ def make_plan(opts: ExportOptions, src: Source, trt, given, routes: bool) -> Pla
         raise UserError(f"--weights {src.path} is an engine: add --triton-platform tensorrt")
     plan = Plan(opts, src, Path("."), routes=routes)
     if fmt == "triton" and src.kind == "engine":
-        from .engine import read_sidecar
-
         built = ((read_sidecar(src.path) or {}).get("tensorrt") or {}).get("module")
         if built == "tensorrt_rtx":
             raise UserError(f"--weights {src.path} is a TensorRT-RTX plan, which Triton's TensorRT backend cannot load; "
                             "package the ONNX (--triton-platform onnxruntime) or build the plan with the Triton "
                             "container's TensorRT")
     if tensorrt:
-        from .trt_shim import TRT
-
         plan.trt = trt or TRT()
         if fmt == "triton" and plan.trt.rtx and src.kind != "engine":  # an engine given: verify_engine says
             raise UserError(f"--triton-platform tensorrt: {plan.trt.describe()} builds TensorRT-RTX plans, which Triton's "
@@ -284,16 +281,12 @@ def make_plan(opts: ExportOptions, src: Source, trt, given, routes: bool) -> Pla
     if src.kind == "onnx":
         _check_onnx_fits(src.path, src.onnx_meta, opts)
     if opts.int8:
-        from .quantize import require_modelopt
-
         needs_frames = not (src.kind == "onnx" and src.onnx_meta.get("precision") == "int8") and src.kind != "engine"
         if needs_frames:
             require_modelopt()
             if not opts.calib_data:
                 raise UserError(f"--int8 with --weights {src.path or 'a checkpoint'}: calibration frames are needed "
                                 "to insert Q/DQ nodes: --calib-data DIR|IR_VIDEO,VIS_VIDEO")
-            from ..calibration.int8 import CalibrationData
-
             h, w = opts.shapes()["opt"][2:]
             plan.calib = CalibrationData(opts.calib_data, opts.calib_frames, (h, w))  # read and checked now
     if fmt == "triton":

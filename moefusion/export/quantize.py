@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import UserError
 from .. import files as _files
+from .fp16 import _gate_nodes
 
 log = logging.getLogger("moefusion.export")
 
@@ -98,8 +99,6 @@ def _quiet():
 
 def gate_nodes(graph) -> list[str]:
     """The gate nodes (kept float32): TopK/Softmax, MatMul with w_gate, the Resize/reshapes feeding them."""
-    from .fp16 import _gate_nodes
-
     producers = {o: n for n in graph.node for o in n.output}
     return sorted(_gate_nodes(graph, producers))
 

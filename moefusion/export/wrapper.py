@@ -34,6 +34,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..kernels import ops as kernel_ops
+from ..kernels.onnx import custom_translation_table
+from ..kernels.onnx import register_torchscript_symbolics as _register_torchscript_symbolics
 from ..model.attention import INPUT_MEAN, INPUT_STD
 from ..model.fusion import STRIDE
 from ..model.gating import gate_descriptor
@@ -64,25 +67,14 @@ def stable_gated_logsumexp(ys: torch.Tensor, weights: torch.Tensor) -> torch.Ten
     return (m + torch.log(torch.exp(z - m).sum(dim=1, keepdim=True))).squeeze(1)
 
 
-def _kernel_ops():
-    """torch.ops.moefusion.gate / combine (moefusion.kernels; PyTorch references on the CPU)."""
-    from ..kernels import ops
-
-    return ops
-
-
 def onnx_translations() -> dict:
     """custom_translation_table for torch.onnx.export(dynamo=True): kernel ops -> plugin nodes."""
-    from ..kernels.onnx import custom_translation_table
-
     return custom_translation_table()
 
 
 def register_torchscript_symbolics(opset: int) -> None:
     """The same plugin nodes for the TorchScript exporter (opset <= 17)."""
-    from ..kernels.onnx import register_torchscript_symbolics as register
-
-    register(opset)
+    _register_torchscript_symbolics(opset)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,7 +129,7 @@ class ExportModule(nn.Module):
             top, idx = (desc @ layer.w_gate).topk(layer.k, dim=1)
             return idx, torch.softmax(top, dim=1)
         if self.flavour == "plugin":
-            idx, weights = _kernel_ops().gate(features, layer.w_gate, layer.grid[0], layer.grid[1], layer.k)
+            idx, weights = kernel_ops.gate(features, layer.w_gate, layer.grid[0], layer.grid[1], layer.k)
             return idx.long(), weights
         desc = F.interpolate(features, size=layer.grid, mode="bilinear", align_corners=True).flatten(1)
         top, idx = (desc @ layer.w_gate).topk(layer.k, dim=1)
@@ -145,7 +137,7 @@ class ExportModule(nn.Module):
 
     def _combine(self, ys, weights):
         if self.flavour == "plugin":
-            return _kernel_ops().combine(ys, weights)
+            return kernel_ops.combine(ys, weights)
         return stable_gated_logsumexp(ys, weights)
 
     @staticmethod

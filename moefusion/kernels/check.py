@@ -29,6 +29,8 @@ import traceback
 from pathlib import Path
 
 from ..errors import cli_entry
+from . import _lib
+from .build import build
 from .check_bench import step_kernel_benchmarks, step_model_benchmarks
 from .check_report import Budget, Report
 
@@ -97,9 +99,6 @@ def _smoke(lib: Path) -> tuple[bool, str]:
 
 def step_build(report: Report, device: str, build_dir: Path) -> Path | None:
     import torch
-
-    from . import _lib
-    from .build import build
 
     t = time.monotonic()
     archs = None

@@ -11,7 +11,7 @@ from .check_report import TARGET_MS, Budget, Report, Row, fmt_ms
 
 # ----------------------------------------------------------------------------- timing
 def _timer(device: str, iters: int):
-    from . import fast
+    from . import fast  # here: imports torch (+4.4 s CPU on `python -m moefusion.kernels.check --help`, 0.1 s now)
 
     if device == "cuda":
         return lambda fn, *a, graph=True: fast.time_cuda(fn, *a, iters=iters, warmup=3, graph=graph)
@@ -37,9 +37,10 @@ def _rel(a, b) -> float:
 def step_kernel_benchmarks(report: Report, device: str, scale: float, iters: int, batches, budget: Budget) -> None:
     import torch
 
-    from ..model.gating import gate_descriptor, gated_logsumexp, top_k_gating
-    from . import fast
-    from . import reference as R
+    # here, as in _timer: these import torch (+4.4 s CPU on `python -m moefusion.kernels.check --help`)
+    from ..model.gating import gate_descriptor, gated_logsumexp, top_k_gating  # here: torch, see above
+    from . import fast  # here: torch, see above
+    from . import reference as R  # here: torch, see above
 
     t_step = time.monotonic()
     timer = _timer(device, iters)
@@ -174,8 +175,9 @@ def _prepare_model(preset: str, dispatch: str, device: str):
     that routing depends on the input (zero-initialised gates tie every expert)."""
     import torch
 
-    from ..model import build_model
-    from ..model.gating import randomize_gates
+    # here, as in _timer: these import torch (+4.7 s CPU on `python -m moefusion.kernels.check --help`)
+    from ..model import build_model  # here: torch, see above
+    from ..model.gating import randomize_gates  # here: torch, see above
 
     torch.manual_seed(0)
     return randomize_gates(build_model(preset, dispatch=dispatch), seed=1, scale=None).to(device).eval()
@@ -185,7 +187,7 @@ def step_model_benchmarks(report: Report, device: str, scale: float, iters: int,
                           compile_too: bool, forward: str) -> None:
     import torch
 
-    from . import fast, ops
+    from . import fast, ops  # here, as in _timer: imports torch (+4.4 s CPU on moefusion.kernels.check --help)
 
     t_step = time.monotonic()
     gpu = report.env.get("gpu", "")

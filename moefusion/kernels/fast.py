@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..model.gating import gate_descriptor, gated_logsumexp, top_k_gating
+from ..model.gating import Gating, gate_descriptor, gated_logsumexp, top_k_gating
+from ..model.moe import GatedExperts, MoEOutput
 from . import _lib
 
 Layers = Sequence[tuple[Tensor, Tensor | None]]
@@ -228,9 +229,6 @@ def accelerate(model: torch.nn.Module, strategy: str = "gathered") -> torch.nn.M
     or with the kernels off (use_kernels(False), MOEFUSION_KERNELS=0) the layer's own forward runs.
     Same function (tests compare them); the checkpoint and the model's code are unchanged. Returns `model`.
     """
-    from ..model.gating import Gating
-    from ..model.moe import GatedExperts, MoEOutput
-
     def make_forward(layer: GatedExperts, original: Callable):
         def forward(gate_features, inputs, stream=None):
             if stream is not None or layer.training or not kernels_usable(gate_features):  # stream: its own routing

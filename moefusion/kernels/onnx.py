@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import threading
 
+from . import ops  # noqa: F401  (registers torch.ops.moefusion.*)
+from . import reference as R
+
 DOMAIN = "moefusion"
 VERSION = 1
 NODES = ("MoEGate", "MoECombine")
@@ -77,8 +80,6 @@ def custom_translation_table() -> dict:
     import onnxscript
     import torch
 
-    from . import ops  # noqa: F401  (registers torch.ops.moefusion.*)
-
     register_schemas()
     opset = onnxscript.values.Opset(DOMAIN, VERSION)
     gate_op = onnxscript.values.Op(opset, "MoEGate")
@@ -104,8 +105,6 @@ def register_torchscript_symbolics(opset_version: int = 17) -> None:
     import torch
     from torch.onnx import register_custom_op_symbolic
     from torch.onnx.symbolic_helper import parse_args
-
-    from . import ops  # noqa: F401
 
     def _typed(value, dtype, like=None, sizes=None):
         t = value.type() if like is None else like.type()
@@ -151,8 +150,6 @@ def register_torchscript_symbolics(opset_version: int = 17) -> None:
 def reference_ops():
     """OpRun classes for onnx.reference.ReferenceEvaluator(..., new_ops=reference_ops())."""
     from onnx.reference.op_run import OpRun
-
-    from . import reference as R
 
     class MoEGate(OpRun):
         op_domain = DOMAIN
