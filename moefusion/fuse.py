@@ -2,10 +2,16 @@
 
     moefusion-fuse --ir ir.png --vis vis.png -o fused.png
     moefusion-fuse --ir data/ir --vis data/vis -o out/          # pairs matched by file name
+    moefusion-fuse --ir seq/ir --vis seq/vis -o out/ --sequence # the frames of one video, in order
     moefusion-fuse --ir a.tiff --vis b.jpg -o f.png --model my.pt
 
 The output has the visible image's size and format: BGR if the visible image is colour (fused
 luminance + the visible chroma), gray otherwise. 16-bit thermal goes through a percentile AGC.
+
+Folders: each pair is fused alone, unless --sequence: the pairs, in natural order of their names
+(frame_2 before frame_10), are the frames of one video, fused as one stream (``model.stream()``, the
+model's stream mode: temporal state carried from frame to frame, as run_pipeline does; see
+docs/model.md). The first frame is the same either way.
 """
 from __future__ import annotations
 
@@ -52,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint (.pt), .onnx or .engine (default: bundled weights)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (checkpoints only; default: CUDA if available)")
     p.add_argument("--ext", default=".png", help="output extension for folders (default .png)")
+    p.add_argument("--sequence", action="store_true",
+                   help="folders: the pairs in natural name order are one video, fused as one stream (the "
+                        "model's stream mode: steadier over time); default: each pair alone")
     p.add_argument("-q", "--quiet", action="store_true")
     return p
 
@@ -72,14 +81,23 @@ def main(argv=None) -> int:
         ext = args.ext if args.ext.startswith(".") else "." + args.ext
         jobs = [(p.id, p.ir, p.vis, out / f"{p.id}{ext}") for p in pair_folders(ir, vis)]
     else:
+        if args.sequence:
+            raise UserError("--sequence fuses a folder of frames as one video; give folders to --ir and --vis")
         target = out / f"{vis.stem}.png" if out.is_dir() else out
         jobs = [(vis.stem, ir, vis, target)]
 
     kw = {"device": args.device} if args.device else {}
     model = moefusion.load(args.model, **kw)
+    fuser = model
+    if args.sequence:
+        if not callable(getattr(model, "stream", None)):
+            raise UserError(f"--sequence: {args.model or 'the model'} has no stream mode (model.stream()); "
+                            "use a checkpoint (.pt), or drop --sequence to fuse each pair alone")
+        fuser = model.stream()
+        log.info("--sequence: %d frames fused as one stream, in natural name order", len(jobs))
     t0 = time.perf_counter()
     for n, (image_id, ir_path, vis_path, target) in enumerate(jobs, 1):
-        fused = model.fuse(read_image(ir_path), read_image(vis_path))
+        fused = fuser.fuse(read_image(ir_path), read_image(vis_path))
         write_image(target, fused)
         log.info("[%d/%d] %s -> %s", n, len(jobs), image_id, target)
     dt = time.perf_counter() - t0
