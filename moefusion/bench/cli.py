@@ -163,7 +163,7 @@ def _check_output(path: str | None, flag: str, suffix: str | None = None) -> Non
     try:
         files.check_writable(path)
     except UserError as e:
-        raise UserError(str(e).replace("with -o", f"with {flag}")) from None
+        raise UserError(f"{flag} {e}") from None
 
 
 def settings_from_args(args, argv) -> Settings:

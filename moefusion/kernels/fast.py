@@ -34,6 +34,7 @@ from torch import Tensor
 from ..model.gating import Gating, gate_descriptor, gated_logsumexp, top_k_gating
 from ..model.moe import GatedExperts, MoEOutput
 from . import _lib
+from . import ops  # noqa: F401 - registers torch.ops.moefusion.* (moefusion.kernels imports it lazily)
 
 Layers = Sequence[tuple[Tensor, Tensor | None]]
 
