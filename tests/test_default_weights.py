@@ -10,11 +10,15 @@ llvip_samples, never used in training. Each test is one acceptance criterion of 
 - the fused image is at least the Laplacian pyramid in EN, SD, SF and VIF and above averaging in
   EN, SD, SF, AG and Qabf on every set, and keeps warm people at least as bright as the pyramid.
 
-The criteria of issue 10 these weights do NOT meet yet are strict xfails (they fail the run once
-they pass, so the bar is raised with the weights): Qabf at least the pyramid's on every set (the
-held-out smoke clip is 0.011 below); at least GFF in 5 of 9 metrics on every set (RoadScene: 3);
-video as steady as the pyramid's (the 1.2x detail gain raises frame-to-frame change with the
-detail, and the base layer's weight follows the scene).
+Video (issue 22), in stream mode (model/stream.py) with the temporal measures of docs/metrics.md:
+brightness pumping no more than the pyramid's or the average's, flicker excess below the per-frame
+model's, and SF at least the pyramid's on the held-out sequence.
+
+The criteria these weights do NOT meet yet are strict xfails (they fail the run once they pass, so
+the bar is raised with the weights): Qabf at least the pyramid's on every set (the held-out smoke
+clip is 0.011 below); at least GFF in 5 of 9 metrics on every set (RoadScene: 3); flicker excess no
+more than the pyramid's (the 1.2x detail gain lifts the sensors' noise in moving regions; at gain 1
+the excess is the pyramid's but SF falls below it: docs/model_card.md, Known limits / Video).
 """
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ from moefusion.data.preprocess import prepare_pair
 from moefusion.eval import baselines, metrics
 from moefusion.eval.contrast import box_union_mask, target_contrast
 from moefusion.eval.heldout import excluded_clips, heldout_sets
-from moefusion.eval.temporal import clip_frames, sequence_frames, temporal_metrics
+from moefusion.eval.runner import Method
+from moefusion.eval.temporal import clip_frames, measure_sequence, method_fuser, model_fuser, sequence_frames
 from moefusion.model.checkpoint import DEFAULT_WEIGHTS, model_from_checkpoint, read_checkpoint
 
 pytestmark = [pytest.mark.slow,
@@ -48,6 +53,8 @@ UNSEEN_LIMIT = 12  # llvip_samples pairs (1280x1024)
 VIDEO_FRAMES = 60  # consecutive frames of the held-out clip for the temporal check
 TARGET_CLASSES = (0, 2)  # person, car
 NOT_YET = "issue 10: below this bar with the bundled weights (docs/model_card.md, Known limits)"
+STREAM_NOT_YET = ("issue 22: the stream mode's flicker excess is above the pyramid's where the 1.2x detail gain "
+                  "lifts the sensors' noise; meeting it costs the SF bar (docs/model_card.md, Known limits / Video)")
 
 
 def _on_data(cfg: dict, shared_data) -> dict:
@@ -271,25 +278,59 @@ def split_y(img: np.ndarray) -> np.ndarray:
     return np.rint(split_visible(img).y.astype(np.float64) * 255)
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
-@torch.inference_mode()
-def test_fused_video_is_as_steady_as_the_pyramid(shipped, shared_data):
+VIDEO_SEQUENCES = ("tno_seq_tree", "tno_seq_duine", "tno_seq_nato_camp")
+
+
+@pytest.fixture(scope="module")
+def video(shipped, shared_data):
+    """Temporal measures (docs/metrics.md: flow from the sources, motion-compensated) of the model in
+    stream mode, per frame, the Laplacian pyramid and the average, on the three TNO sequences and the
+    held-out smoke clip (at most VIDEO_FRAMES frames each); plus the stream's SF per sequence."""
     model, cfg = shipped
-    video, clip = excluded_clips(cfg)[0]
-    sequences = {n: sequence_frames(shared_data(n)) for n in ("tno_seq_tree", "tno_seq_duine", "tno_seq_nato_camp")}
-    root = shared_data(Path(video).name)
-    sequences[f"{root.name} {clip}"] = clip_frames(root / "ir" / f"{clip}.mp4", root / "vis" / f"{clip}.mp4", VIDEO_FRAMES)
+    video_root, clip = excluded_clips(cfg)[0]
+    sequences = {n: list(sequence_frames(shared_data(n), VIDEO_FRAMES)) for n in VIDEO_SEQUENCES}
+    root = shared_data(Path(video_root).name)
+    sequences[f"{root.name} {clip}"] = list(clip_frames(root / "ir" / f"{clip}.mp4", root / "vis" / f"{clip}.mp4", VIDEO_FRAMES))
     report = {}
-    model.set_route_smoothing()  # as for live video
     for name, frames in sequences.items():
-        model.reset_route_state()
-        model_frames, lap_frames = [], []
-        for ir_raw, vis_raw in frames:
-            ir_u, parts = prepare_pair(ir_raw, vis_raw)
-            model_frames.append(split_y(model.fuse(ir_raw, vis_raw)))
-            lap_frames.append(np.rint(np.clip(baselines.laplacian_pyramid_fusion(ir_u, parts.y), 0, 1) * 255))
-        report[name] = (temporal_metrics(model_frames), temporal_metrics(lap_frames))
-    model.set_route_smoothing(0.0, 0.0)
-    for name, (m, lap) in report.items():
-        for k in ("brightness_sd", "change"):
-            assert m[k] <= lap[k], (name, k, report)
+        sf: dict[str, list] = {}
+
+        def with_sf(label, fuse):
+            def fused(ir_raw, vis_raw):
+                y = fuse(ir_raw, vis_raw)
+                ir_u, parts = prepare_pair(ir_raw, vis_raw)
+                sf.setdefault(label, []).append(
+                    metrics.compute(["SF"], np.rint(y), np.rint(ir_u * 255), np.rint(parts.y * 255))["SF"])
+                return y
+            return fused
+
+        stream = model.stream()
+        fusers = {"stream": with_sf("stream", lambda i, v: split_y(stream.fuse(i, v))), "per_frame": model_fuser(model),
+                  "laplacian": with_sf("laplacian", method_fuser(Method("laplacian", baseline=baselines.BASELINES["laplacian"]))),
+                  "average": method_fuser(Method("average", baseline=baselines.BASELINES["average"]))}
+        report[name] = measure_sequence(frames, fusers, VIDEO_FRAMES)
+        for label, values in sf.items():
+            report[name][label]["SF"] = float(np.mean(values))
+    return report
+
+
+def test_stream_mode_pumps_no_more_than_the_classical_fusions(video):
+    worse = [(n, round(r["stream"]["pumping"], 3), round(max(r["laplacian"]["pumping"], r["average"]["pumping"]), 3))
+             for n, r in video.items() if r["stream"]["pumping"] > max(r["laplacian"]["pumping"], r["average"]["pumping"])]
+    assert not worse, worse
+
+
+def test_stream_mode_flickers_less_than_the_model_per_frame(video):
+    assert all(r["stream"]["flicker_excess"] < r["per_frame"]["flicker_excess"] for r in video.values()), video
+
+
+@pytest.mark.xfail(strict=True, reason=STREAM_NOT_YET)
+def test_stream_mode_flickers_no_more_than_the_pyramid(video):
+    worse = [(n, round(r["stream"]["flicker_excess"], 3), round(r["laplacian"]["flicker_excess"], 3))
+             for n, r in video.items() if r["stream"]["flicker_excess"] > r["laplacian"]["flicker_excess"]]
+    assert not worse, worse
+
+
+def test_stream_mode_keeps_the_detail_on_the_held_out_sequence(video):
+    tree = video["tno_seq_tree"]  # held out whole; the other sets are still images (a stream's first frame)
+    assert tree["stream"]["SF"] >= tree["laplacian"]["SF"], tree
