@@ -34,8 +34,8 @@ from .plan import (  # noqa: F401 (the last two: public here)
     resolve_flavour,
 )
 from .quantize import calibration_fingerprint, quantize_onnx
-from .triton import config_pbtxt, io_from_metadata, model_dir_files
-from .wrapper import DETECTION_OUTPUTS, MOE_LAYERS
+from .triton import config_pbtxt, io_from_metadata, model_dir_files, stream_states
+from .wrapper import DETECTION_OUTPUTS, MOE_LAYERS, STATE_OUTPUTS
 
 log = logging.getLogger("moefusion.export")
 
@@ -75,6 +75,8 @@ def _output_names(opts: ExportOptions, routes: bool) -> list[str]:
         names += [f"route_{n}" for n in MOE_LAYERS]
     if opts.detections:
         names += list(DETECTION_OUTPUTS)
+    if opts.stream:
+        names += list(STATE_OUTPUTS)
     return names
 
 
@@ -244,7 +246,8 @@ def _triton(plan: Plan, lines, t0) -> ExportResult:
             meta = dict(build.sidecar.get("onnx_metadata", {}))
         ins, outs, max_batch, dyn_batch = io_from_metadata(_decoded(meta))
         files["config"].write_text(config_pbtxt(name, opts.triton_platform, ins, outs, max_batch_size=max_batch,
-                                                instances=opts.triton_instances, dynamic_batching=dyn_batch))
+                                                instances=opts.triton_instances, dynamic_batching=dyn_batch,
+                                                states=stream_states(_decoded(meta))))
         lines[:] = [ln.replace(str(tmp), str(model_dir)) for ln in lines]
     lines.append(f"Triton: {model_dir} ({opts.triton_platform}, max_batch_size {max_batch}, "
                  f"{opts.triton_instances} instance(s)); serve it with "

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     trt.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache ('none' to disable; default "
                      "~/.cache/moefusion/tensorrt/<module>-<version>-<gpu>.timing; a no-op with TensorRT-RTX)")
     trt.add_argument("--rebuild", action="store_true", default=None, help="build even if an up-to-date engine exists")
+    p.add_argument("--stream", action="store_true", default=None,
+                   help="the stream graph: temporal state as extra inputs state_* and outputs next_* that the runtime "
+                        "carries from frame to frame (run_pipeline's stream mode; docs/export.md)")
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default 18; 17 for TensorRT 8.6 / JetPack 6.0 "
                    "and with --detections)")
     p.add_argument("--detections", action="store_true", default=None,
@@ -94,7 +97,7 @@ def options_from_args(args: argparse.Namespace) -> dict:
     given = {k: getattr(args, k) for k in (
         "weights", "format", "output", "batch", "dispatch", "half", "int8", "calib_data", "calib_frames",
         "workspace", "plugins", "plugin_libs", "opset", "detections", "timing_cache", "rebuild",
-        "triton_platform", "triton_name", "triton_instances")}
+        "triton_platform", "triton_name", "triton_instances", "stream")}
     given["imgsz"] = _imgsz(args.imgsz)
     if args.dynamic is not None:
         given["dynamic"] = parse_dynamic(args.dynamic, given["imgsz"] or (480, 640))

@@ -157,15 +157,25 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, opts, *, trt: T
                     "build/kernels/libmoefusion_trt_plugins.so, or export with --plugins off")
         raise UserError(f"{onnx_path}: TensorRT ({trt.describe()}) cannot parse it, {len(errors)} error(s): "
                         f"{'; '.join(errors)}; {hint}")
+    # here: runtime.backends' __init__ imports every backend (torch), not wanted by `import moefusion.export.engine`
+    from ..runtime.backends.stream_state import stream_spec_from_metadata
+
     names = [network.get_input(i).name for i in range(network.num_inputs)]
-    if sorted(names) != ["ir", "vis"]:
-        raise UserError(f"{onnx_path}: network inputs {names} are not ir, vis; export it with moefusion-export")
+    meta = onnx_meta if onnx_meta is not None else _metadata(onnx_path)
+    spec, _ = stream_spec_from_metadata({k.removeprefix("moefusion."): v for k, v in meta.items()}, names)
+    if sorted(n for n in names if spec is None or n not in spec.inputs) != ["ir", "vis"]:
+        raise UserError(f"{onnx_path}: network inputs {names} are not ir, vis (and a stream graph's state_*); "
+                        "export it with moefusion-export")
 
     config = builder.create_builder_config()
     trt.set_workspace(config, opts.workspace)
     profile = builder.create_optimization_profile()
-    for name in names:
+    for name in ("ir", "vis"):
         profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
+    if spec is not None:  # the state's shapes follow the frames' (runtime.backends.stream_state)
+        per = {k: spec.shapes(v[0], v[2], v[3]) for k, v in shapes.items()}
+        for name in spec.inputs:
+            profile.set_shape(name, per["min"][name], per["opt"][name], per["max"][name])
     config.add_optimization_profile(profile)
 
     cache_path = None

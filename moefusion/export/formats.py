@@ -24,11 +24,11 @@ FLAGS = {
     "workspace": "--workspace", "plugins": "--plugins", "plugin_libs": "--plugin-lib", "opset": "--opset",
     "detections": "--detections", "timing_cache": "--timing-cache", "rebuild": "--rebuild",
     "triton_platform": "--triton-platform", "triton_name": "--triton-name",
-    "triton_instances": "--triton-instances",
+    "triton_instances": "--triton-instances", "stream": "--stream",
 }
 
 _COMMON = frozenset({"weights", "format", "output", "imgsz", "dynamic", "batch", "dispatch", "half", "plugins",
-                     "plugin_libs", "opset"})
+                     "plugin_libs", "opset", "stream"})
 _TRT = frozenset({"int8", "calib_data", "calib_frames", "workspace", "timing_cache", "rebuild"})
 
 
@@ -91,6 +91,7 @@ class ExportOptions:
     triton_platform: str = "onnxruntime"
     triton_name: str | None = None
     triton_instances: int = 1
+    stream: bool = False  # the stream graph: temporal state as inputs state_* and outputs next_* (model/stream.py)
 
     @property
     def precision(self) -> str:
@@ -231,6 +232,15 @@ def validate(given: dict, *, onnx_source: bool = False) -> ExportOptions:
     if opts.detections:
         if opts.batch != 1:
             raise UserError(f"--detections with --batch {opts.batch}: detections export for batch 1 only")
+    if opts.stream and opts.plugins == "on":
+        raise UserError("--stream with --plugins on: the stream graph routes on logits smoothed over frames, which the "
+                        "MoEGate plugin (top-k of one frame's logits) cannot take; use --plugins off (or auto)")
+    if opts.stream and fmt_name == "triton" and opts.dynamic is not None:
+        raise UserError("--stream with --format triton and --dynamic: Triton's implicit state starts each sequence "
+                        "from zeros of fixed dims; export a fixed --imgsz (one model per camera resolution)")
+    if opts.stream and opts.detections:
+        raise UserError("--stream with --detections: the detectors' boxes are a debugging output of the per-frame "
+                        "graph; drop one of them")
     if opts.half and opts.plugins == "on":
         raise UserError("--half with --plugins on: fp16 comes from the ONNX's types (strongly typed TensorRT) and "
                         "the plugin nodes have no fp16 conversion yet; use --plugins off (or auto) for fp16")

@@ -21,8 +21,10 @@ from .._version import __version__
 from ..errors import UserError
 from .. import files as _files
 from ..kernels.onnx import register_schemas
+from ..model import stream as streaming
 from ..model.checkpoint import default_weights, model_from_checkpoint, read_checkpoint
 from . import fp16 as fp16mod
+from . import stream as stream_io
 from .formats import ExportOptions
 from .wrapper import (
     DETECTION_OUTPUTS,
@@ -56,6 +58,7 @@ IO_DOC = {
        for n in MOE_LAYERS},
     **{n: ("output", None, (f"detections of the {n.split('_')[0]} detector: {n.split('_')[1]} "
                             "(boxes xyxy pixels; labels 0-based class ids)")) for n in DETECTION_OUTPUTS},
+    **stream_io.io_docs(),
 }
 
 
@@ -90,8 +93,9 @@ def load_checkpoint_model(weights: str | Path | None):
 # Export
 # ------------------------------------------------------------------------------------------------
 
-def _sample_inputs(opts: ExportOptions):
-    """Trace inputs: the static size, or a small size inside the dynamic range (nothing is frozen)."""
+def _sample_inputs(opts: ExportOptions, cfg=None):
+    """Trace inputs: the static size, or a small size inside the dynamic range (nothing is frozen);
+    with --stream also a (random) state for model config ``cfg`` (forward's ``*state``)."""
     if opts.dynamic is None:
         h, w = opts.imgsz
     else:
@@ -102,7 +106,11 @@ def _sample_inputs(opts: ExportOptions):
             w = w + 1 if w < w1 else w - 1
     g = torch.Generator().manual_seed(0)
     b = opts.batch if not opts.batch_dynamic else max(2, opts.batch)
-    return torch.rand(b, 1, h, w, generator=g), torch.rand(b, 1, h, w, generator=g)
+    frames = (torch.rand(b, 1, h, w, generator=g), torch.rand(b, 1, h, w, generator=g))
+    if not opts.stream:
+        return frames
+    shapes = streaming.state_shapes(cfg, b, h, w)
+    return (*frames, *(torch.rand(shapes[n], generator=g) for n in streaming.STATE_NAMES))
 
 
 def _quiet():
@@ -125,12 +133,17 @@ def _export_dynamo(module: ExportModule, args, opts: ExportOptions, output_names
         if opts.batch_dynamic:
             axes = {0: torch.export.Dim("B", min=1, max=max(opts.batch, 2) * 64), **axes}
         dyn = {"ir": axes, "vis": dict(axes)}
+        if module.stream:  # the state's dims that follow the padded H, W (no affine relation to them: AUTO)
+            dyn["state"] = tuple(
+                {i: (axes[0] if d == "B" else torch.export.Dim.AUTO) for i, d in enumerate(st["dims"])
+                 if isinstance(d, str) and (d != "B" or 0 in axes)}
+                for st in stream_io.state_spec(module.model.cfg)["states"])
     table = None
     if module.flavour == "plugin":
         table = onnx_translations()
     with _quiet():
         prog = torch.onnx.export(
-            module, args, dynamo=True, input_names=list(INPUT_NAMES), output_names=output_names,
+            module, args, dynamo=True, input_names=module.input_names, output_names=output_names,
             dynamic_shapes=dyn, opset_version=opts.opset, custom_translation_table=table,
             optimize=True, external_data=False, verbose=False,
         )
@@ -143,6 +156,11 @@ def _export_torchscript(module: ExportModule, args, opts: ExportOptions, output_
     dyn = None
     if opts.dynamic is not None:
         dyn = {n: ({0: "B"} if opts.batch_dynamic else {}) | {2: "H", 3: "W"} for n in INPUT_NAMES + ("fused", "attention")}
+        if module.stream:
+            for st in stream_io.state_spec(module.model.cfg)["states"]:
+                axes = {i: stream_io.dim_name(d) for i, d in enumerate(st["dims"]) if isinstance(d, str)}
+                axes = {i: a for i, a in axes.items() if i or opts.batch_dynamic}
+                dyn[st["input"]] = dyn[st["output"]] = axes
     if module.detections:
         dyn = dict(dyn or {})
         for n in DETECTION_OUTPUTS:
@@ -154,7 +172,8 @@ def _export_torchscript(module: ExportModule, args, opts: ExportOptions, output_
     buf = io.BytesIO()
     with _quiet():
         torch.onnx.export(
-            module, args, buf, dynamo=False, input_names=list(INPUT_NAMES), output_names=output_names,
+            module, args, buf, dynamo=False,
+            input_names=module.input_names, output_names=output_names,
             dynamic_axes=dyn, opset_version=opts.opset, do_constant_folding=True, custom_opsets=custom,
         )
     return onnx.load_from_string(buf.getvalue())
@@ -165,11 +184,16 @@ def build_metadata(model, opts: ExportOptions, flavour: str, precision: str, out
     b = "B" if opts.batch_dynamic else opts.batch
     hw = ["H", "W"] if opts.dynamic is not None else list(opts.imgsz)
     ios = []
-    for name in list(INPUT_NAMES) + list(output_names):
+    spec = stream_io.state_spec(model.cfg) if opts.stream else None
+    state_dims = {n: st["dims"] for st in (spec or {}).get("states", []) for n in (st["input"], st["output"])}
+    state_inputs = [st["input"] for st in spec["states"]] if spec else []
+    for name in list(INPUT_NAMES) + state_inputs + list(output_names):
         kind, rng, doc = IO_DOC[name]
         shape = [b, 1, *hw] if name in ("ir", "vis", "fused", "attention") else None
-        ios.append({"name": name, "kind": kind, "dtype": "float32" if rng else "int64/float32",
-                    "shape": shape, "range": rng, "description": doc})
+        dtype = "float32" if rng else "int64/float32"
+        if name in state_dims:
+            shape, dtype = [b if d == "B" else d for d in state_dims[name]], "float32"
+        ios.append({"name": name, "kind": kind, "dtype": dtype, "shape": shape, "range": rng, "description": doc})
     cfg = model.cfg
     md = {
         "format": ONNX_FORMAT,
@@ -196,7 +220,24 @@ def build_metadata(model, opts: ExportOptions, flavour: str, precision: str, out
         "exporter": f"torch.onnx ({'dynamo' if opts.opset >= 18 else 'torchscript'}) torch {torch.__version__}",
         "detections": json.dumps(bool(opts.detections)),
     }
+    if spec:  # what the runtime needs to build the first (zero) state for any frame size (export/stream.py)
+        md["stream"] = json.dumps(spec)
     return {META + k: v for k, v in md.items()}
+
+
+def _name_state_dims(proto, cfg, opts: ExportOptions) -> None:
+    """Readable dim names on the state inputs/outputs (the exporter's are s21, 16*((H + 31)//32)...):
+    Hp_2 = the padded H over 2 (moefusion.stream metadata), B for a dynamic batch; and H, W on fused."""
+    dims = {n: st["dims"] for st in stream_io.state_spec(cfg)["states"] for n in (st["input"], st["output"])}
+    for vi in list(proto.graph.input) + list(proto.graph.output):
+        shape = vi.type.tensor_type.shape.dim
+        wanted = dims.get(vi.name) or (["B", 1, "H/", "W/"] if vi.name in ("fused", "attention") else None)
+        if wanted is None:
+            continue
+        for d, want in zip(shape, wanted):
+            if not d.dim_param:  # a static size or batch stays a number
+                continue
+            d.dim_param = want[0] if want in ("H/", "W/") else str(stream_io.dim_name(want))
 
 
 def check_live_routing(model_proto, flavour: str) -> None:
@@ -209,8 +250,20 @@ def check_live_routing(model_proto, flavour: str) -> None:
     nodes = model_proto.graph.node
     plugin_gates = sum(n.op_type == PLUGIN_GATE and n.domain == PLUGIN_DOMAIN for n in nodes)
     topk_inputs = {n.input[0] for n in nodes if n.op_type == "TopK"}
+    # A stream graph smooths the logits before TopK: the gate's MatMul reaches TopK through a few elementwise ops.
+    consumers: dict[str, list] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def reaches_topk(name: str, depth: int = 6) -> bool:
+        if name in topk_inputs:
+            return True
+        return depth > 0 and any(reaches_topk(o, depth - 1) for c in consumers.get(name, ()) if c.op_type != "TopK"
+                                 for o in c.output)
+
     graph_gates = sum(n.op_type == "MatMul" and any(i.endswith("w_gate") for i in n.input)
-                      and n.output[0] in topk_inputs for n in nodes)
+                      and reaches_topk(n.output[0]) for n in nodes)
     found = plugin_gates + graph_gates
     what = f"{PLUGIN_GATE} + w_gate MatMul -> TopK" if flavour == "plugin" else "w_gate MatMul -> TopK"
     if found != len(MOE_LAYERS) or (flavour != "plugin" and plugin_gates):
@@ -226,9 +279,9 @@ def export_onnx(model, output: str | Path, opts: ExportOptions, *, flavour: str 
     output = _files.check_writable(output)
     model = model.eval()
     module = ExportModule(model, dispatch=opts.dispatch, flavour=flavour, routes=routes,
-                          detections=opts.detections).eval()
+                          detections=opts.detections, stream=opts.stream).eval()
     names = module.output_names
-    args = _sample_inputs(opts)
+    args = _sample_inputs(opts, model.cfg)
     t0 = time.perf_counter()
     with torch.no_grad():
         if opts.opset >= 18:
@@ -236,6 +289,8 @@ def export_onnx(model, output: str | Path, opts: ExportOptions, *, flavour: str 
         else:
             proto = _export_torchscript(module, args, opts, names)
     check_live_routing(proto, flavour)
+    if opts.stream:
+        _name_state_dims(proto, model.cfg, opts)
     precision = "fp16" if opts.half else "fp32"
     notes = []
     if opts.half:
@@ -250,6 +305,9 @@ def export_onnx(model, output: str | Path, opts: ExportOptions, *, flavour: str 
     proto.producer_version = __version__
     proto.doc_string = (f"MoE-Fusion ({model.preset}) infrared + visible fusion, exported by moefusion {__version__}. "
                         f"Inputs ir, vis [B,1,H,W] float32 in [0,1]; outputs fused (clamped to [0,1]), attention. "
+                        + ("Stream graph: also inputs state_* (zeros before a stream's first frame) and outputs "
+                           "next_* (feed them back as state_* with the next frame); shapes in moefusion.stream. "
+                           if opts.stream else "") +
                         f"{NORMALISATION}")
     if flavour == "plugin":
         register_schemas()  # onnx.checker then knows MoEGate / MoECombine
@@ -286,7 +344,8 @@ def read_metadata(path: str | Path) -> dict:
     return out
 
 
-_JSON_KEYS = {"config", "inputs", "outputs", "io", "imgsz", "dynamic", "batch_dynamic", "detections", "quantization"}
+_JSON_KEYS = {"config", "inputs", "outputs", "io", "imgsz", "dynamic", "batch_dynamic", "detections", "quantization",
+              "stream"}
 
 
 def read_moefusion_onnx(path: str | Path, flag: str = "--weights") -> dict:
@@ -310,7 +369,7 @@ def read_moefusion_onnx(path: str | Path, flag: str = "--weights") -> dict:
     if int(keys.get(META + "format_version", "0")) > ONNX_FORMAT_VERSION:
         raise UserError(f"{flag} {path}: written by a newer moefusion ({keys.get(META + 'version')}); "
                         "upgrade moefusion or re-export it with this one")
-    if sorted(ins) != sorted(INPUT_NAMES) or "fused" not in outs:
+    if sorted(i for i in ins if not i.startswith("state_")) != sorted(INPUT_NAMES) or "fused" not in outs:
         raise UserError(f"{flag} {path}: inputs {ins} / outputs {outs} are not ir, vis -> fused, attention; "
                         "re-export it with moefusion-export --format onnx")
     return read_metadata(path)

@@ -148,6 +148,8 @@ def resolve_flavour(opts: ExportOptions, trt=None) -> tuple[str, list[str], str]
     """
     if opts.plugins == "off":
         return "standard", [], "--plugins off"
+    if opts.stream:  # formats.validate refuses --plugins on with --stream
+        return "standard", [], "--stream routes on smoothed logits (the standard gate)"
     if trt is None:  # ONNX Runtime (or a bare ONNX file)
         if opts.plugins == "on":
             return "plugin", [], "--plugins on (a TensorRT-only ONNX)"
@@ -241,6 +243,9 @@ def _check_onnx_fits(path: str, meta: dict, opts: ExportOptions) -> None:
     if not meta.get("batch_dynamic") and int(meta.get("batch", 1)) != opts.batch:
         raise UserError(f"--weights {path} has a fixed batch of {meta.get('batch')}; use --batch {meta.get('batch')} or "
                         "re-export it")
+    if opts.stream and not meta.get("stream"):
+        raise UserError(f"--stream but --weights {path} is a per-frame ONNX (no state inputs); re-export it from the "
+                        "checkpoint with --stream")
     if opts.plugins == "on" and meta.get("flavour") != "plugin":
         raise UserError(f"--plugins on but --weights {path} is the {meta.get('flavour')} flavour; re-export it with "
                         "--plugins on, or use --plugins off")

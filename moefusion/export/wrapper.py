@@ -27,8 +27,16 @@ so that the graph exports with live routing and builds in TensorRT:
 Outputs: ``fused`` [B,1,H,W] clamped to [0, 1] and ``attention`` [B,1,H,W]; with ``routes=True``
 also the chosen experts of each MoE layer (``route_mole_fg`` ...; int64 [B, k]) for tests and
 debugging; with ``detections=True`` (batch 1) the detectors' boxes per modality.
+
+Stream mode (``stream=True``, model/stream.py): ``forward(ir, vis, *state)`` takes the previous
+frame's state tensors (``state_<name>`` for name in ``stream.STATE_NAMES``; all zeros before the
+first frame) and also returns the next frame's (``next_<name>``). Routing is ``stream.route`` on the
+gate's logits, the head is ``MoEFusion.stream_head``: the model's own functions, so the graph
+computes what ``model.stream()`` computes.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -37,6 +45,7 @@ import torch.nn.functional as F
 from ..kernels import ops as kernel_ops
 from ..kernels.onnx import custom_translation_table
 from ..kernels.onnx import register_torchscript_symbolics as _register_torchscript_symbolics
+from ..model import stream as streaming
 from ..model.attention import INPUT_MEAN, INPUT_STD
 from ..model.fusion import STRIDE
 from ..model.gating import gate_descriptor
@@ -45,6 +54,8 @@ DISPATCHES = ("sparse", "dense")
 FLAVOURS = ("standard", "plugin")
 MOE_LAYERS = ("mole_fg", "mole_bg", "moge")
 DETECTION_OUTPUTS = tuple(f"{m}_{f}" for m in ("vis", "ir") for f in ("boxes", "scores", "labels"))
+STATE_INPUTS = tuple(f"state_{n}" for n in streaming.STATE_NAMES)  # stream graphs: after ir, vis
+STATE_OUTPUTS = tuple(f"next_{n}" for n in streaming.STATE_NAMES)  # ... after the other outputs
 
 # The plugin-flavour nodes (kernels/README.md): domain "moefusion" v1, TensorRT plugins of the same names.
 PLUGIN_DOMAIN = "moefusion"
@@ -81,11 +92,16 @@ def register_torchscript_symbolics(opset: int) -> None:
 # The export module
 # ------------------------------------------------------------------------------------------------
 
+class _LayerOut(NamedTuple):
+    """What MoEFusion.stream_head reads of a MoE layer's output (MoEOutput's y and route_state)."""
+    y: torch.Tensor
+    route_state: torch.Tensor | None
+
 class ExportModule(nn.Module):
     """``forward(ir, vis)`` -> (fused clamped to [0, 1], attention[, routes...][, detections...])."""
 
     def __init__(self, model, dispatch: str = "sparse", flavour: str = "standard",
-                 routes: bool = False, detections: bool = False):
+                 routes: bool = False, detections: bool = False, stream: bool = False):
         super().__init__()
         if dispatch not in DISPATCHES:
             raise ValueError(f"dispatch must be one of {DISPATCHES}, got {dispatch!r}")
@@ -96,6 +112,13 @@ class ExportModule(nn.Module):
         self.flavour = flavour
         self.routes = routes
         self.detections = detections
+        self.stream = stream
+        if stream and flavour == "plugin":  # formats.validate / plan.resolve_flavour keep users from here
+            raise ValueError("the stream graph routes on smoothed logits: the MoEGate plugin cannot take them")
+
+    @property
+    def input_names(self) -> list[str]:
+        return ["ir", "vis"] + (list(STATE_INPUTS) if self.stream else [])
 
     @property
     def output_names(self) -> list[str]:
@@ -104,6 +127,8 @@ class ExportModule(nn.Module):
             names += [f"route_{n}" for n in MOE_LAYERS]
         if self.detections:
             names += list(DETECTION_OUTPUTS)
+        if self.stream:
+            names += list(STATE_OUTPUTS)
         return names
 
     # -- attention --------------------------------------------------------------------------
@@ -123,7 +148,14 @@ class ExportModule(nn.Module):
         return torch.maximum(a_vis, a_ir)
 
     # -- MoE layers --------------------------------------------------------------------------
-    def _route(self, layer, features):
+    def _route(self, layer, features, stream=None):
+        """(indices, weights, new routing state or None); ``stream`` = (layer state [B, 2, E], keep [B, 1])."""
+        if stream is not None:  # the model's stream routing (GatedExperts.route): smoothed logits, sticky experts
+            desc = layer.normalise(gate_descriptor(features, layer.grid, layer.pool))
+            return streaming.route(desc.float() @ layer.w_gate.float(), layer.k, *stream)
+        return (*self._route_frame(layer, features), None)
+
+    def _route_frame(self, layer, features):
         if layer.pool == "moments":  # ReduceMean/Sqrt in the graph: the MoEGate plugin implements the grid only
             desc = layer.normalise(gate_descriptor(features, layer.grid, "moments"))
             top, idx = (desc @ layer.w_gate).topk(layer.k, dim=1)
@@ -167,20 +199,28 @@ class ExportModule(nn.Module):
         gates = gates.scatter(1, idx, weights)  # log 0 = -inf: unchosen experts add exp(-inf) = 0
         return stable_gated_logsumexp(ys, gates)
 
-    def _moe(self, layer, gate_features, inputs):
-        idx, weights = self._route(layer, gate_features)
+    def _moe(self, layer, gate_features, inputs, stream=None):
+        """(output, chosen experts, new routing state or None)."""
+        idx, weights, state = self._route(layer, gate_features, stream)
         if self.dispatch == "dense" and self.flavour == "standard":
-            return self._dense(layer.experts, inputs, idx, weights), idx
-        return self._combine(self._sparse(layer.experts, inputs, idx), weights), idx
+            return self._dense(layer.experts, inputs, idx, weights), idx, state
+        return self._combine(self._sparse(layer.experts, inputs, idx), weights), idx, state
 
     # -- forward ------------------------------------------------------------------------------
-    def forward(self, ir, vis):
+    def forward(self, ir, vis, *state):
         m = self.model
         h, w = ir.shape[-2], ir.shape[-1]
         ph = (h + STRIDE - 1) // STRIDE * STRIDE - h
         pw = (w + STRIDE - 1) // STRIDE * STRIDE - w
         ir = F.pad(ir, (0, pw, 0, ph), mode="replicate")
         vis = F.pad(vis, (0, pw, 0, ph), mode="replicate")
+        stream = None
+        if self.stream:  # as MoEFusion.forward with state=
+            state = streaming.StreamState(*state)
+            sources = streaming.half_res(ir, vis)
+            beta, keep = streaming.follow_factor(sources, state.sources, state.scalars)
+            stream = (state, sources, beta, keep)
+        route = (lambda name: None) if stream is None else (lambda name: (getattr(state, f"route_{name}"), keep))
 
         dets = None
         if self.detections:
@@ -193,16 +233,23 @@ class ExportModule(nn.Module):
         early_ir, last_ir = m.enc_ir(ir)
         fg = (last_vis * att, last_ir * att)
         bg = (last_vis * (1 - att), last_ir * (1 - att))
-        y_fg, r_fg = self._moe(m.mole_fg, torch.cat(fg, dim=1), fg)
-        y_bg, r_bg = self._moe(m.mole_bg, torch.cat(bg, dim=1), bg)
+        y_fg, r_fg, s_fg = self._moe(m.mole_fg, torch.cat(fg, dim=1), fg, route("mole_fg"))
+        y_bg, r_bg, s_bg = self._moe(m.mole_bg, torch.cat(bg, dim=1), bg, route("mole_bg"))
         enc = m.decoder_input((early_vis, last_vis), (early_ir, last_ir), y_fg, y_bg, att)
-        y, r_dec = self._moe(m.moge, enc, enc)
+        y, r_dec, s_dec = self._moe(m.moge, enc, enc, route("moge"))
 
-        out = [m.head(ir, vis, y, att)[..., :h, :w].clamp(0.0, 1.0), att[..., :h, :w]]
+        if stream is None:
+            fused = m.head(ir, vis, y, att)[..., :h, :w]
+        else:
+            outs = (_LayerOut(y_fg, s_fg), _LayerOut(y_bg, s_bg), _LayerOut(y, s_dec))
+            fused, new_state = m.stream_head(ir, vis, att, outs, stream, h, w)
+        out = [fused.clamp(0.0, 1.0), att[..., :h, :w]]
         if self.routes:
             out += [r_fg, r_bg, r_dec]
         if self.detections:
             for modality in ("vis", "ir"):
                 d = dets[modality][0]
                 out += [d["boxes"], d["scores"], d["labels"] - 1]  # 0-based, as MoEFusion returns them
+        if stream is not None:
+            out += list(new_state)
         return tuple(out)
