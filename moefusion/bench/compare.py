@@ -32,7 +32,9 @@ def check_model_file(path: str) -> None:
 def open_backend(path: str, device: str, threads: int = 0):
     kind = model_kind(path)
     if kind == "onnx":
-        return OnnxRuntimeBackend(path, device=device, threads=threads)
+        b = OnnxRuntimeBackend(path, device=device, threads=threads)
+        b.set_stream_mode(b.stream_capable)  # a stream graph (--stream) is timed as it runs: its state carried
+        return b
     if kind == "engine":
         return TensorRTBackend(path)
     b = TorchBackend(path, device=device, precision="fp32" if device == "cpu" else "auto")

@@ -41,7 +41,7 @@ class BackendModel:
     def fuse(self, ir: np.ndarray, vis: np.ndarray, agc_percentiles=None) -> np.ndarray:
         return _fuse_images(self.backend, False, ir, vis, agc_percentiles)
 
-    def stream(self) -> "BackendStream":
+    def stream(self) -> BackendStream:
         """A video stream: ``fuse(ir, vis)`` per frame in order with the temporal state carried (in the
         backend: one stream per loaded model, a second ``stream()`` starts it afresh); ``reset()``."""
         if not self.backend.stream_capable:
