@@ -68,11 +68,11 @@ def forced_experts(layer: GatedExperts, choose=unchosen):
     in place of the ones its gate chose, with the gate's weights."""
     route = layer.route
 
-    def forced(gate_features):
-        g = route(gate_features)
+    def forced(gate_features, stream=None):
+        g, state = route(gate_features, stream)
         idx = choose(g.indices, layer.num_experts)
         gates = torch.zeros_like(g.gates).scatter(1, idx, g.weights.to(g.gates.dtype))
-        return Gating(idx, g.weights, gates, (gates > 0).sum(0).to(gates.dtype))
+        return Gating(idx, g.weights, gates, (gates > 0).sum(0).to(gates.dtype)), state
 
     layer.route = forced
     try:
