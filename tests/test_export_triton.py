@@ -54,6 +54,16 @@ def _model_config_class():
     latest = msg("Latest", [("num_versions", T.TYPE_UINT32, opt, None)])
     f.message_type.add().CopyFrom(msg("ModelVersionPolicy", [("latest", T.TYPE_MESSAGE, opt,
                                                               ".inference.ModelVersionPolicy.Latest")], [latest]))
+    # sequence batching with implicit state (stream graphs): ModelSequenceBatching.State / InitialState
+    init = msg("InitialState", [("data_type", T.TYPE_ENUM, opt, ".inference.DataType"), ("dims", T.TYPE_INT64, rep, None),
+                                ("zero_data", T.TYPE_BOOL, opt, None), ("data_file", T.TYPE_STRING, opt, None),
+                                ("name", T.TYPE_STRING, opt, None)])
+    state = msg("State", [("input_name", T.TYPE_STRING, opt, None), ("output_name", T.TYPE_STRING, opt, None),
+                          ("data_type", T.TYPE_ENUM, opt, ".inference.DataType"), ("dims", T.TYPE_INT64, rep, None),
+                          ("initial_state", T.TYPE_MESSAGE, rep, ".inference.ModelSequenceBatching.InitialState")])
+    f.message_type.add().CopyFrom(msg("ModelSequenceBatching", [
+        ("max_sequence_idle_microseconds", T.TYPE_UINT64, opt, None),
+        ("state", T.TYPE_MESSAGE, rep, ".inference.ModelSequenceBatching.State")], [init, state]))
     f.message_type.add().CopyFrom(msg("ModelConfig", [
         ("name", T.TYPE_STRING, opt, None), ("platform", T.TYPE_STRING, opt, None),
         ("max_batch_size", T.TYPE_INT32, opt, None), ("input", T.TYPE_MESSAGE, rep, ".inference.ModelInput"),
@@ -62,6 +72,7 @@ def _model_config_class():
         ("dynamic_batching", T.TYPE_MESSAGE, opt, ".inference.ModelDynamicBatching"),
         ("version_policy", T.TYPE_MESSAGE, opt, ".inference.ModelVersionPolicy"),
         ("default_model_filename", T.TYPE_STRING, opt, None),
+        ("sequence_batching", T.TYPE_MESSAGE, opt, ".inference.ModelSequenceBatching"),
     ]))
     pool = descriptor_pool.DescriptorPool()
     pool.Add(f)
