@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import files as _files
 from .._version import __version__
 from ..errors import UserError
-from .. import files as _files
 from .trt_shim import TRT, gpu_slug
 
 log = logging.getLogger("moefusion.export")

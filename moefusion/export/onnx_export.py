@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from .. import files as _files
 from .._version import __version__
 from ..errors import UserError
-from .. import files as _files
 from ..kernels.onnx import register_schemas
 from ..model import stream as streaming
 from ..model.checkpoint import default_weights, model_from_checkpoint, read_checkpoint

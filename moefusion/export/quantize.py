@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
 from .. import files as _files
+from ..errors import UserError
 from .fp16 import _gate_nodes
 
 log = logging.getLogger("moefusion.export")

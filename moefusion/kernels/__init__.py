@@ -17,7 +17,14 @@ from __future__ import annotations
 
 import importlib
 
-from ._lib import KernelError, KernelLibraryError, available, build_info, library_path, load_library
+from ._lib import (
+    KernelError,
+    KernelLibraryError,
+    available,
+    build_info,
+    library_path,
+    load_library,
+)
 
 _LAZY = {name: "ops" for name in ("attention_split", "combine", "cuda_ready", "expert_conv3x3_combine", "gate")}
 
