@@ -282,14 +282,16 @@ VIDEO_SEQUENCES = ("tno_seq_tree", "tno_seq_duine", "tno_seq_nato_camp")
 
 
 @pytest.fixture(scope="module")
-def video(shipped, shared_data):
+def video(shipped):
     """Temporal measures (docs/metrics.md: flow from the sources, motion-compensated) of the model in
     stream mode, per frame, the Laplacian pyramid and the average, on the three TNO sequences and the
     held-out smoke clip (at most VIDEO_FRAMES frames each); plus the stream's SF per sequence."""
+    from conftest import shared_set
+
     model, cfg = shipped
     video_root, clip = excluded_clips(cfg)[0]
-    sequences = {n: list(sequence_frames(shared_data(n), VIDEO_FRAMES)) for n in VIDEO_SEQUENCES}
-    root = shared_data(Path(video_root).name)
+    sequences = {n: list(sequence_frames(shared_set(n), VIDEO_FRAMES)) for n in VIDEO_SEQUENCES}
+    root = shared_set(Path(video_root).name)
     sequences[f"{root.name} {clip}"] = list(clip_frames(root / "ir" / f"{clip}.mp4", root / "vis" / f"{clip}.mp4", VIDEO_FRAMES))
     report = {}
     for name, frames in sequences.items():
