@@ -14,7 +14,7 @@ import moefusion
 from moefusion.model import stream as streaming
 from moefusion.model.gating import randomize_gates
 
-H, W, FRAMES = 128, 160, 40
+H, W, FRAMES = 128, 288, 40  # the square ends at x = 4 + 6 * 39 + 32 = 270 < W
 
 
 def _texture(seed: int, h: int, w: int, blur: float, lo: float, hi: float) -> np.ndarray:
@@ -30,7 +30,7 @@ BG_IR = _texture(1, H, W + 4 * FRAMES, 3.0, 60, 120)
 def square_scene(t: int):
     """(ir, vis, x of the square's left edge): a warm square moving right 6 px per frame."""
     ir, vis = BG_IR[:, :W].copy(), BG_VIS[:, :W].copy()
-    x = 10 + 6 * t
+    x = 4 + 6 * t
     ir[40:80, x:x + 32] = 230
     vis[40:80, x:x + 32] *= 0.6
     return ir.astype(np.uint8), vis.astype(np.uint8), x
@@ -101,7 +101,8 @@ def test_size_change_or_scene_cut_restarts_the_stream(untrained):
     small_ir, small_vis = square_scene(5)[0][:96, :128], square_scene(5)[1][:96, :128]
     out = stream.fuse(small_ir, small_vis)  # another size: no error, a fresh state
     assert np.abs(out.astype(int) - untrained.fuse(small_ir, small_vis).astype(int)).max() <= 1
-    cut_ir, cut_vis = 255 - square_scene(0)[0], 255 - square_scene(0)[1]  # a different shot
+    cut_ir = _texture(7, H, W, 2.0, 0, 255).astype(np.uint8)  # a different shot: both pictures change
+    cut_vis = _texture(8, H, W, 1.0, 0, 255).astype(np.uint8)
     stream.fuse(*square_scene(0)[:2])
     out = stream.fuse(cut_ir, cut_vis)
     assert np.abs(out.astype(int) - untrained.fuse(cut_ir, cut_vis).astype(int)).max() <= 1
@@ -122,14 +123,16 @@ def test_the_visible_cameras_exposure_jump_does_not_jump_the_picture(untrained):
 
 
 def test_routing_is_held_across_near_tied_frames(untrained):
-    """Frames that drift slowly change the per-frame routes; the stream keeps its experts."""
-    frames = [(np.clip(square_scene(0)[0] * s, 0, 255).astype(np.uint8), square_scene(0)[1]) for s in np.linspace(0.6, 1.4, 8)]
+    """Frames that drift slowly (the visible camera's gamma) change the per-frame routes; the stream
+    keeps its experts."""
+    ir, vis, _ = square_scene(0)
+    frames = [(ir, np.clip(255 * (vis / 255.0) ** (0.5 + 0.25 * k), 0, 255).astype(np.uint8)) for k in range(8)]
     routes = lambda out: tuple(tuple(v.flatten().tolist()) for v in out.routes.values())  # noqa: E731
     from moefusion.data.preprocess import prepare_pair
 
     tensors = []
-    for ir, vis in frames:
-        ir_u, parts = prepare_pair(ir, vis)
+    for ir_raw, vis_raw in frames:
+        ir_u, parts = prepare_pair(ir_raw, vis_raw)
         tensors.append((torch.from_numpy(ir_u)[None, None], torch.from_numpy(parts.y)[None, None]))
     with torch.no_grad():
         plain = {routes(untrained(i, v)) for i, v in tensors}

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 BETA_STATIC = 0.25  # weight of the new frame where nothing moved
 MOTION_LOW = 3.0 / 255  # block motion (unit range) below which a block counts as static
 MOTION_HIGH = 8.0 / 255  # ... above which it follows the new frame completely
-CUT_MOTION = 40.0 / 255  # mean change of each source in a scene cut (a new shot, a camera swap)
+CUT_MOTION = 24.0 / 255  # mean change of each source in a scene cut (a new shot, a camera swap)
 MOTION_BLOCK = 8  # motion is measured per MOTION_BLOCK x MOTION_BLOCK pixels (of the padded frame)
 ROUTE_PAST = 0.8  # weight of the past in the gate logits' moving average
 ROUTE_MARGIN = 0.5  # logit bonus of last frame's experts

@@ -91,11 +91,14 @@ class ImageSequenceCapture(Capture):
                     time.sleep(max(0.0, timeout))
                     return Status.TIMEOUT, None
                 time.sleep(wait)
-            else:
+            elif not self.media_clock:
+                # beside a live camera: more than a frame late, skip to the frame due now, like a camera
                 while self._pos + 1 < len(self.files) and self._t0 + self._media_ns(self._pos + 1) <= now:
-                    self._pos += 1  # more than a frame late: skip to the frame due now, like a camera
+                    self._pos += 1
                     self.gaps += 1
                 due = self._t0 + self._media_ns(self._pos)
+            # --realtime without a camera (media clock): a late frame is handed out late, not skipped;
+            # its stamp is its media time, so the two files still pair frame for frame
         path = self.files[self._pos]
         img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
         if img is None:
