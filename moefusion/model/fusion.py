@@ -240,11 +240,17 @@ class MoEFusion(nn.Module):
         IR: uint8/uint16/float, 1 or 3 channels. VIS: gray or BGR, uint8/uint16/float. A colour VIS
         is fused in luminance and keeps its chroma. See moefusion.data.preprocess.
         """
+        return self.fuse_images(ir, vis, agc_percentiles, lambda i, v: self.forward_unit(i, v)[0])
+
+    @torch.inference_mode()
+    def fuse_images(self, ir: np.ndarray, vis: np.ndarray, agc_percentiles, run) -> np.ndarray:
+        """The numpy side of ``fuse``: prepare the pair, ``run(ir [1,1,H,W], vis_y)`` -> fused tensor on
+        this model's device and dtype, and merge the result back into VIS's colour and type."""
         if self.training:
             self.eval()
         ir_u, parts = prepare_pair(ir, vis, agc_percentiles)
         t = lambda a: torch.from_numpy(a)[None, None].to(self.device, self.dtype)  # noqa: E731
-        fused, _ = self.forward_unit(t(ir_u), t(parts.y))
+        fused = run(t(ir_u), t(parts.y))
         return merge_visible(fused[0, 0].float().cpu().numpy(), parts)
 
 
@@ -263,11 +269,10 @@ class FusionStream:
 
     @torch.inference_mode()
     def fuse(self, ir: np.ndarray, vis: np.ndarray, agc_percentiles=DEFAULT_AGC_PERCENTILES) -> np.ndarray:
-        m = self.model
-        if m.training:
-            m.eval()
-        ir_u, parts = prepare_pair(ir, vis, agc_percentiles)
-        t = lambda a: torch.from_numpy(a)[None, None].to(m.device, m.dtype)  # noqa: E731
-        fused, _, self.state = m.forward_stream_unit(t(ir_u), t(parts.y), self.state)
+        def step(ir_t, vis_t):
+            fused, _, self.state = self.model.forward_stream_unit(ir_t, vis_t, self.state)
+            return fused
+
+        out = self.model.fuse_images(ir, vis, agc_percentiles, step)
         self.frames += 1
-        return merge_visible(fused[0, 0].float().cpu().numpy(), parts)
+        return out

@@ -127,14 +127,17 @@ class TorchBackend(Backend):
         fast.accelerate(net)
         return "moefusion CUDA kernels"
 
-    def _forward(self, ir, vis):
+    def _run(self, fn, *args):
+        """``fn(*args)`` in inference mode, under fp16 autocast when the precision is fp16."""
         torch = self.torch
         with torch.inference_mode():
             if self.precision == "fp16":
                 with torch.autocast("cuda", dtype=torch.float16):
-                    out = self._net.forward_unit(ir, vis)
-            else:
-                out = self._net.forward_unit(ir, vis)
+                    return fn(*args)
+            return fn(*args)
+
+    def _forward(self, ir, vis):
+        out = self._run(self._net.forward_unit, ir, vis)
         if isinstance(out, (tuple, list)):
             fused, att = out[0], (out[1] if len(out) > 1 else None)
         else:
@@ -143,13 +146,7 @@ class TorchBackend(Backend):
 
     def _forward_stream(self, ir, vis, state):
         """-> (fused, attention, next state): one frame of a stream (fp16 autocast on CUDA)."""
-        torch = self.torch
-        with torch.inference_mode():
-            if self.precision == "fp16":
-                with torch.autocast("cuda", dtype=torch.float16):
-                    fused, att, new = self._net.forward_stream_unit(ir, vis, state)
-            else:
-                fused, att, new = self._net.forward_stream_unit(ir, vis, state)
+        fused, att, new = self._run(self._net.forward_stream_unit, ir, vis, state)
         return fused.float(), (att.float() if att is not None else None), new
 
     def _static_step(self, entry):
@@ -163,46 +160,60 @@ class TorchBackend(Backend):
         return fused, att
 
     def _stream_entry(self, shape):
-        """The static buffers (and, when graphs are on, the CUDA graph) of the stream step at ``shape``."""
-        torch = self.torch
+        """The static buffers, state and (graphs on) CUDA graph of the stream step at ``shape``."""
         key = ("stream", shape)
-        e = self._graphs.get(key)
-        if e is not None:
-            return e
-        b, _, h, w = shape
-        with torch.inference_mode():
-            state = self._net.initial_state(b, h, w)
+        if key not in self._graphs:
+            b, _, h, w = shape
+            with self.torch.inference_mode():
+                state = self._net.initial_state(b, h, w)
+            self._graphs[key] = self._entry(shape, self._static_step, "the stream step", state=state)
+        return self._graphs[key]
+
+    def _infer_stream_cuda(self, ir_unit, vis_y):
+        shape = tuple(ir_unit.shape)
+        e = self._stream_entry(shape)
+        if self._fresh or self._stream_key != shape:  # a new stream, or another size: no previous frame
+            with self.torch.inference_mode():
+                for buf in e["state"]:
+                    buf.zero_()
+            self._fresh, self._stream_key = False, shape
+        return self._replay(e, ir_unit, vis_y)
+
+    def _graph_for(self, shape):
+        if shape not in self._graphs:
+            self._graphs[shape] = self._entry(shape, lambda e: self._forward(e["dev"]["ir"], e["dev"]["vis"]), "")
+        return self._graphs[shape]
+
+    def _entry(self, shape, step, what: str, **extra) -> dict:
+        """Pinned host and device buffers at ``shape`` and, graphs on, a CUDA graph of ``step(entry)``
+        (-> (fused, attention)) captured on them; a failed capture turns graphs off, logged."""
+        torch = self.torch
         e = {"pin": {k: torch.empty(shape, dtype=torch.float32, pin_memory=True) for k in ("ir", "vis", "fused", "att")},
              "dev": {k: torch.zeros(shape, dtype=torch.float32, device=self.device) for k in ("ir", "vis")},
-             "state": state, "graph": None}
+             "step": step, "graph": None, **extra}
         if self.want_graphs:
             try:
                 s = torch.cuda.Stream()
                 s.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(s):
                     for _ in range(3):
-                        self._static_step(e)
+                        step(e)
                 torch.cuda.current_stream().wait_stream(s)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
-                    out = self._static_step(e)
+                    out = step(e)
                 e["graph"], e["out"] = graph, out
             except Exception as ex:  # noqa: BLE001 - logged; eager is the documented fallback
                 self.want_graphs = False
-                self.graphs_off_reason = f"stream-mode capture failed: {type(ex).__name__}: {ex}"
-                log.warning("torch backend: CUDA graph capture of the stream step failed (%s); running eagerly", ex)
-        self._graphs[key] = e
+                where = f"{what} " if what else ""
+                self.graphs_off_reason = f"{where}capture failed: {type(ex).__name__}: {ex}"
+                log.warning("torch backend: CUDA graph capture %sfailed (%s); running eagerly",
+                            f"of {what} " if what else "", ex)
         return e
 
-    def _infer_stream_cuda(self, ir_unit, vis_y):
-        torch = self.torch
-        shape = tuple(ir_unit.shape)
-        e = self._stream_entry(shape)
-        if self._fresh or self._stream_key != shape:  # a new stream, or another size: no previous frame
-            with torch.inference_mode():
-                for buf in e["state"]:
-                    buf.zero_()
-            self._fresh, self._stream_key = False, shape
+    def _replay(self, e, ir_unit, vis_y):
+        """One call on entry ``e``: inputs through the pinned buffers, the graph (or the step, eager),
+        the outputs back."""
         pin, dev = e["pin"], e["dev"]
         pin["ir"].numpy()[...] = ir_unit
         pin["vis"].numpy()[...] = vis_y
@@ -212,39 +223,12 @@ class TorchBackend(Backend):
             e["graph"].replay()
             fused, att = e["out"]
         else:
-            fused, att = self._static_step(e)
+            fused, att = e["step"](e)
         pin["fused"].copy_(fused, non_blocking=True)
         if att is not None:
             pin["att"].copy_(att, non_blocking=True)
-        torch.cuda.current_stream().synchronize()
+        self.torch.cuda.current_stream().synchronize()
         return pin["fused"].numpy().copy(), (pin["att"].numpy().copy() if att is not None else None)
-
-    def _graph_for(self, shape):
-        torch = self.torch
-        g = self._graphs.get(shape)
-        if g is not None:
-            return g
-        pin = {k: torch.empty(shape, dtype=torch.float32, pin_memory=True) for k in ("ir", "vis", "fused", "att")}
-        dev = {k: torch.zeros(shape, dtype=torch.float32, device=self.device) for k in ("ir", "vis")}
-        entry = {"pin": pin, "dev": dev, "graph": None}
-        if self.want_graphs:
-            try:
-                s = torch.cuda.Stream()
-                s.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(s):
-                    for _ in range(3):
-                        self._forward(dev["ir"], dev["vis"])
-                torch.cuda.current_stream().wait_stream(s)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    out = self._forward(dev["ir"], dev["vis"])
-                entry["graph"], entry["out"] = graph, out
-            except Exception as e:  # noqa: BLE001 - logged; eager is the documented fallback
-                self.want_graphs = False
-                self.graphs_off_reason = f"capture failed: {type(e).__name__}: {e}"
-                log.warning("torch backend: CUDA graph capture failed (%s); running eagerly", e)
-        self._graphs[shape] = entry
-        return entry
 
     def device_call(self, ir_unit, vis_y):
         """CUDA only: a no-argument callable running the device work of ``infer`` on these inputs,
@@ -277,22 +261,7 @@ class TorchBackend(Backend):
             fused, att = self._forward(torch.from_numpy(np.ascontiguousarray(ir_unit)),
                                        torch.from_numpy(np.ascontiguousarray(vis_y)))
             return fused.numpy(), (att.numpy() if att is not None else None)
-        e = self._graph_for(tuple(ir_unit.shape))
-        pin, dev = e["pin"], e["dev"]
-        pin["ir"].numpy()[...] = ir_unit
-        pin["vis"].numpy()[...] = vis_y
-        dev["ir"].copy_(pin["ir"], non_blocking=True)
-        dev["vis"].copy_(pin["vis"], non_blocking=True)
-        if e["graph"] is not None:
-            e["graph"].replay()
-            fused, att = e["out"]
-        else:
-            fused, att = self._forward(dev["ir"], dev["vis"])
-        pin["fused"].copy_(fused, non_blocking=True)
-        if att is not None:
-            pin["att"].copy_(att, non_blocking=True)
-        torch.cuda.current_stream().synchronize()
-        return pin["fused"].numpy().copy(), (pin["att"].numpy().copy() if att is not None else None)
+        return self._replay(self._graph_for(tuple(ir_unit.shape)), ir_unit, vis_y)
 
     def describe(self):
         if self._net is None:
