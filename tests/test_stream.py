@@ -159,3 +159,13 @@ def test_state_update_functions_have_fixed_shapes_and_ranges():
     moved[:, :, :16, :16] += 0.5
     beta, _ = streaming.follow_factor(moved, src, scalars)
     assert float(beta[..., :2, :2].min()) == 1.0 and float(beta[..., -1, -1].max()) == streaming.BETA_STATIC
+
+
+def test_an_odd_frame_size_streams_pixel_for_pixel(untrained):
+    """97 x 131 frames (the model pads to 128 x 160 and crops back; the state is kept padded): the
+    first frame is the per-frame fusion, and a static scene stays on it frame after frame."""
+    ir, vis = square_scene(0)[0][:97, :131], square_scene(0)[1][:97, :131]
+    stream, ref = untrained.stream(), untrained.fuse(ir, vis).astype(int)
+    outs = [stream.fuse(ir, vis) for _ in range(3)]
+    assert all(o.shape == (97, 131) for o in outs)
+    assert max(np.abs(o.astype(int) - ref).max() for o in outs) <= 1
