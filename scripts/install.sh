@@ -7,10 +7,12 @@ PY=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
 # gstreamer1.0-x / -gl: the window sinks (xvimagesink, ximagesink, glimagesink) that run_pipeline
-# chooses explicitly for display://; xvfb: an X server for the tests of the window output.
+# chooses explicitly for display://; xvfb: an X server for the tests of the window output;
+# shellcheck: the tests lint the shell scripts (samples/jetson).
 APT_PKGS="gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
  gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-x gstreamer1.0-gl gir1.2-gstreamer-1.0
- gir1.2-gst-plugins-base-1.0 libgirepository1.0-dev libcairo2-dev pkg-config python3-gst-1.0 python3-venv xvfb"
+ gir1.2-gst-plugins-base-1.0 libgirepository1.0-dev libcairo2-dev pkg-config python3-gst-1.0 python3-venv xvfb
+ shellcheck"
 missing=""
 for p in $APT_PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
