@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import files as _files
+from .._version import __version__
 from .engine import build_engine, sidecar_path, verify_engine
 from .formats import ExportOptions, replace
 from .fp16 import convert_to_fp16
@@ -34,7 +35,15 @@ from .plan import (  # noqa: F401 (the last two: public here)
     resolve_flavour,
 )
 from .quantize import calibration_fingerprint, quantize_onnx
-from .triton import config_pbtxt, io_from_metadata, model_dir_files, stream_states
+from .triton import (
+    ENSEMBLE,
+    config_pbtxt,
+    frames_ensemble,
+    io_from_metadata,
+    model_dir_files,
+    stream_states,
+    warmup_inputs,
+)
 from .wrapper import DETECTION_OUTPUTS, MOE_LAYERS, STATE_OUTPUTS
 
 log = logging.getLogger("moefusion.export")
@@ -244,15 +253,35 @@ def _triton(plan: Plan, lines, t0) -> ExportResult:
             art = _model_onnx(plan, Path(work) / "model.onnx", Path(work), reuse=False, lines=lines)
             build = engine_stage(plan, art, files["model"], lines)
             meta = dict(build.sidecar.get("onnx_metadata", {}))
-        ins, outs, max_batch, dyn_batch = io_from_metadata(_decoded(meta))
-        files["config"].write_text(config_pbtxt(name, opts.triton_platform, ins, outs, max_batch_size=max_batch,
-                                                instances=opts.triton_instances, dynamic_batching=dyn_batch,
-                                                states=stream_states(_decoded(meta))))
+        meta = _decoded(meta)
+        ins, outs, max_batch, dyn_batch = io_from_metadata(meta)
+        states = stream_states(meta)
+        warm = warmup_inputs(ins, meta)
+        files["config"].write_text(config_pbtxt(
+            name, opts.triton_platform, ins, outs, max_batch_size=max_batch, instances=opts.triton_instances,
+            dynamic_batching=dyn_batch, states=states,
+            warmup=None if states else (f"zeros {warm[0][2][-1]}x{warm[0][2][-2]}", warm)))
         lines[:] = [ln.replace(str(tmp), str(model_dir)) for ln in lines]
+    # the ensemble for uint8 frames: run_pipeline's pre- and postprocessing as Python-backend steps
+    folders = []
+    for folder, contents in frames_ensemble(name, ins, outs, max_batch, meta, platform=opts.triton_platform,
+                                            instances=opts.triton_instances, version=__version__).items():
+        with _files.atomic_dir(repo / folder) as tmp:
+            for rel, text in contents.items():
+                target = tmp / rel
+                if rel.endswith("/"):
+                    target.mkdir(parents=True, exist_ok=True)
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text(text)
+        folders.append(repo / folder)
     lines.append(f"Triton: {model_dir} ({opts.triton_platform}, max_batch_size {max_batch}, "
-                 f"{opts.triton_instances} instance(s)); serve it with "
+                 f"{opts.triton_instances} instance(s){'' if states else ', warmed up at start'}); serve it with "
                  f"tritonserver --model-repository={repo.resolve()}")
-    return ExportResult("triton", [model_dir], lines, onnx=art.export if art else None, engine=build,
+    lines.append(f"Triton ensemble {name}{ENSEMBLE}: uint8 ir_frame, vis_frame -> fused_frame (run_pipeline's "
+                 f"processing in the Python steps {name}_pre, {name}_post: Triton's Python needs moefusion "
+                 "without torch, see docs/export.md); client: samples/triton/client.py")
+    return ExportResult("triton", [model_dir, *folders], lines, onnx=art.export if art else None, engine=build,
                         qdq=art.qdq if art else None, seconds=time.perf_counter() - t0)
 
 
