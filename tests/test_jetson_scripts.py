@@ -30,7 +30,7 @@ def test_there_are_scripts():
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_bash_parses(script):
-    r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    r = subprocess.run(["bash", "-n", str(script)], check=False, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
 
@@ -42,7 +42,7 @@ def test_shellcheck():
             pytest.fail(why + "; CI=true requires it")
         pytest.skip(why)
     # -x follows "source" lines; run from the repository root, where their paths are relative to
-    r = subprocess.run([exe, "-x", *(str(p.relative_to(ROOT)) for p in SCRIPTS)], cwd=ROOT, capture_output=True,
+    r = subprocess.run([exe, "-x", *(str(p.relative_to(ROOT)) for p in SCRIPTS)], cwd=ROOT, check=False, capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -101,7 +101,7 @@ class FakeJetson:
 
 def detect(fake: FakeJetson, func: str):
     r = subprocess.run(["bash", "-c", f'set -euo pipefail; . "{DETECT}"; {func}'], env=fake.env(),
-                       capture_output=True, text=True, timeout=60)
+                       check=False, capture_output=True, text=True, timeout=60)
     return r.returncode, r.stdout.strip(), r.stderr.strip()
 
 
@@ -195,7 +195,7 @@ def test_build_engine_uses_maxn_and_restores_the_mode(tmp_path, fail):
     fake = FakeJetson(tmp_path / "dev", model=ORIN_NX, nvpmodel_conf=NX_CONF, mode=1)
     repo = _tree(tmp_path)
     r = subprocess.run(["bash", "samples/jetson/build_engine.sh", "w.pt", "480x640"], cwd=repo,
-                       env=fake.env(FAIL="1" if fail else "0"), capture_output=True, text=True, timeout=60)
+                       env=fake.env(FAIL="1" if fail else "0"), check=False, capture_output=True, text=True, timeout=60)
     assert r.returncode == (3 if fail else 0), r.stderr
     calls = fake.calls()
     assert "nvpmodel -m 3" in calls, calls  # MAXN's id on this module, not 0
@@ -209,7 +209,7 @@ def test_build_engine_uses_maxn_and_restores_the_mode(tmp_path, fail):
 def test_build_engine_at_maxn_already_changes_no_mode(tmp_path):
     fake = FakeJetson(tmp_path / "dev", model=AGX_ORIN, nvpmodel_conf=AGX_CONF, mode=0)
     repo = _tree(tmp_path)
-    r = subprocess.run(["bash", "samples/jetson/build_engine.sh"], cwd=repo, env=fake.env(), capture_output=True,
+    r = subprocess.run(["bash", "samples/jetson/build_engine.sh"], cwd=repo, env=fake.env(), check=False, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert not [c for c in fake.calls() if c.startswith("nvpmodel -m")] and fake.mode() == "0"
@@ -219,13 +219,13 @@ def test_build_engine_at_maxn_already_changes_no_mode(tmp_path):
 def test_run_scripts_pass_the_detected_encoder(tmp_path, script):
     fake = FakeJetson(tmp_path / "dev", model=ORIN_NANO, elements=JETPACK_ELEMENTS)
     repo = _tree(tmp_path)
-    r = subprocess.run(["bash", f"samples/jetson/{script}"], cwd=repo, env=fake.env(), capture_output=True,
+    r = subprocess.run(["bash", f"samples/jetson/{script}"], cwd=repo, env=fake.env(), check=False, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     args = (tmp_path / "run_pipeline.args").read_text().splitlines()
     assert args[args.index("--encoder") + 1] == "x264enc"
     r = subprocess.run(["bash", f"samples/jetson/{script}"], cwd=repo, env=fake.env(ENCODER="openh264enc"),
-                       capture_output=True, text=True, timeout=60)
+                       check=False, capture_output=True, text=True, timeout=60)
     args = (tmp_path / "run_pipeline.args").read_text().splitlines()
     assert r.returncode == 0 and args[args.index("--encoder") + 1] == "openh264enc"
 
@@ -241,7 +241,7 @@ def test_service_launcher(tmp_path):
             settings[k] = v
     assert settings.get("ENCODER") == ""  # detected by default
     r = subprocess.run(["bash", "samples/jetson/moefusion-pipeline.sh"], cwd=repo, env=fake.env(**settings),
-                       capture_output=True, text=True, timeout=60)
+                       check=False, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     args = (tmp_path / "run_pipeline.args").read_text().splitlines()
     assert args[args.index("--encoder") + 1] == "nvv4l2h264enc"
@@ -249,5 +249,5 @@ def test_service_launcher(tmp_path):
     assert args[args.index("--reconnect-timeout") + 1] == "-1"
     missing = {**settings, "MODEL": ""}
     r = subprocess.run(["bash", "samples/jetson/moefusion-pipeline.sh"], cwd=repo, env=fake.env(**missing),
-                       capture_output=True, text=True, timeout=60)
+                       check=False, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "MODEL is not set" in r.stderr
