@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 try:
@@ -60,9 +62,32 @@ def toolchain_problem() -> str | None:
     return None
 
 
+def _run_bounded(cmd: list[str], cwd: Path, quiet: bool, timeout: float | None) -> subprocess.CompletedProcess:
+    """subprocess.run, except that at ``timeout`` the whole process group (cmake, ninja, every nvcc) is killed."""
+    if timeout is None:
+        return subprocess.run(cmd, cwd=cwd, capture_output=quiet, text=True, check=False)
+    pipe = subprocess.PIPE if quiet else None
+    # its own process group, killed as a whole (no threads here: preexec_fn is safe)
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=pipe, stderr=pipe, text=True, preexec_fn=os.setpgrp)  # noqa: PLW1509
+    timeout = max(1.0, timeout)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        out, err = proc.communicate()
+        raise BuildError(f"CMake timed out after {timeout:.0f} s ({' '.join(cmd)}); the compiler's last output:\n"
+                         f"{((out or '') + (err or ''))[-2000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _cmake(src: Path, out: Path, configure_args: list[str], targets: list[str] | None, jobs: int | None,
-           quiet: bool) -> str:
-    """Configure (once per build folder) and build; returns the configure step's output. Raises BuildError."""
+           quiet: bool, timeout: float | None = None, run_build: bool = True) -> str:
+    """Configure (once per build folder) and build; returns the configure step's output. Raises BuildError.
+    ``timeout``: seconds for configure and build together (None: no bound); ``run_build=False``: configure only."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     out.mkdir(parents=True, exist_ok=True)
     configure = ["cmake", "-S", str(src), "-B", str(out), *configure_args]
     if not (out / "CMakeCache.txt").exists():
@@ -74,8 +99,8 @@ def _cmake(src: Path, out: Path, configure_args: list[str], targets: list[str] |
     if jobs:
         build_cmd += ["-j", str(jobs)]
     configure_log = ""
-    for step, cmd in (("configure", configure), ("build", build_cmd)):
-        res = subprocess.run(cmd, cwd=src, capture_output=quiet, text=True)
+    for step, cmd in (("configure", configure), ("build", build_cmd))[: 2 if run_build else 1]:
+        res = _run_bounded(cmd, src, quiet, None if deadline is None else deadline - time.monotonic())
         if step == "configure":
             configure_log = res.stdout or ""
         if quiet and res.stdout and step == "configure":
@@ -110,11 +135,13 @@ def build(
     source_dir: str | os.PathLike | None = None,
     cudart: str | None = None,
     trt_include: str | os.PathLike | None = None,
+    timeout: float | None = None,
 ) -> Path:
     """Configure and build; return the path of libmoefusion_kernels.so. Raises BuildError.
 
     ``trt_include``: the folder with TensorRT's NvInfer.h (-DTensorRT_INCLUDE_DIR); headers are all the
-    plugin library needs to compile.
+    plugin library needs to compile. ``timeout``: seconds for CMake's configure and build together; past
+    it every compiler process is killed and BuildError says so (None: no bound).
     """
     problem = toolchain_problem()
     if problem:
@@ -123,11 +150,23 @@ def build(
     if not (src / "CMakeLists.txt").is_file():
         raise BuildError(f"no CMakeLists.txt in {src}: the CUDA sources ship with the project checkout only")
     out = Path(build_dir) if build_dir else DEFAULT_BUILD_DIR
-    _cmake(src, out, _configure_args(trt, archs, cudart, trt_include), None, jobs, quiet)
+    _cmake(src, out, _configure_args(trt, archs, cudart, trt_include), None, jobs, quiet, timeout)
     lib = out / LIB_NAME
     if not lib.is_file():
         raise BuildError(f"the build finished but {lib} is missing")
     return lib
+
+
+def configure(build_dir: str | os.PathLike, archs: str | None = None, timeout: float | None = None) -> str:
+    """CMake's configure step alone (finds nvcc, checks the architectures, writes the build files): a
+    seconds-long check of the toolchain where compiling would take minutes. Returns its output; raises
+    BuildError."""
+    problem = toolchain_problem()
+    if problem:
+        raise BuildError(f"cannot build the CUDA kernels: {problem}")
+    if not (ROOT / "CMakeLists.txt").is_file():
+        raise BuildError(f"no CMakeLists.txt in {ROOT}: the CUDA sources ship with the project checkout only")
+    return _cmake(ROOT, Path(build_dir), _configure_args("AUTO", archs, None), None, None, True, timeout, run_build=False)
 
 
 def build_plugins(build_dir: str | os.PathLike, trt_include: str | os.PathLike, archs: str | None = None,
@@ -194,10 +233,11 @@ def main(argv=None) -> int:
     ap.add_argument("--cudart", choices=["Static", "Shared"], help="cudart linkage (default Static)")
     ap.add_argument("--install", action="store_true", help="copy the library into moefusion/kernels/lib/")
     ap.add_argument("-j", "--jobs", type=int)
+    ap.add_argument("--timeout", type=float, metavar="S", help="seconds for configure + build (default: no bound)")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     lib = build(args.build_dir, args.archs, args.trt, args.jobs, quiet=not args.verbose, cudart=args.cudart,
-                trt_include=args.trt_include)
+                trt_include=args.trt_include, timeout=args.timeout)
     print(lib)
     if args.install:
         print(install_into_package(lib))
