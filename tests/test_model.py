@@ -402,3 +402,50 @@ def test_decoder_sees_the_last_block_only_through_mole_in_edge():
     torch.testing.assert_close(enc, F.avg_pool2d(full, 2))
     paper = moefusion.build_model("paper").eval()  # upstream: every encoder feature, in order
     torch.testing.assert_close(paper.decoder_input(fv, fi, y_fg, y_bg, att), torch.cat([*fv, *fi, y_fg, y_bg], 1))
+
+
+def test_network_stride_runs_the_network_at_half_size_and_blends_full_size_pyramids():
+    """network_stride=2: the encoders see half-size frames; with the decoder's maps at zero the output
+    is exactly the classical pyramid blend of the full-size sources (no detail lost to the stride)."""
+    from moefusion.model.pyramid import pyramid_fuse
+
+    torch.manual_seed(0)
+    model = moefusion.build_model("edge", network_stride=2, pyramid_attention_gain=0.0).eval()
+    with torch.no_grad():
+        model.moge.experts.weights[-1].zero_()
+        model.moge.experts.biases[-1].zero_()
+    seen = []
+    model.enc_vis.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape[-2:])))
+    g = torch.Generator().manual_seed(1)
+    ir, vis = torch.rand(1, 1, 97, 131, generator=g), torch.rand(1, 1, 97, 131, generator=g)
+    with torch.no_grad():
+        out = model(ir, vis)
+    assert out.fused.shape == out.attention.shape == (1, 1, 97, 131)
+    assert seen == [(64, 96)]  # padded to 128 x 192 (a multiple of 64), then halved
+    pad = lambda x: F.pad(x, (0, 192 - 131, 0, 128 - 97), mode="replicate")  # noqa: E731
+    ref = pyramid_fuse(pad(ir), pad(vis), torch.zeros(1, 6, 128, 192), 5, model.cfg.pyramid_sharpness,
+                       model.cfg.pyramid_detail_gain)[..., :97, :131]
+    torch.testing.assert_close(out.fused, ref, atol=1e-6, rtol=0)
+    assert moefusion.build_model("edge", network_stride=1).cfg.pad_stride == 32
+    with pytest.raises(ValueError, match="network_stride=3"):
+        moefusion.build_model("edge", network_stride=3)
+
+
+def test_network_stride_exports_and_onnx_runtime_matches(shared_data, tmp_path):
+    """A half-size network exports (the padding to 64 and the x2 upsampling) and ONNX Runtime computes
+    the PyTorch model's output on a real pair of odd size."""
+    ort = pytest.importorskip("onnxruntime")
+    from helpers import real_inputs
+    from moefusion.export.api import run_export
+    from moefusion.model.gating import randomize_gates
+
+    torch.manual_seed(0)
+    model = randomize_gates(moefusion.build_model("edge", network_stride=2, range_margin=4 / 255)).eval()
+    res = run_export({"output": str(tmp_path / "ns2.onnx"), "dynamic": ((16, 16), (1088, 1920))}, model=model)
+    sess = ort.InferenceSession(str(res.onnx.path), providers=["CPUExecutionProvider"])
+    (_, ir, vis), = real_inputs(shared_data, (101, 143), pairs=(("roadscene", "FLIR_00006"),))
+    got = sess.run(None, {"ir": ir, "vis": vis})
+    with torch.no_grad():
+        want = model(torch.from_numpy(ir), torch.from_numpy(vis))
+    np.testing.assert_allclose(got[0], want.fused.clamp(0, 1).numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got[1], want.attention.numpy(), atol=1e-4, rtol=0)

@@ -235,3 +235,46 @@ def test_add_pyramid_head_script_takes_chosen_field_values(tmp_path):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode != 0 and "decoder_stride=3" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "bad.pt").exists()
+
+
+# -- the soft range limit (issue 23: no overshoot) -------------------------------------------------
+def test_soft_range_limit_bounds_every_pixel_and_keeps_those_inside():
+    from moefusion.model.pyramid import local_range, soft_range_limit
+
+    g = torch.Generator().manual_seed(0)
+    ir, vis = torch.rand(2, 1, 40, 56, generator=g), torch.rand(2, 1, 40, 56, generator=g) * 0.5
+    fused = torch.randn(2, 1, 40, 56, generator=g) * 0.6 + 0.4  # far outside [0, 1] in places
+    margin = 4 / 255
+    lo, hi = local_range(ir, vis)
+    out = soft_range_limit(fused, ir, vis, margin)
+    inside = (fused >= lo) & (fused <= hi)
+    assert 0.2 < inside.float().mean() < 0.9  # the case has both kinds of pixel
+    torch.testing.assert_close(out[inside], fused[inside])
+    assert bool((out <= hi + margin).all() and (out >= lo - margin).all())
+    # the bend is monotonic, and strictly so for moderate overshoots (no hard clip into a plateau)
+    higher = soft_range_limit(fused + 0.01, ir, vis, margin)
+    near = (fused > hi) & (fused < hi + 2 * margin)
+    assert bool((higher[fused > hi] >= out[fused > hi]).all()) and bool((higher[near] > out[near]).all())
+    assert torch.equal(soft_range_limit(fused, ir, vis, 0.0), fused)  # 0: off
+
+
+def test_range_margin_removes_the_models_overshoot_on_a_real_pair(shared_data):
+    """The same model with and without the limit: the detail gain overshoots the sources' local range
+    by more than 10 grey levels on some pixels; with range_margin none is beyond 4 grey levels."""
+    from helpers import real_inputs
+    from moefusion.model.gating import randomize_gates
+    from moefusion.model.pyramid import local_range
+
+    (_, ir, vis), = real_inputs(shared_data, (240, 320), pairs=(("roadscene", "FLIR_00006"),))
+    ir, vis = torch.from_numpy(ir), torch.from_numpy(vis)
+    out = {}
+    for margin in (0.0, 4 / 255):
+        torch.manual_seed(0)
+        model = randomize_gates(moefusion.build_model("edge", pyramid_detail_gain=2.0, range_margin=margin)).eval()
+        with torch.no_grad():
+            out[margin] = model(ir, vis).fused
+    lo, hi = local_range(ir, vis)
+    beyond = lambda f: float(((f - hi > 10 / 255) | (lo - f > 10 / 255)).float().mean())  # noqa: E731
+    assert beyond(out[0.0]) > 0.001
+    assert beyond(out[4 / 255]) == 0.0
+    assert float((out[4 / 255] - hi).max()) <= 4 / 255 + 1e-6

@@ -113,9 +113,23 @@ def extract_frame_pairs(root: str | Path, frame_step: int, exclude=(), cache_dir
     return dest
 
 
-def dataset_root(entry) -> str:
+def resolve_entry(entry, root: str | None):
+    """A data.train / data.val entry with its relative path taken under ``root`` (the config's
+    data.root; None: as it is)."""
+    if not root:
+        return entry
+    if isinstance(entry, dict):
+        if "video" in entry and not Path(str(entry["video"])).is_absolute():
+            return {**entry, "video": str(Path(root) / str(entry["video"]))}
+        return entry
+    return entry if Path(str(entry)).is_absolute() else str(Path(root) / str(entry))
+
+
+def dataset_root(entry, root: str | None = None) -> str:
     """A data.train / data.val entry as a folder PairedDataset reads: a path as is; a video entry
-    ``{video: ROOT, frame_step: N, exclude: [clips]}`` as its cached frame folder."""
+    ``{video: ROOT, frame_step: N, exclude: [clips]}`` as its cached frame folder. Relative paths are
+    under ``root`` (the config's data.root) when it is given."""
+    entry = resolve_entry(entry, root)
     if isinstance(entry, dict):
         unknown = sorted(set(entry) - {"video", "frame_step", "exclude"})
         if "video" not in entry or unknown:

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..data.combine import split_ids
 from ..data.datasets import PairedDataset
 from ..data.pairs import Pair
-from ..data.video import dataset_root, extract_frame_pairs, video_clips
+from ..data.video import dataset_root, extract_frame_pairs, resolve_entry, video_clips
 from . import report
 from .runner import Method, check_pairs, evaluate
 
@@ -33,17 +33,19 @@ class HeldOutSet:
 def excluded_clips(cfg: dict) -> list[tuple[str, str]]:
     """(video root as the config names it, clip) for every clip a video entry of ``data.train``
     held out whole, in config order (the video checks run on these)."""
-    return [(entry["video"], clip) for entry in cfg.get("data", {}).get("train", [])
-            if isinstance(entry, dict) for clip in entry.get("exclude", [])]
+    d = cfg.get("data", {})
+    entries = [resolve_entry(e, d.get("root")) for e in d.get("train", [])]
+    return [(entry["video"], clip) for entry in entries if isinstance(entry, dict) for clip in entry.get("exclude", [])]
 
 
 def heldout_sets(cfg: dict, clip_step: int = HELDOUT_CLIP_STEP) -> list[HeldOutSet]:
     d = cfg["data"]
     sets = []
     for entry in d["val"]:
-        ds = PairedDataset(dataset_root(entry))
+        ds = PairedDataset(dataset_root(entry, d.get("root")))
         sets.append(HeldOutSet(f"{ds.name} (whole sequence)", ds))
     for entry in d["train"]:
+        entry = resolve_entry(entry, d.get("root"))
         if d["val_fraction"]:
             ds = PairedDataset(dataset_root(entry))
             _, val_ids = split_ids(ds.ids, d["val_fraction"], seed=cfg["train"]["seed"])

@@ -14,7 +14,6 @@ and ``"B"`` the batch. ``runtime.backends.stream_state`` reads it (numpy only).
 from __future__ import annotations
 
 from ..model import stream as streaming
-from ..model.fusion import STRIDE
 from .wrapper import STATE_INPUTS, STATE_OUTPUTS
 
 STATE_DOCS = {
@@ -29,7 +28,8 @@ STATE_DOCS = {
 
 def state_spec(cfg) -> dict:
     """The ``moefusion.stream`` metadata of a model config (see the module docstring)."""
-    b, h, w = 7, 6 * STRIDE, 10 * STRIDE  # distinct, padded sizes: each dim's dependence is unambiguous
+    stride = cfg.pad_stride
+    b, h, w = 7, 6 * stride, 10 * stride  # distinct, padded sizes: each dim's dependence is unambiguous
     base = streaming.state_shapes(cfg, b, h, w)
     taller = streaming.state_shapes(cfg, b, 2 * h, w)
     wider = streaming.state_shapes(cfg, b, h, 2 * w)
@@ -46,7 +46,7 @@ def state_spec(cfg) -> dict:
             else:
                 dims.append(int(d))
         states.append({"name": name, "input": inp, "output": out, "dims": dims, "dtype": "float32"})
-    return {"pad_stride": STRIDE, "states": states}
+    return {"pad_stride": stride, "states": states}
 
 
 def dim_name(dim) -> str | int:

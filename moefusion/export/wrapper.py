@@ -47,7 +47,6 @@ from ..kernels.onnx import custom_translation_table
 from ..kernels.onnx import register_torchscript_symbolics as _register_torchscript_symbolics
 from ..model import stream as streaming
 from ..model.attention import INPUT_MEAN, INPUT_STD
-from ..model.fusion import STRIDE
 from ..model.gating import gate_descriptor
 
 DISPATCHES = ("sparse", "dense")
@@ -210,8 +209,9 @@ class ExportModule(nn.Module):
     def forward(self, ir, vis, *state):
         m = self.model
         h, w = ir.shape[-2], ir.shape[-1]
-        ph = (h + STRIDE - 1) // STRIDE * STRIDE - h
-        pw = (w + STRIDE - 1) // STRIDE * STRIDE - w
+        stride, ns = m.cfg.pad_stride, m.cfg.network_stride
+        ph = (h + stride - 1) // stride * stride - h
+        pw = (w + stride - 1) // stride * stride - w
         ir = F.pad(ir, (0, pw, 0, ph), mode="replicate")
         vis = F.pad(vis, (0, pw, 0, ph), mode="replicate")
         stream = None
@@ -222,21 +222,24 @@ class ExportModule(nn.Module):
             stream = (state, sources, beta, keep)
         route = (lambda name: None) if stream is None else (lambda name: (getattr(state, f"route_{name}"), keep))
 
+        ir_n, vis_n = m.network_inputs(ir, vis)
         dets = None
         if self.detections:
-            att0, dets, _, _ = m.attention(vis, ir)
+            att0, dets, _, _ = m.attention(vis_n, ir_n)
         else:
-            att0 = self._level0(vis, ir)
+            att0 = self._level0(vis_n, ir_n)
         att = F.interpolate(att0, scale_factor=4.0, mode="bilinear", align_corners=True)
+        att_full = att if ns == 1 else F.interpolate(att0, scale_factor=4.0 * ns, mode="bilinear", align_corners=True)
 
-        early_vis, last_vis = m.enc_vis(vis)
-        early_ir, last_ir = m.enc_ir(ir)
+        early_vis, last_vis = m.enc_vis(vis_n)
+        early_ir, last_ir = m.enc_ir(ir_n)
         fg = (last_vis * att, last_ir * att)
         bg = (last_vis * (1 - att), last_ir * (1 - att))
         y_fg, r_fg, s_fg = self._moe(m.mole_fg, torch.cat(fg, dim=1), fg, route("mole_fg"))
         y_bg, r_bg, s_bg = self._moe(m.mole_bg, torch.cat(bg, dim=1), bg, route("mole_bg"))
         enc = m.decoder_input((early_vis, last_vis), (early_ir, last_ir), y_fg, y_bg, att)
         y, r_dec, s_dec = self._moe(m.moge, enc, enc, route("moge"))
+        att = att_full
 
         if stream is None:
             fused = m.head(ir, vis, y, att)[..., :h, :w]
@@ -249,7 +252,7 @@ class ExportModule(nn.Module):
         if self.detections:
             for modality in ("vis", "ir"):
                 d = dets[modality][0]
-                out += [d["boxes"], d["scores"], d["labels"] - 1]  # 0-based, as MoEFusion returns them
+                out += [d["boxes"] * ns, d["scores"], d["labels"] - 1]  # 0-based, frame pixels, as MoEFusion returns them
         if stream is not None:
             out += list(new_state)
         return tuple(out)

@@ -14,11 +14,19 @@ from .experts import DISPATCH_MODES
 from . import stream as streaming
 from .moe import GatedExperts
 from .presets import ModelConfig
-from .pyramid import pyramid_fuse, pyramid_parts
+from .pyramid import pyramid_fuse, pyramid_parts, soft_range_limit
 from .stream import StreamState
 
-# Input sizes are padded up to a multiple of the deepest FPN level's stride and cropped back.
+# Input sizes are padded up to a multiple of the deepest FPN level's stride and cropped back
+# (times the config's network_stride: ModelConfig.pad_stride).
 STRIDE = 32
+
+
+def scale_boxes(targets, factor: float):
+    """Detection targets with their boxes scaled (None stays None)."""
+    if targets is None:
+        return None
+    return [{**t, "boxes": t["boxes"] * factor} for t in targets]
 
 
 class FusionOutput(NamedTuple):
@@ -113,7 +121,8 @@ class MoEFusion(nn.Module):
         the output's ``state`` is the next frame's.
         """
         h, w = ir.shape[-2:]
-        ph, pw = (-h) % STRIDE, (-w) % STRIDE
+        c = self.cfg
+        ph, pw = (-h) % c.pad_stride, (-w) % c.pad_stride
         if ph or pw:
             ir = F.pad(ir, (0, pw, 0, ph), mode="replicate")
             vis = F.pad(vis, (0, pw, 0, ph), mode="replicate")
@@ -122,6 +131,10 @@ class MoEFusion(nn.Module):
             sources = streaming.half_res(ir, vis)
             beta, keep = streaming.follow_factor(sources, state.sources, state.scalars)
             stream = (state, sources, beta, keep)
+        ns = c.network_stride
+        ir_n, vis_n = self.network_inputs(ir, vis)
+        if ns > 1:  # the detectors see the network's frames: boxes in their pixels
+            targets_vis, targets_ir = scale_boxes(targets_vis, 1 / ns), scale_boxes(targets_ir, 1 / ns)
 
         if detections:
             detect = ("vis", "ir")
@@ -131,16 +144,20 @@ class MoEFusion(nn.Module):
             detect = ()
         det_losses, dets, maps = {}, None, None
         if detect:
-            att0, dets, det_losses, maps = self.attention(vis, ir, targets_vis, targets_ir, detect=detect)
+            att0, dets, det_losses, maps = self.attention(vis_n, ir_n, targets_vis, targets_ir, detect=detect)
         else:
-            maps = self.attention.level0_maps(vis, ir)
+            maps = self.attention.level0_maps(vis_n, ir_n)
             att0 = torch.maximum(*maps)
-        att = F.interpolate(att0, size=vis.shape[-2:], mode="bilinear", align_corners=True).detach()
         if attention_override is not None:
-            att = F.pad(attention_override.to(att.dtype), (0, pw, 0, ph), mode="replicate")
+            att_full = F.pad(attention_override.to(att0.dtype), (0, pw, 0, ph), mode="replicate")
+            att = F.avg_pool2d(att_full, ns) if ns > 1 else att_full
+        else:
+            att = F.interpolate(att0, size=vis_n.shape[-2:], mode="bilinear", align_corners=True).detach()
+            att_full = att if ns == 1 else F.interpolate(att0, size=vis.shape[-2:], mode="bilinear",
+                                                         align_corners=True).detach()
 
-        early_vis, last_vis = self.enc_vis(vis)
-        early_ir, last_ir = self.enc_ir(ir)
+        early_vis, last_vis = self.enc_vis(vis_n)
+        early_ir, last_ir = self.enc_ir(ir_n)
         fg = (last_vis * att, last_ir * att)
         bg = (last_vis * (1 - att), last_ir * (1 - att))
         route = (lambda name: None) if stream is None else (lambda name: (getattr(state, f"route_{name}"), stream[3]))
@@ -148,6 +165,7 @@ class MoEFusion(nn.Module):
         out_bg = self.mole_bg(torch.cat(bg, dim=1), bg, route("mole_bg"))
         enc = self.decoder_input((early_vis, last_vis), (early_ir, last_ir), out_fg.y, out_bg.y, att)
         out_dec = self.moge(enc, enc, route("moge"))
+        att = att_full
 
         new_state = None
         if stream is None:
@@ -157,8 +175,8 @@ class MoEFusion(nn.Module):
         aux = out_fg.aux_loss + out_bg.aux_loss + out_dec.aux_loss
         gatings = {"mole_fg": out_fg.gating, "mole_bg": out_bg.gating, "moge": out_dec.gating}
         routes = {name: g.indices for name, g in gatings.items()}
-        if dets is not None and not self.training:
-            dets = {m: [{**d, "labels": d["labels"] - 1} for d in ds] for m, ds in dets.items()}  # back to 0-based
+        if dets is not None and not self.training:  # back to 0-based labels and the frame's pixels
+            dets = {m: [{**d, "labels": d["labels"] - 1, "boxes": d["boxes"] * ns} for d in ds] for m, ds in dets.items()}
         if not detections:
             dets = None
         return FusionOutput(fused, att[..., :h, :w], aux, det_losses, dets, routes, gatings,
@@ -173,12 +191,12 @@ class MoEFusion(nn.Module):
         lifted = state.detail
         if c.output_head == "pyramid":
             maps = y
-            if c.decoder_stride > 1:
-                maps = F.interpolate(y, scale_factor=float(c.decoder_stride), mode="bilinear", align_corners=False)
+            if c.map_stride > 1:
+                maps = F.interpolate(y, scale_factor=float(c.map_stride), mode="bilinear", align_corners=False)
             base, detail = pyramid_parts(ir, vis, maps, c.pyramid_levels, c.pyramid_sharpness, att,
                                          c.pyramid_attention_gain)
             lifted = streaming.smooth(detail, state.detail, beta)
-            fused = base + detail + (c.pyramid_detail_gain - 1.0) * lifted
+            fused = soft_range_limit(base + detail + (c.pyramid_detail_gain - 1.0) * lifted, ir, vis, c.range_margin)
         else:
             fused = y
         fused = fused[..., :h, :w]
@@ -191,10 +209,16 @@ class MoEFusion(nn.Module):
         c = self.cfg
         if c.output_head != "pyramid":
             return y
-        if c.decoder_stride > 1:
-            y = F.interpolate(y, scale_factor=float(c.decoder_stride), mode="bilinear", align_corners=False)
-        return pyramid_fuse(ir, vis, y, c.pyramid_levels, c.pyramid_sharpness, c.pyramid_detail_gain,
-                            att, c.pyramid_attention_gain)
+        if c.map_stride > 1:
+            y = F.interpolate(y, scale_factor=float(c.map_stride), mode="bilinear", align_corners=False)
+        fused = pyramid_fuse(ir, vis, y, c.pyramid_levels, c.pyramid_sharpness, c.pyramid_detail_gain,
+                             att, c.pyramid_attention_gain)
+        return soft_range_limit(fused, ir, vis, c.range_margin)
+
+    def network_inputs(self, ir, vis):
+        """The (padded) sources as the network sees them: average-pooled by ``network_stride``."""
+        s = self.cfg.network_stride
+        return (ir, vis) if s == 1 else (F.avg_pool2d(ir, s), F.avg_pool2d(vis, s))
 
     def decoder_input(self, enc_vis, enc_ir, y_fg, y_bg, att) -> torch.Tensor:
         """What MoGE sees: the encoders' features (all, or all but the last block's: ``enc_*`` are the

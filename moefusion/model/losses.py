@@ -15,6 +15,10 @@ Options of the training config (not published; ``edge.yaml`` uses them, ``paper.
   (0, published) towards their max (1, SeAFusion / CDDFuse's intensity term: keeps the contrast of
   whichever source has it). Below 1, targets are still brighter than the background target, so
   the attention decides something.
+- ``loss.background_max_weak``: the same, on frames where the visible camera sees little (dark or
+  low contrast: night, smoke, fog; :func:`visible_weakness`), blended per frame from
+  ``background_max``: a scene-dependent target, so the best fusion differs between day and night
+  and the gates have something to route by.
 - ``loss.ssim``: weight of 1 - (SSIM(F, VIS) + SSIM(F, IR)) / 2 (SwinFusion's structure term).
 - ``loss.pseudo_targets``: the "inside" mask is the union of the boxes and a thermal-saliency mask
   (:func:`thermal_saliency`: warm objects in IR, on every frame, labelled or not).
@@ -127,7 +131,7 @@ def pixel_loss(fused, vis, ir, mask: torch.Tensor | None = None, background_max:
         mask = torch.zeros_like(fused)
     high = torch.maximum(vis, ir)
     mean = (vis + ir) / 2
-    low = mean + background_max * (high - mean) if background_max else mean
+    low = mean + background_max * (high - mean) if isinstance(background_max, torch.Tensor) or background_max else mean
     if not levels:
         inside = (fused - high).abs() * mask
         outside = (fused - low).abs() * (1 - mask)
@@ -138,6 +142,21 @@ def pixel_loss(fused, vis, ir, mask: torch.Tensor | None = None, background_max:
             break
         diff = _pyr_down(diff)
     return diff.abs().mean()
+
+
+# The visible camera "sees little" when its frame is dark (mean below VIS_DARK of full scale) or flat
+# (standard deviation below VIS_FLAT): MSRS/LLVIP night frames have means of 0.02-0.15, day 0.3-0.5.
+VIS_DARK = 0.25
+VIS_FLAT = 0.06
+
+
+def visible_weakness(vis: torch.Tensor) -> torch.Tensor:
+    """[B, 1, H, W] visible luminance -> [B, 1, 1, 1] in [0, 1]: 0 for a bright, contrasted frame,
+    1 for a black or uniform one (night, smoke)."""
+    v = vis.float()
+    mean = v.mean(dim=(1, 2, 3), keepdim=True)
+    std = v.std(dim=(1, 2, 3), keepdim=True)
+    return 1 - (mean / VIS_DARK).clamp(0, 1) * (std / VIS_FLAT).clamp(0, 1)
 
 
 # Thermal saliency: a pixel is part of a warm object when it is this much (in [0, 1] units) above
@@ -212,12 +231,15 @@ def fusion_losses(fused, vis, ir, boxes_per_image=None, aux_loss=None, det_losse
                   grad_weight: float = GRAD_WEIGHT, pixel_weight: float = PIXEL_WEIGHT,
                   signed_grad: bool = False, background_max: float = 0.0, ssim_weight: float = 0.0,
                   mask: torch.Tensor | None = None, attention_maps=None, attention_weight: float = 0.0,
-                  detail_weight: float = 0.0, pixel_levels: int = 0) -> dict:
+                  detail_weight: float = 0.0, pixel_levels: int = 0, background_max_weak: float | None = None) -> dict:
     """All loss terms (already weighted) and their sum under 'total'. ``signed_grad`` replaces the
     published gradient loss by :func:`signed_gradient_loss`; ``mask`` (default: the boxes) is the
     pixel loss's "inside" and the attention loss's target."""
-    if not 0.0 <= background_max <= 1.0:
-        raise ValueError(f"loss.background_max={background_max!r} must be in [0, 1]")
+    for name, value in (("background_max", background_max), ("background_max_weak", background_max_weak)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise ValueError(f"loss.{name}={value!r} must be in [0, 1]")
+    if background_max_weak is not None and background_max_weak != background_max:
+        background_max = background_max + (background_max_weak - background_max) * visible_weakness(vis)
     if mask is None and boxes_per_image is not None:
         mask = box_mask(boxes_per_image, fused.shape, fused.device)
     grad = signed_gradient_loss if signed_grad else gradient_loss

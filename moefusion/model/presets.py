@@ -56,6 +56,15 @@ class ModelConfig:
     # head's per-pixel energy prior keeps the detail choice sharp, the decoder's offsets to it and
     # the base weight vary slowly, and the decoder's first conv is the largest layer of the model.
     decoder_stride: int = 1
+    # The whole network (attention, encoders, MoLE, MoGE) runs on the sources average-pooled by this;
+    # only the output head works at full resolution: the blend maps it gets are upsampled
+    # (x network_stride x decoder_stride) and blend the full-resolution pyramids, so no source detail
+    # is lost while the network costs 1/network_stride^2. Pyramid head only.
+    network_stride: int = 1
+    # Soft limit of the fused pixel to the sources' local range: outside [min, max] of both sources
+    # over a 5x5 window it bends into that range +- this margin (tanh), so neither the detail gain nor
+    # the base pushes a pixel beyond what the cameras saw. 0: off (the fused pixel is only clamped).
+    range_margin: float = 0.0
     # What the decoder outputs: the fused pixel (``pixel``, the paper's) or the blend weights of the
     # sources' Laplacian pyramids (``pyramid``, see moefusion/model/pyramid.py).
     output_head: str = "pixel"
@@ -77,6 +86,17 @@ class ModelConfig:
     @property
     def encoder_out(self) -> int:
         return self.stem + 3 * self.growth
+
+    @property
+    def pad_stride(self) -> int:
+        """Inputs are padded to a multiple of this: the deepest FPN level's stride (32) at network
+        resolution."""
+        return 32 * self.network_stride
+
+    @property
+    def map_stride(self) -> int:
+        """The decoder's maps are at 1/map_stride of the (padded) frame."""
+        return self.decoder_stride * self.network_stride
 
     @property
     def decoder_in(self) -> int:
@@ -134,6 +154,7 @@ OUTPUT_HEADS = ("pixel", "pyramid")
 MAX_PYRAMID_LEVELS = 5  # MoEFusion pads inputs to a multiple of 32
 DETECTOR_NORMS = ("frozen", "batch", "group")
 DECODER_STRIDES = (1, 2, 4)  # divide the padding stride (32) down to the head's coarsest level
+NETWORK_STRIDES = (1, 2)
 
 
 def validate_config(cfg: ModelConfig) -> ModelConfig:
@@ -155,6 +176,13 @@ def validate_config(cfg: ModelConfig) -> ModelConfig:
     if cfg.decoder_stride > 1 and cfg.output_head != "pyramid":
         raise ValueError(f"decoder_stride={cfg.decoder_stride} needs output_head='pyramid' "
                          "(a pixel head at reduced resolution would blur the fused image); set decoder_stride=1")
+    if cfg.network_stride not in NETWORK_STRIDES:
+        raise ValueError(f"network_stride={cfg.network_stride}; choose from {', '.join(map(str, NETWORK_STRIDES))}")
+    if cfg.network_stride > 1 and cfg.output_head != "pyramid":
+        raise ValueError(f"network_stride={cfg.network_stride} needs output_head='pyramid' "
+                         "(a pixel head at reduced resolution would blur the fused image); set network_stride=1")
+    if not 0 <= cfg.range_margin <= 0.25:
+        raise ValueError(f"range_margin={cfg.range_margin} must be in [0, 0.25] (0 = off; 4/255 = 4 grey levels)")
     if cfg.detector_norm not in DETECTOR_NORMS:
         raise ValueError(f"detector_norm={cfg.detector_norm!r}; choose from {', '.join(DETECTOR_NORMS)}")
     for name in ("mole", "moge"):

@@ -122,3 +122,26 @@ def pyramid_parts(ir: torch.Tensor, vis: torch.Tensor, maps: torch.Tensor, level
     for d in reversed(details):
         base, detail = pyr_up(base), pyr_up(detail) + d
     return base, detail
+
+
+RANGE_WINDOW = 5  # the local range a fused pixel is held to: both sources over 5x5
+
+
+def local_range(ir: torch.Tensor, vis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lowest, highest) value of both sources over each pixel's 5x5 window, [B, 1, H, W] each."""
+    pad = RANGE_WINDOW // 2
+    hi = F.max_pool2d(torch.maximum(ir, vis), RANGE_WINDOW, stride=1, padding=pad)
+    lo = -F.max_pool2d(-torch.minimum(ir, vis), RANGE_WINDOW, stride=1, padding=pad)
+    return lo, hi
+
+
+def soft_range_limit(fused: torch.Tensor, ir: torch.Tensor, vis: torch.Tensor, margin: float) -> torch.Tensor:
+    """``fused`` bent into the sources' local range: inside [lo, hi] unchanged, beyond it
+    ``hi + margin * tanh((x - hi) / margin)`` (and the same below ``lo``), so no pixel ends more than
+    ``margin`` outside what either camera holds there, and the bend is smooth (gradients flow)."""
+    if margin <= 0:
+        return fused
+    lo, hi = local_range(ir.to(fused.dtype), vis.to(fused.dtype))
+    above = hi + margin * torch.tanh((fused - hi) / margin)
+    below = lo + margin * torch.tanh((fused - lo) / margin)
+    return torch.where(fused > hi, above, torch.where(fused < lo, below, fused))

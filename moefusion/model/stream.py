@@ -73,8 +73,8 @@ def padded_size(h: int, w: int, stride: int = 32) -> tuple[int, int]:
 
 def state_shapes(cfg, batch: int, h: int, w: int) -> dict[str, tuple[int, ...]]:
     """Shapes of the state tensors of a model config for frames of h x w (unpadded)."""
-    hp, wp = padded_size(h, w)
-    s = cfg.decoder_stride
+    hp, wp = padded_size(h, w, cfg.pad_stride)
+    s = cfg.map_stride
     return {
         "scalars": (batch, 5),
         "sources": (batch, 2, hp // 2, wp // 2),

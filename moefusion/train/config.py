@@ -15,6 +15,7 @@ DEFAULTS: dict = {
     "preset": "edge",
     "model": {},  # ModelConfig overrides
     "data": {
+        "root": None,  # relative data.train / data.val paths are under this folder (--data DIR sets it)
         "train": [],  # dataset roots (any layout of moefusion.data), or {video: ROOT, frame_step: N, exclude: [clip]}
         "val": [],  # explicit validation roots; else a held-out fraction of each training root
         "val_fraction": 0.15,
@@ -29,6 +30,7 @@ DEFAULTS: dict = {
         "pixel": 1.0,  # box-masked pixel L1 (paper: 1)
         "signed_grad": False,  # gradient term on signed Sobel responses (keeps edge polarity; paper: False)
         "background_max": 0.0,  # pixel target outside the targets: 0 mean of the sources (paper) .. 1 their max
+        "background_max_weak": None,  # the same where the visible camera sees little (night, smoke); None: as background_max
         "ssim": 0.0,  # weight of 1 - mean SSIM to both sources (paper: none)
         "pseudo_targets": False,  # targets = boxes + thermal saliency on every frame (paper: boxes only)
         "attention": 0.0,  # weight of the loss teaching the attention those targets (paper: none)
@@ -51,7 +53,8 @@ DEFAULTS: dict = {
         "device": "auto",
         "val_every": 1,  # epochs
         "max_steps": None,  # stop early after this many optimiser steps (quick runs)
-        "release": None,  # also write a small fp16 release checkpoint here at the end
+        "release": None,  # also write a small fp16 release checkpoint here at the end ({out}: train.out)
+        "classical_start": False,  # a new pyramid-head model starts as a classical pyramid fusion (MoGE's last conv at 0)
         "init": None,  # start from these weights (fine-tuning; fresh optimiser and schedule), e.g. the bundled ones
     },
 }

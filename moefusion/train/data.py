@@ -1,6 +1,9 @@
 """Training data: the datasets a config names, batches from one root at a time, detection targets."""
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
 from torch.utils.data import Sampler
 
@@ -52,17 +55,34 @@ def detection_targets(batch, modality: str, device):
 
 
 
+def data_fingerprint(datasets) -> str:
+    """sha256 over every pair the run reads (dataset name, id, the two files' names and sizes):
+    the same data gives the same fingerprint on any machine, a changed file or split does not."""
+    h = hashlib.sha256()
+    for ds in datasets:
+        for i, image_id in enumerate(ds.ids):
+            files = ds.paths(i)
+            h.update(f"{ds.name}\t{image_id}".encode())
+            for f in files:
+                h.update(f"\t{Path(f).name}:{Path(f).stat().st_size}".encode())
+            h.update(b"\n")
+    return h.hexdigest()
+
+
 def build_datasets(cfg: dict):
     d = cfg["data"]
     if not d["train"]:
         raise UserError("no training data: give --data ROOT (or data.train in the config)")
+    root = d.get("root")
+    if root and not Path(root).is_dir():
+        raise UserError(f"data root not found: {root} (give the folder that holds the config's data sets: --data DIR)")
     if min(d["crop"]) < 96:
         # the detectors' coarsest level (stride 64) needs at least 2x2 cells for BatchNorm at batch 1
         raise UserError(f"data.crop={d['crop']} is too small; use at least [96, 96]")
     transform = train_transform(tuple(d["crop"]), scale_range=tuple(d["scale_range"]) if d["scale_range"] else None)
     train_sets, val_sets = [], []
     for entry in d["train"]:
-        full = PairedDataset(dataset_root(entry))
+        full = PairedDataset(dataset_root(entry, root))
         if d["val_fraction"]:
             train_ids, val_ids = split_ids(full.ids, d["val_fraction"], seed=cfg["train"]["seed"])
         else:
@@ -71,7 +91,7 @@ def build_datasets(cfg: dict):
         if val_ids:
             val_sets.append(full.subset(val_ids, transform=None))
     for entry in d["val"]:
-        val_sets.append(PairedDataset(dataset_root(entry)))
+        val_sets.append(PairedDataset(dataset_root(entry, root)))
     train = ConcatPairs(train_sets)
     val = ConcatPairs(val_sets) if val_sets else None
     return train, val

@@ -22,7 +22,7 @@ from ..model import build_model
 from ..model.attention import BACKBONE_WEIGHTS, backbone_weights_enum
 from ..model.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
 from ..model.losses import fusion_losses, target_mask
-from .data import GroupedBatchSampler, build_datasets, detection_targets
+from .data import GroupedBatchSampler, build_datasets, data_fingerprint, detection_targets
 from .validate import validate
 
 log = logging.getLogger("moefusion.train")
@@ -81,6 +81,18 @@ def _load_backbones(model) -> None:
     log.info("detector backbones: torchvision %s (%d frozen parameter tensors)", weights, len(frozen))
 
 
+def _classical_start(model) -> None:
+    """MoGE's last conv at zero: the pyramid head's maps are 0, i.e. a classical pyramid fusion (mean
+    base, energy-selected detail), from which training learns where to depart."""
+    if model.cfg.output_head != "pyramid":
+        raise UserError("train.classical_start needs output_head=pyramid (a pixel head would output zeros)")
+    bank = model.moge.experts
+    with torch.no_grad():
+        bank.weights[-1].zero_()
+        bank.biases[-1].zero_()
+    log.info("MoGE's last conv starts at zero: a classical pyramid fusion")
+
+
 def _lr_factor(epoch: int, it: int, optim_cfg: dict) -> float:
     factor = 0.1 ** sum(epoch >= s for s in optim_cfg["lr_steps"])
     warm = optim_cfg["warmup_iters"]
@@ -96,17 +108,58 @@ def _seed_all(seed: int):
     torch.manual_seed(seed)
 
 
-def train(cfg: dict, resume: str | None = None) -> Path:
+RESUME_IGNORES = (("train", "max_steps"), ("train", "device"), ("data", "workers"))  # may change between sittings
+
+
+def _config_differences(a: dict, b: dict, where: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        name = f"{where}{k}"
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out += _config_differences(a[k], b[k], name + ".")
+        elif a.get(k) != b.get(k) and tuple(name.split(".")) not in RESUME_IGNORES:
+            out.append(name)
+    return out
+
+
+def unfinished_run(cfg: dict) -> Path | None:
+    """``<out>/last.pt`` when it is this config's run (the same command run again resumes it);
+    UserError when it is another config's (a different run would be overwritten)."""
+    last = Path(cfg["train"]["out"]) / "last.pt"
+    if not last.is_file():
+        return None
+    saved = read_checkpoint(last)["meta"].get("train_config") or {}
+    differ = _config_differences(saved, cfg)
+    if differ:
+        raise UserError(f"{last} is a run of another config (differs in {', '.join(differ[:6])}); "
+                        f"give a new --out, or --resume {last} to continue that run as it was")
+    return last
+
+
+def train(cfg: dict, resume: str | None = None, recipe: dict | None = None) -> Path:
+    """Train as ``cfg`` says; ``recipe`` (the command, the config file as loaded) is recorded in every
+    checkpoint with a fingerprint of the data. Without ``resume``, an unfinished run of the same
+    config in ``train.out`` is resumed."""
     rank, world, local = _setup_distributed()
     device = _device(cfg, local)
     _seed_all(cfg["train"]["seed"] + rank)
     out_dir = Path(cfg["train"]["out"])
+
+    train_set, val_set = build_datasets(cfg)
+    if resume is None and not cfg["train"]["init"]:
+        found = unfinished_run(cfg)
+        if found is not None:
+            resume = str(found)
+            if rank == 0:
+                log.info("resuming the unfinished run in %s (same config)", found)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-
-    train_set, val_set = build_datasets(cfg)
+    recipe = dict(recipe or {})
+    recipe["data_fingerprint"] = data_fingerprint(train_set.datasets + (val_set.datasets if val_set else []))
     if rank == 0:
+        log.info("data fingerprint: %s", recipe["data_fingerprint"][:16])
         log.info("training data:\n%s", train_set.report())
         if val_set is not None:
             log.info("validation data:\n%s", val_set.report())
@@ -114,6 +167,13 @@ def train(cfg: dict, resume: str | None = None) -> Path:
     state = None
     if resume:
         state = read_checkpoint(resume)
+        first = state["meta"].get("recipe")
+        if first:  # the run's recipe is the command that started it; later sittings are listed
+            sittings = first.get("resumed", []) + [recipe.get("command")]
+            if first.get("data_fingerprint") != recipe["data_fingerprint"]:
+                log.warning("the data changed since this run started (fingerprint %s, now %s)",
+                            str(first.get("data_fingerprint"))[:16], recipe["data_fingerprint"][:16])
+            recipe = {**first, "resumed": sittings}
         model = model_from_checkpoint(state, source=resume).train()
     elif cfg["train"]["init"]:
         init = cfg["train"]["init"]
@@ -130,6 +190,8 @@ def train(cfg: dict, resume: str | None = None) -> Path:
             overrides.setdefault("class_names", list(train_set.class_names))
         model = build_model(cfg["preset"], dispatch="sparse", **overrides)
         _load_backbones(model)
+        if cfg["train"]["classical_start"]:
+            _classical_start(model)
     model.to(device).train()
     core = model
     if world > 1:
@@ -193,7 +255,9 @@ def train(cfg: dict, resume: str | None = None) -> Path:
                                   mask=mask, attention_maps=out.attention_maps,
                                   attention_weight=float(loss_cfg["attention"]),
                                   detail_weight=float(loss_cfg["detail"]),
-                                  pixel_levels=int(loss_cfg["pixel_levels"]))
+                                  pixel_levels=int(loss_cfg["pixel_levels"]),
+                                  background_max_weak=None if loss_cfg["background_max_weak"] is None
+                                  else float(loss_cfg["background_max_weak"]))
             routing.add(out.gatings)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(terms["total"]).backward()
@@ -228,17 +292,20 @@ def train(cfg: dict, resume: str | None = None) -> Path:
         history.append(record)
         if rank == 0:
             log.info("%s", "  ".join(f"{k}={v}" for k, v in record.items()))
-            meta = {"epoch": epoch + 1, "step": step, "history": history, "train_config": cfg, "frozen": frozen}
+            meta = {"epoch": epoch + 1, "step": step, "history": history, "train_config": cfg, "frozen": frozen,
+                    "recipe": recipe}
             save_checkpoint(last_path, core, meta=meta, optimizer=optimizer.state_dict(),
                             scaler=scaler.state_dict() if use_amp else {})
         if done:
             break
 
-    if rank == 0 and cfg["train"]["release"]:
+    release = cfg["train"]["release"]
+    if rank == 0 and release:
+        release = str(release).replace("{out}", str(out_dir))
         meta = {"epoch": history[-1]["epoch"] if history else 0, "step": step, "history": history,
-                "train_config": cfg, "frozen": frozen}
-        save_checkpoint(cfg["train"]["release"], core, meta=meta, half=True)
-        log.info("release checkpoint: %s", cfg["train"]["release"])
+                "train_config": cfg, "frozen": frozen, "recipe": recipe}
+        save_checkpoint(release, core, meta=meta, half=True)
+        log.info("release checkpoint: %s", release)
     if world > 1:
         dist.destroy_process_group()
     return last_path
