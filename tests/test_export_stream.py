@@ -137,9 +137,10 @@ def test_stream_flags_validated():
 def test_triton_sequence_batcher_state(tmp_path, stream_onnx):
     from test_export_triton import parse_config
 
-    run_export({"weights": str(stream_onnx), "format": "triton", "stream": True, "imgsz": (H, W),
-                "output": str(tmp_path / "repo")})
-    cfg = parse_config(next((tmp_path / "repo").glob("*/config.pbtxt")))
+    res = run_export({"weights": str(stream_onnx), "format": "triton", "stream": True, "imgsz": (H, W),
+                      "output": str(tmp_path / "repo")})
+    cfg = parse_config(res.outputs[0] / "config.pbtxt")  # the model (beside it: the frames ensemble's folders)
+    assert not cfg.model_warmup  # a warm-up request would leave its state behind
     assert [i.name for i in cfg.input] == ["ir", "vis"]
     assert [o.name for o in cfg.output] == ["fused", "attention"]
     states = {s.input_name: s for s in cfg.sequence_batching.state}
