@@ -324,6 +324,32 @@ def test_plugin_flavour_nodes_and_reference_numerics(which, shared_data, tmp_pat
         np.testing.assert_array_equal(got[2 + i], routes[i])
 
 
+def test_plugin_onnx_of_the_default_model(tmp_path):
+    """What docs/export.md and kernels/README.md say the default model's plugin ONNX holds: 3 MoECombine
+    and no MoEGate (its moments gates are standard ops: the gate plugin implements the grid descriptor)."""
+    model = make_model("edge")  # the bundled weights where they exist
+    assert {layer.pool for layer in (model.mole_fg, model.mole_bg, model.moge)} == {"moments"}
+    path = run_export({"plugins": "on", "opset": 17, "output": str(tmp_path / "edge.plugins.onnx")}, model=model).outputs[0]
+    proto = onnx.load(str(path))
+    _plugin_nodes_match(proto, model)
+    assert not [n for n in proto.graph.node if n.op_type == "MoEGate"]
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32: no fp16 plugin path
+
+
+def test_docs_trtexec_lines_match_the_plugins():
+    """The plugin ONNX is fp32 (no fp16/INT8 conversion of the plugin nodes): every documented trtexec
+    build that loads the plugin library is strongly typed, without --fp16/--int8/--best."""
+    root = Path(__file__).resolve().parents[1]
+    commands = []
+    for doc in [*sorted((root / "docs").glob("*.md")), root / "kernels" / "README.md", root / "README.md"]:
+        text = doc.read_text().replace("\\\n", " ")
+        commands += [(doc.name, line) for line in text.splitlines() if line.lstrip().startswith("trtexec ")]
+    plugin_builds = [(d, c) for d, c in commands if "--dynamicPlugins" in c and "--onnx" in c]
+    assert plugin_builds, "the docs show how to build the plugin ONNX with trtexec"
+    for doc, cmd in plugin_builds:
+        assert "--stronglyTyped" in cmd and not {"--fp16", "--int8", "--best"} & set(cmd.split()), (doc, cmd)
+
+
 @pytest.mark.slow
 def test_plugin_flavour_dynamo_exporter(tmp_path):
     model = _grid_gate_model()
