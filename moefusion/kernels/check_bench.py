@@ -1,12 +1,15 @@
 """The timed steps of ``python -m moefusion.kernels.check``: each kernel against the PyTorch ops it
-replaces, whole MoE layers by dispatch, and the whole model per preset and dispatch."""
+replaces, whole MoE layers by dispatch, and the whole model per preset and dispatch.
+
+Each function writes its rows to a ``StepSink`` as it measures them (a step stopped at its budget keeps
+them) and stops measuring, with a "skipped: time budget" row, when less than ``need`` seconds are left."""
 from __future__ import annotations
 
 import os
 import time
 import traceback
 
-from .check_report import TARGET_MS, Budget, Report, Row, fmt_ms
+from .check_report import TARGET_MS, Budget, Row, StepSink, fmt_ms
 
 
 # ----------------------------------------------------------------------------- timing
@@ -15,7 +18,7 @@ def _timer(device: str, iters: int):
 
     if device == "cuda":
         return lambda fn, *a, graph=True: fast.time_cuda(fn, *a, iters=iters, warmup=3, graph=graph)
-    return lambda fn, *a, graph=True: fast.time_host(fn, *a, iters=2)
+    return lambda fn, *a, graph=True: fast.time_host(fn, *a, iters=max(1, min(iters, 2)))
 
 
 def _try(fn):
@@ -34,7 +37,10 @@ def _rel(a, b) -> float:
 
 
 # ----------------------------------------------------------------------------- kernel benchmarks
-def step_kernel_benchmarks(report: Report, device: str, scale: float, iters: int, batches, budget: Budget) -> None:
+def kernel_benchmarks(sink: StepSink, device: str, scale: float, iters: int, batches, budget: Budget,
+                      need: float = 10.0) -> tuple[str, str]:
+    """Each kernel against the PyTorch ops it replaces, then whole MoE layers by dispatch strategy.
+    Returns (status, detail)."""
     import torch
 
     # here, as in _timer: these import torch (+4.4 s CPU on `python -m moefusion.kernels.check --help`)
@@ -44,7 +50,7 @@ def step_kernel_benchmarks(report: Report, device: str, scale: float, iters: int
 
     t_step = time.monotonic()
     timer = _timer(device, iters)
-    gpu = report.env.get("gpu", "")
+    gpu = sink.env.get("gpu", "")
     dt = torch.float16 if device == "cuda" else torch.float32
     H, W = max(8, int(480 * scale)), max(8, int(640 * scale))
     g_l = (max(1, int(120 * scale)), max(1, int(160 * scale)))  # MoLE grid
@@ -55,20 +61,20 @@ def step_kernel_benchmarks(report: Report, device: str, scale: float, iters: int
         return t.contiguous(memory_format=torch.channels_last)
 
     def pair(name, config, B, torch_fn, ours_fn, args, compare=True):
-        if budget.left_before_reserve() < 20:
-            report.rows.append(Row("kernel", name, config, B, note="skipped: time budget", gpu=gpu))
+        if budget.left() < need:
+            sink.add(Row("kernel", name, config, B, note="skipped: time budget", gpu=gpu))
             return
         tm, err1 = _try(lambda: timer(torch_fn, *args))
         om, err2 = _try(lambda: timer(ours_fn, *args))
         note = err1 or err2
-        report.row_errors += bool(err2)
+        sink.row_errors += bool(err2)
         if compare and not note:
             with torch.inference_mode():
                 a, b = ours_fn(*args), torch_fn(*args)
             a = a if isinstance(a, torch.Tensor) else a[-1]
             b = b if isinstance(b, torch.Tensor) else b[-1]
             note = f"rel err {_rel(a.float(), b.float()):.1e}"
-        report.rows.append(Row("kernel", name, config, B, tm, om, note, gpu))
+        sink.add(Row("kernel", name, config, B, tm, om, note, gpu))
         print(f"  {name:34s} B={B} torch {fmt_ms(tm):>8} ms  ours {fmt_ms(om):>8} ms  {note}", flush=True)
 
     for B in batches:
@@ -110,8 +116,8 @@ def step_kernel_benchmarks(report: Report, device: str, scale: float, iters: int
     # whole MoE layers by strategy
     for B in batches:
         for label, G, chans in (("MoGE experts", 1, [160, 64, 32, 16, 1]), ("MoLE experts", 2, [16, 8, 16])):
-            if budget.left_before_reserve() < 20:
-                report.rows.append(Row("moe layer", label, "", B, note="skipped: time budget", gpu=gpu))
+            if budget.left() < need:
+                sink.add(Row("moe layer", label, "", B, note="skipped: time budget", gpu=gpu))
                 continue
             E, k = 4, 2
             layers = [((torch.randn(E, co, ci, 3, 3, device=device) * (2 / (9 * ci)) ** 0.5).to(dt),
@@ -137,18 +143,20 @@ def step_kernel_benchmarks(report: Report, device: str, scale: float, iters: int
 
                 ms, err = _try(lambda: timer(run, x, idx, wts, graph=strategy is not None))
                 note = err
-                report.row_errors += bool(err)
+                sink.row_errors += bool(err)
                 if not err:
                     with torch.inference_mode():
                         note = f"rel err {_rel(run(x, idx, wts).float(), ref):.1e}"
                 if strategy and not use:
                     base[strategy] = ms
-                report.rows.append(Row("moe layer", f"{label}: {vname}", f"{'->'.join(map(str, chans))} {H}x{W}",
-                                       B, base.get(strategy) if strategy and use else None, ms, note, gpu))
+                sink.add(Row("moe layer", f"{label}: {vname}", f"{'->'.join(map(str, chans))} {H}x{W}",
+                             B, base.get(strategy) if strategy and use else None, ms, note, gpu))
                 print(f"  {label}: {vname:30s} B={B} {fmt_ms(ms):>8} ms  {note}", flush=True)
-    errors, report.row_errors = report.row_errors, 0
-    report.step("kernel benchmarks", "FAIL" if errors else "ok", time.monotonic() - t_step,
-                f"{errors} measurement(s) failed" if errors else "")
+    errors = sink.row_errors
+    skipped = sum("skipped" in r.note for r in sink.rows)
+    detail = f"{len(sink.rows) - skipped} measured" + (f", {skipped} skipped (time budget)" if skipped else "")
+    detail += f", {errors} failed" if errors else ""
+    return ("FAIL" if errors else "ok"), f"{detail} in {time.monotonic() - t_step:.0f} s"
 
 
 # ----------------------------------------------------------------------------- whole model
@@ -183,50 +191,72 @@ def _prepare_model(preset: str, dispatch: str, device: str):
     return randomize_gates(build_model(preset, dispatch=dispatch), seed=1, scale=None).to(device).eval()
 
 
-def step_model_benchmarks(report: Report, device: str, scale: float, iters: int, batches, presets, budget: Budget,
-                          compile_too: bool, forward: str) -> None:
+
+
+# (label, model dispatch, fp16, channels-last, CUDA graph, kernels strategy (None: PyTorch ops), torch.compile)
+EAGER = ("eager fp32, sparse (reference output)", "sparse", False, False, False, None, False)
+GRAPH_VARIANTS = [  # the headline number first
+    ("fp16 CL graph, sparse + kernels", "sparse", True, True, True, "gathered", False),
+    ("fp16 CL graph, sparse, PyTorch ops", "sparse", True, True, True, None, False),
+    ("fp16 CL graph, dense, PyTorch ops", "dense", True, True, True, None, False),
+    ("fp16 CL graph, dense + kernels (dense strategy)", "dense", True, True, True, "dense", False),
+    ("fp32 CL graph, sparse + kernels", "sparse", False, True, True, "gathered", False),
+]
+COMPILE_VARIANT = ("fp16 CL graph, sparse + kernels + torch.compile", "sparse", True, True, True, "gathered", True)
+# the dry run (CPU, tiny frames): one row per dispatch, the same code path as the GPU rows' reference
+DRY_VARIANTS = [EAGER, ("eager fp32, dense", "dense", False, False, False, None, False)]
+
+
+def model_benchmarks(sink: StepSink, device: str, scale: float, iters: int, plan, budget: Budget, forward: str,
+                     need: float = 25.0) -> tuple[str, str]:
+    """Whole-model rows: ``plan`` is a list of (preset, batch, variant), measured in that order; each row's
+    output is compared with eager fp32 (sparse) of the same preset and batch (measured by the plan's EAGER
+    row, or run once untimed). Returns (status, detail)."""
     import torch
 
     from . import fast, ops  # here, as in _timer: imports torch (+4.4 s CPU on moefusion.kernels.check --help)
 
     t_step = time.monotonic()
-    gpu = report.env.get("gpu", "")
+    gpu = sink.env.get("gpu", "")
     timer = _timer(device, iters)
     H, W = max(32, int(480 * scale) // 32 * 32), max(32, int(640 * scale) // 32 * 32)
-    half = torch.float16 if device == "cuda" else None
+    torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks its fastest algorithms (as kernel_benchmarks)
 
     def call(model, ir, vis):
         fn = model if forward == "__call__" else getattr(model, forward)
         return _first_tensor(fn(ir, vis))
 
-    # (label, dispatch, dtype, channels_last, graph, kernels, compile)
-    plain = [
-        ("eager fp32, sparse (reference output)", "sparse", None, False, False, False, False),
-        ("fp32 CL graph, sparse + kernels", "sparse", None, True, True, True, False),
-        ("fp16 CL graph, dense", "dense", half, True, True, False, False),
-        ("fp16 CL graph, sparse, PyTorch ops", "sparse", half, True, True, False, False),
-        ("fp16 CL graph, sparse + kernels", "sparse", half, True, True, True, False),
-    ]
-    compiled = [("fp16 CL graph, sparse + kernels + torch.compile", "sparse", half, True, True, True, True)]
-    # the most important measurements first: batch 1 of both presets, then batch 8, then torch.compile
-    plan = [(p, batches[0], v) for p in presets for v in plain]
-    plan += [(p, b, v) for b in batches[1:] for p in presets for v in plain if not v[0].startswith(("eager", "fp32"))]
-    if compile_too:
-        plan += [(p, batches[0], v) for p in presets for v in compiled]
+    def frames(B):
+        gen = torch.Generator().manual_seed(B)
+        return torch.rand(B, 1, H, W, generator=gen).to(device), torch.rand(B, 1, H, W, generator=gen).to(device)
+
     references = {}
-    for preset, B, (label, dispatch, dtype, chl, graph, use, comp) in plan:
-        if budget.left() < (100 if comp else 25):
-            report.rows.append(Row("model", f"{preset}: {label}", f"{W}x{H}", B, note="skipped: time budget", gpu=gpu))
+
+    def reference(preset, B):
+        if (preset, B) not in references:
+            model = _prepare_model(preset, "sparse", device)
+            with torch.inference_mode():
+                out = call(model, *frames(B))
+            references[(preset, B)] = out.float().clone() if out is not None else None
+            del model
+        return references[(preset, B)]
+
+    failed = measured = skipped = 0
+    for preset, B, (label, dispatch, half, chl, graph, strategy, comp) in plan:
+        name = f"{preset}: {label}"
+        if budget.left() < need * (2 if comp else 1):
+            sink.add(Row("model", name, f"{W}x{H}", B, note="skipped: time budget", gpu=gpu))
+            skipped += 1
             continue
         t = time.monotonic()
-        gen = torch.Generator().manual_seed(B)
-        ir = torch.rand(B, 1, H, W, generator=gen).to(device)
-        vis = torch.rand(B, 1, H, W, generator=gen).to(device)
+        ir, vis = frames(B)
+        dtype = torch.float16 if half and device == "cuda" else None
+        use = strategy is not None
 
         def measure():
             model = _prepare_model(preset, dispatch, device)
             if use:
-                fast.accelerate(model)
+                fast.accelerate(model, strategy=strategy)
             calls0 = sum(ops.CALLS.values())
             with fast.use_kernels(use):
                 if device == "cuda" and (graph or comp or dtype is not None):
@@ -244,14 +274,21 @@ def step_model_benchmarks(report: Report, device: str, scale: float, iters: int,
 
         res, err = _try(measure)
         note, ms = err, None
-        if res is not None:
+        if res is None:
+            failed += 1
+        else:
+            measured += 1
             ms, out, calls = res
             parts = []
-            if label.startswith("eager"):
+            if label == EAGER[0]:
                 references[(preset, B)] = out
             elif use:
                 parts.append(f"kernel launches captured: {calls}" if calls else "model used no kernels")
             ref = references.get((preset, B))
+            if ref is None and label != EAGER[0]:
+                ref, rerr = _try(lambda: reference(preset, B))
+                if rerr:
+                    parts.append(f"no reference: {rerr}")
             if ref is not None and out is not None and out is not ref and out.shape == ref.shape:
                 parts.append(f"rel err vs eager fp32 {_rel(out, ref):.1e}")
             if B > 1:
@@ -260,9 +297,10 @@ def step_model_benchmarks(report: Report, device: str, scale: float, iters: int,
             if B == 1 and target and device == "cuda" and dtype is not None:
                 parts.append(f"target <= {target} ms {'met' if ms <= target else 'missed'}")
             note = "; ".join(parts)
-        report.rows.append(Row("model", f"{preset}: {label}", f"{W}x{H} ({time.monotonic() - t:.0f} s)", B,
-                               None, ms, note, gpu))
-        print(f"  {preset}: {label:48s} B={B} {fmt_ms(ms):>8} ms  {note}", flush=True)
+        sink.add(Row("model", name, f"{W}x{H} ({time.monotonic() - t:.0f} s)", B, None, ms, note, gpu))
+        print(f"  {name:56s} B={B} {fmt_ms(ms):>8} ms  {note}", flush=True)
         if device == "cuda":
             torch.cuda.empty_cache()
-    report.step("whole-model benchmarks", "ok", time.monotonic() - t_step)
+    detail = f"{measured} measured" + (f", {skipped} skipped (time budget)" if skipped else "") + \
+        (f", {failed} failed" if failed else "") + f" in {time.monotonic() - t_step:.0f} s"
+    return ("FAIL" if failed else "ok"), detail
