@@ -493,8 +493,8 @@ def step_ort(ctx: Context):
     if ctx.dry:
         return "skipped", f"needs a GPU (dry run); {have}", {"providers": providers}
     if "CUDAExecutionProvider" not in providers:
-        return "skipped", (f"{have} has no CUDAExecutionProvider: carry onnxruntime-gpu's wheels to the GPU "
-                           "machine (docs/kernels.md)"), {"providers": providers}
+        return "skipped", (f"{have} has no CUDAExecutionProvider: install onnxruntime-gpu (in place of "
+                           "onnxruntime) to time it"), {"providers": providers}
     return _bench(ctx, "onnxruntime", ["fp32", "fp16"])
 
 
