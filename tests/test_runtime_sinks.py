@@ -208,6 +208,28 @@ def test_output_user_errors(tmp_path, monkeypatch):
 
 
 @gst_test
+def test_file_output_on_a_jetson_without_nvenc_encodes_in_software(tmp_path, monkeypatch):
+    """make_sink with --encoder auto on an Orin Nano (JetPack's elements faked into the registry,
+    NVENC missing): x264enc; on an Orin NX (NVENC's device node): nvv4l2h264enc."""
+    from moefusion.runtime.jetson import JetsonFacts
+
+    real = gstmod.element_exists
+    fake = lambda name: name in ("nvv4l2h264enc", "nvvidconv", "nvv4l2decoder") or real(name)  # noqa: E731
+    monkeypatch.setattr(gstmod, "element_exists", fake)
+    monkeypatch.setattr(launch, "element_exists", fake)
+    if not real("x264enc"):
+        pytest.skip("x264enc is not installed here")
+    monkeypatch.setattr(launch.jetsonmod, "read_facts",
+                        lambda: JetsonFacts(model="NVIDIA Jetson Orin Nano Developer Kit", tegra_release=True))
+    s = make_sink(parse_output_uri(str(tmp_path / "nano.mp4")), 30.0)
+    assert isinstance(s, GstFileSink) and s.encoder == "x264enc"
+    monkeypatch.setattr(launch.jetsonmod, "read_facts",
+                        lambda: JetsonFacts(model="NVIDIA Jetson Orin NX", tegra_release=True, nvenc_nodes=("v4l2-nvenc",)))
+    s = make_sink(parse_output_uri(str(tmp_path / "nx.mp4")), 30.0)
+    assert isinstance(s, GstFileSink) and s.encoder == "nvv4l2h264enc"  # not started: no frame was written
+
+
+@gst_test
 @pytest.mark.skipif(gstmod.element_exists("rtspclientsink"), reason="rtspclientsink is installed here")
 def test_rtsp_output_without_rtspclientsink_names_the_package():
     with pytest.raises(UserError) as e:

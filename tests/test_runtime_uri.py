@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 import pytest
 
 from moefusion.errors import UserError
 from moefusion.runtime import gst
+from moefusion.runtime.jetson import JetsonFacts, read_facts
 from moefusion.runtime.sinks import launch
 from moefusion.runtime.uri import (
     StreamOptions,
@@ -157,13 +159,129 @@ def test_v4l2_launch_thermal_y16():
     assert s.endswith("video/x-raw,format=GRAY16_LE ! appsink name=sink max-buffers=2 drop=true sync=false enable-last-sample=false")
 
 
-def test_v4l2_launch_mjpg_and_yuyv_vis():
+def test_v4l2_launch_mjpg_and_yuyv_vis(monkeypatch):
+    monkeypatch.delenv("MOEFUSION_MJPEG_DECODER", raising=False)
+    monkeypatch.setattr(gst.jetsonmod, "read_facts", lambda: JetsonFacts())  # not a Jetson: jpegdec
     s = L("v4l2:///dev/video0", "vis", width=1280, height=720, rate=30, format="MJPG", flip="horizontal")
     assert "image/jpeg,width=1280,height=720,framerate=30/1 ! jpegdec ! videoconvert ! videoflip video-direction=horiz" in s
     assert "video/x-raw,format=BGR ! appsink" in s
     s = L("/dev/video0?io-mode=2", "vis", format="YUYV")
     assert s.startswith("v4l2src device=/dev/video0 io-mode=2 ! video/x-raw,format=YUY2 ! videoconvert")
     assert L("/dev/video0", "vis").startswith("v4l2src device=/dev/video0 ! videoconvert")
+
+
+def has(*names):
+    """A faked element registry."""
+    return lambda name: name in names
+
+
+ORIN_NANO = "NVIDIA Jetson Orin Nano Developer Kit"
+ORIN_NX = "NVIDIA Jetson Orin NX Engineering Reference Developer Kit"
+JETPACK = ("nvv4l2decoder", "nvjpegdec", "nvvidconv", "nvv4l2h264enc", "videoconvert", "h264parse")
+
+
+def test_mjpeg_decoder_choice():
+    """MJPG cameras: on a Jetson the JPEG engine (nvv4l2decoder mjpeg=1, else nvjpegdec) where the
+    element is installed; elsewhere, or without them, jpegdec on the CPU."""
+    pick = gst.pick_mjpeg_decoder
+    assert pick(jetson=False, has_element=has(*JETPACK)) == "jpegdec"
+    assert pick(jetson=True, has_element=has(*JETPACK)) == "nvv4l2decoder"
+    assert pick(jetson=True, has_element=has("nvv4l2decoder", "nvjpegdec")) == "nvjpegdec"  # no nvvidconv
+    assert pick(jetson=True, has_element=has("nvjpegdec")) == "nvjpegdec"
+    assert pick(jetson=True, has_element=has()) == "jpegdec"
+    assert pick(jetson=True, has_element=has(*JETPACK), forced="jpegdec") == "jpegdec"
+    with pytest.raises(UserError, match="MOEFUSION_MJPEG_DECODER=avdec_mjpeg: use one of nvv4l2decoder, nvjpegdec, jpegdec"):
+        pick(jetson=True, has_element=has(*JETPACK), forced="avdec_mjpeg")
+
+    uri, opts = parse_input_uri("/dev/video0", "--vis"), StreamOptions(width=1280, height=720, rate=30, format="MJPG").validate("vis")
+    hw = gst.source_launch(uri, opts, "vis", mjpeg_decoder="nvv4l2decoder")
+    assert ("v4l2src device=/dev/video0 ! image/jpeg,width=1280,height=720,framerate=30/1 ! nvv4l2decoder mjpeg=1 ! "
+            "nvvidconv ! video/x-raw ! videoconvert ! video/x-raw,format=BGR ! appsink") in hw
+    assert gst.launch_elements(hw) == ["v4l2src", "nvv4l2decoder", "nvvidconv", "videoconvert", "appsink"]
+    nj = gst.source_launch(uri, opts, "vis", mjpeg_decoder="nvjpegdec", yuv=True)
+    assert "framerate=30/1 ! nvjpegdec ! video/x-raw ! videoconvert ! video/x-raw,format=I420,colorimetry=bt601 ! appsink" in nj
+    assert "! jpegdec ! videoconvert !" in gst.source_launch(uri, opts, "vis", mjpeg_decoder="jpegdec")
+    assert gst.ELEMENT_PACKAGES["nvv4l2decoder"].startswith("NVIDIA JetPack")
+
+
+def test_mjpeg_decoder_from_this_machines_facts(monkeypatch, caplog):
+    """source_launch without a decoder asks the machine (faked here) and logs the choice."""
+    monkeypatch.setattr(logging.getLogger("moefusion"), "propagate", True)  # whatever a CLI test set before
+    monkeypatch.delenv("MOEFUSION_MJPEG_DECODER", raising=False)
+    monkeypatch.setattr(gst, "element_exists", has(*JETPACK))
+    monkeypatch.setattr(gst.jetsonmod, "read_facts", lambda: JetsonFacts(model=ORIN_NANO, tegra_release=True))
+    with caplog.at_level(logging.INFO, logger="moefusion.runtime"):
+        s = L("/dev/video0", "vis", format="MJPG")
+    assert "! nvv4l2decoder mjpeg=1 ! nvvidconv ! video/x-raw ! videoconvert" in s
+    assert f"MJPG camera decoder: nvv4l2decoder (hardware JPEG decode on {ORIN_NANO})" in caplog.text
+    monkeypatch.setattr(gst, "element_exists", has())
+    with caplog.at_level(logging.INFO, logger="moefusion.runtime"):
+        assert "! jpegdec !" in L("/dev/video0", "vis", format="MJPG")
+    assert "on the CPU: neither nvv4l2decoder (with nvvidconv) nor nvjpegdec is installed" in caplog.text
+    monkeypatch.setattr(gst, "element_exists", has(*JETPACK))
+    monkeypatch.setattr(gst.jetsonmod, "read_facts", lambda: JetsonFacts())  # a PC with the elements: still jpegdec
+    assert "! jpegdec !" in L("/dev/video0", "vis", format="MJPG")
+    monkeypatch.setattr(gst.jetsonmod, "read_facts", lambda: JetsonFacts(model=ORIN_NX))
+    monkeypatch.setenv("MOEFUSION_MJPEG_DECODER", "jpegdec")
+    assert "! jpegdec !" in L("/dev/video0", "vis", format="MJPG")
+
+
+def test_jetson_facts(tmp_path, monkeypatch):
+    """Module and NVENC from the device-tree model and /dev (as samples/jetson/jetson_detect.sh)."""
+    model, dev, rel = tmp_path / "model", tmp_path / "dev", tmp_path / "nv_tegra_release"
+    dev.mkdir()
+    model.write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\0")
+
+    def facts():
+        return read_facts(str(model), str(dev), tegra_release_file=str(rel))
+
+    f = facts()
+    assert f.model == "NVIDIA Jetson AGX Orin Developer Kit" and f.is_jetson and not f.is_orin_nano
+    assert not f.has_nvenc  # no device node
+    (dev / "nvhost-msenc").touch()
+    assert facts().has_nvenc and facts().nvenc_nodes == ("nvhost-msenc",)
+    model.write_bytes(ORIN_NANO.encode() + b"\0")
+    assert facts().is_orin_nano and not facts().has_nvenc  # a node, but a Nano: no NVENC
+    model.write_bytes(ORIN_NX.encode() + b"\0")
+    (dev / "nvhost-msenc").unlink()
+    (dev / "v4l2-nvenc").touch()
+    assert facts().has_nvenc
+    pc = read_facts(str(tmp_path / "missing"), str(tmp_path / "nodev"), tegra_release_file=str(rel))
+    assert (pc.model, pc.is_jetson, pc.has_nvenc, pc.name) == ("", False, False, "this machine")
+    rel.touch()
+    assert read_facts(str(tmp_path / "missing"), str(dev), tegra_release_file=str(rel)).is_jetson
+    monkeypatch.setenv("MOEFUSION_DT_MODEL", str(model))
+    monkeypatch.setenv("MOEFUSION_DEV", str(dev))
+    assert read_facts(tegra_release_file=str(rel)) == JetsonFacts(model=ORIN_NX, tegra_release=True,
+                                                                  nvenc_nodes=("v4l2-nvenc",))
+
+
+def test_auto_encoder_needs_nvenc(caplog, monkeypatch):
+    """--encoder auto: nvv4l2h264enc only where the module has NVENC; an Orin Nano (the element
+    installed, no NVENC) and a PC get a software encoder. The element registry is faked."""
+    monkeypatch.setattr(logging.getLogger("moefusion"), "propagate", True)  # whatever a CLI test set before
+    pick = launch.pick_encoder
+    every = has(*JETPACK, "x264enc", "openh264enc")
+    nano = JetsonFacts(model=ORIN_NANO, tegra_release=True, nvenc_nodes=("nvhost-msenc",))
+    nx = JetsonFacts(model=ORIN_NX, tegra_release=True, nvenc_nodes=("v4l2-nvenc",))
+    assert pick(has_element=every, facts=nx) == "nvv4l2h264enc"
+    with caplog.at_level(logging.INFO, logger="moefusion.runtime"):
+        assert pick(has_element=every, facts=nano) == "x264enc"
+    assert f"H.264 encoder: x264enc (--encoder auto; nvv4l2h264enc is installed but {ORIN_NANO} has no NVENC" in caplog.text
+    assert pick(has_element=every, facts=JetsonFacts()) == "x264enc"
+    assert pick(has_element=has(*JETPACK, "openh264enc"), facts=nano) == "openh264enc"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="moefusion.runtime"):
+        assert pick(has_element=has(*JETPACK), facts=nano) is None  # only the hardware element: none usable
+    assert "no software H.264 encoder" in caplog.text and "gstreamer1.0-plugins-ugly" in caplog.text
+    assert pick(has_element=has("videoconvert", "h264parse"), facts=nx) is None
+    # an explicit choice is kept (warned where no NVENC is found); a missing element is None
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="moefusion.runtime"):
+        assert pick("nvv4l2h264enc", has_element=every, facts=nano) == "nvv4l2h264enc"
+    assert "--encoder nvv4l2h264enc" in caplog.text and "no NVENC" in caplog.text
+    assert pick("x264enc", has_element=has(*JETPACK), facts=nx) is None
+    assert pick("openh264enc", has_element=every, facts=nano) == "openh264enc"
 
 
 def test_v4l2_gray8_ir_default_format():

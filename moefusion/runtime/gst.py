@@ -11,6 +11,7 @@ import os
 import re
 
 from ..errors import UserError
+from . import jetson as jetsonmod
 from .uri import FLIPS, StreamOptions, StreamURI, rate_fraction
 from .yuv import COLORIMETRY as YUV_COLORIMETRY
 
@@ -38,6 +39,8 @@ ELEMENT_PACKAGES = {
     "nvarguscamerasrc": "NVIDIA JetPack (nvidia-l4t-gstreamer; Jetson only)",
     "nvvidconv": "NVIDIA JetPack (nvidia-l4t-gstreamer; Jetson only)",
     "nvv4l2h264enc": "NVIDIA JetPack (nvidia-l4t-gstreamer; Jetson only)",
+    "nvv4l2decoder": "NVIDIA JetPack (nvidia-l4t-gstreamer; Jetson only)",
+    "nvjpegdec": "NVIDIA JetPack (nvidia-l4t-gstreamer; Jetson only)",
     "nv3dsink": "NVIDIA JetPack (nvidia-l4t-gstreamer; Jetson only)",
 }
 
@@ -224,17 +227,68 @@ def appsink_launch(*, live: bool, sync: bool = False) -> str:
     return f"appsink name=sink max-buffers=4 drop=false sync={str(sync).lower()} enable-last-sample=false"
 
 
-def source_launch(uri: StreamURI, opts: StreamOptions, role: str, *, sync: bool = False, yuv: bool = False) -> str:
+# MJPEG decoders: a camera's image/jpeg to system-memory video/x-raw (videoconvert follows). On a
+# Jetson the JPEG engine (NVJPG) through nvv4l2decoder, or nvjpegdec; elsewhere libjpeg on the CPU.
+MJPEG_DECODERS = {
+    "nvv4l2decoder": "nvv4l2decoder mjpeg=1 ! nvvidconv ! video/x-raw",
+    "nvjpegdec": "nvjpegdec ! video/x-raw",
+    "jpegdec": "jpegdec",
+}
+
+
+def pick_mjpeg_decoder(*, jetson: bool, has_element, forced: str | None = None) -> str:
+    """The MJPEG decoder (a key of ``MJPEG_DECODERS``): ``forced`` (MOEFUSION_MJPEG_DECODER) as it
+    is; on a Jetson ``nvv4l2decoder`` (with ``nvvidconv``) or else ``nvjpegdec`` where the element
+    exists (``has_element(name) -> bool``); otherwise ``jpegdec``."""
+    if forced:
+        if forced not in MJPEG_DECODERS:
+            raise UserError(f"MOEFUSION_MJPEG_DECODER={forced}: use one of {', '.join(MJPEG_DECODERS)}")
+        return forced
+    if jetson:
+        if has_element("nvv4l2decoder") and has_element("nvvidconv"):
+            return "nvv4l2decoder"
+        if has_element("nvjpegdec"):
+            return "nvjpegdec"
+    return "jpegdec"
+
+
+_SAID_MJPEG: set[str] = set()
+
+
+def choose_mjpeg_decoder(facts: jetsonmod.JetsonFacts | None = None, has_element=None) -> str:
+    """``pick_mjpeg_decoder`` with this machine's facts; the choice is logged (once per process)."""
+    facts = jetsonmod.read_facts() if facts is None else facts
+    forced = os.environ.get("MOEFUSION_MJPEG_DECODER", "").strip() or None
+    name = pick_mjpeg_decoder(jetson=facts.is_jetson, has_element=has_element or element_exists, forced=forced)
+    if forced:
+        why = "forced by MOEFUSION_MJPEG_DECODER"
+    elif name != "jpegdec":
+        why = f"hardware JPEG decode on {facts.name}"
+    elif facts.is_jetson:
+        why = f"on the CPU: neither nvv4l2decoder (with nvvidconv) nor nvjpegdec is installed on {facts.name}"
+    else:
+        why = "on the CPU"
+    msg = f"MJPG camera decoder: {name} ({why})"
+    if msg not in _SAID_MJPEG:
+        _SAID_MJPEG.add(msg)
+        log.info("%s", msg)
+    return name
+
+
+def source_launch(uri: StreamURI, opts: StreamOptions, role: str, *, sync: bool = False, yuv: bool = False,
+                  mjpeg_decoder: str | None = None) -> str:
     """The capture pipeline for a source URI (not for image sequences, which are read directly).
 
     ``sync=True`` paces a file at its own frame rate (used when a file is paired with a live camera).
     ``yuv=True``: a colour VIS stream is delivered as I420 (see ``appsink_format``).
+    ``mjpeg_decoder``: a key of ``MJPEG_DECODERS`` for MJPG cameras; None: ``choose_mjpeg_decoder()``.
     """
     live = uri.is_live or sync
     if uri.kind == "v4l2":
         fmt = opts.format
         if fmt == "MJPG":
-            head = f"v4l2src device={quote(uri.location)}{_props(uri.params)} ! {_raw_caps(None, opts, 'image/jpeg')} ! jpegdec"
+            dec = MJPEG_DECODERS[mjpeg_decoder or choose_mjpeg_decoder()]
+            head = f"v4l2src device={quote(uri.location)}{_props(uri.params)} ! {_raw_caps(None, opts, 'image/jpeg')} ! {dec}"
         else:
             caps = _raw_caps(fmt, opts)
             head = f"v4l2src device={quote(uri.location)}{_props(uri.params)}"

@@ -12,8 +12,10 @@ AVI): after a hard kill the ``.partial`` file plays up to its last fragment. ``-
 writes a new file every S seconds. An existing recording is never overwritten (a numeric
 suffix is added, see ``choose_output_path``) unless ``--overwrite`` is given.
 
-Encoder: the first available of nvv4l2h264enc (Jetson), x264enc, openh264enc; without any (or
-without GStreamer) files are written by OpenCV's mp4v writer, and that is logged once.
+Encoder (``--encoder auto``): the first available of nvv4l2h264enc (only on a Jetson with NVENC:
+not on an Orin Nano, which has the element but no hardware encoder; see ``launch.pick_encoder``),
+x264enc, openh264enc; without any (or without GStreamer) files are written by OpenCV's mp4v writer,
+and that is logged once.
 
 Modules: ``base`` (Sink, NullSink, MultiSink), ``gstreamer`` (GstSink: window and network streams),
 ``files`` (video files and their names), ``launch`` (the GStreamer launch strings of the outputs);
@@ -78,7 +80,8 @@ def make_sink(uri: StreamURI, fps: float, encoder: str = "auto", *, segment_s: f
                 raise UserError("--segment needs an H.264 encoder element: install gstreamer1.0-plugins-ugly (x264enc) "
                                 "or gstreamer1.0-plugins-bad (openh264enc)")
             if not _SAID_OPENCV:
-                why = gstmod.gst_reason() if not gst_ok else "no H.264 encoder element (x264enc, openh264enc, nvv4l2h264enc)"
+                why = gstmod.gst_reason() if not gst_ok else \
+                    "no usable H.264 encoder element (x264enc, openh264enc; nvv4l2h264enc only with NVENC)"
                 log.warning("writing %s with OpenCV's mp4v writer: %s", path, why)
                 _SAID_OPENCV = True
             return OpenCVFileSink(path, fps)

@@ -7,6 +7,7 @@ import os
 import platform
 
 from ...errors import UserError
+from .. import jetson as jetsonmod
 from ..gst import ELEMENT_PACKAGES, element_exists, format_caps, gst_reason, import_gst, launch_elements, quote
 from ..uri import rate_fraction
 
@@ -49,13 +50,43 @@ def appsrc_launch(width: int, height: int, fps: float, fmt: str = "BGR") -> str:
             f"caps={appsrc_caps(width, height, fps, fmt)}")
 
 
-def pick_encoder(preferred: str | None = None) -> str | None:
-    """The first H.264 encoder chain whose elements all exist (None if none does)."""
-    names = [preferred] if preferred else list(ENCODERS)
-    for name in names:
+HARDWARE_ENCODERS = ("nvv4l2h264enc",)  # need NVENC, not only the element (an Orin Nano has the element, no NVENC)
+
+
+def pick_encoder(preferred: str | None = None, *, has_element=None, facts: jetsonmod.JetsonFacts | None = None) -> str | None:
+    """The H.264 encoder chain to use (None if none can be): ``preferred`` if its elements exist;
+    else (auto) the first of ``ENCODERS`` whose elements all exist, nvv4l2h264enc only where the
+    module has NVENC (``facts.has_nvenc``, see jetson.py; the same rule as samples/jetson/
+    jetson_detect.sh). ``has_element(name) -> bool`` and ``facts`` default to this machine's; the
+    choice is logged."""
+    has_element = has_element or element_exists
+
+    def available(name: str) -> bool:
         chain = ENCODERS.get(name)
-        if chain and all(element_exists(e) for e in launch_elements(chain.format(bitrate=1, kbitrate=1, gop=1))):
-            return name
+        return bool(chain) and all(has_element(e) for e in launch_elements(chain.format(bitrate=1, kbitrate=1, gop=1)))
+
+    if preferred:
+        if not available(preferred):
+            return None
+        if preferred in HARDWARE_ENCODERS:
+            facts = jetsonmod.read_facts() if facts is None else facts
+            if not facts.has_nvenc:
+                log.warning("--encoder %s: %s has no NVENC (hardware H.264 encoder) that this can find; "
+                            "if encoding fails, use --encoder auto (x264enc)", preferred, facts.name)
+        return preferred
+    skipped = ""
+    for name in ENCODERS:
+        if not available(name):
+            continue
+        if name in HARDWARE_ENCODERS:
+            facts = jetsonmod.read_facts() if facts is None else facts
+            if not facts.has_nvenc:
+                skipped = f"; {name} is installed but {facts.name} has no NVENC (hardware H.264 encoder)"
+                continue
+        log.info("H.264 encoder: %s (--encoder auto%s)", name, skipped)
+        return name
+    if skipped:
+        log.warning("no software H.264 encoder%s: install gstreamer1.0-plugins-ugly (x264enc)", skipped)
     return None
 
 
