@@ -28,7 +28,7 @@ from ..errors import UserError, cli_entry
 from ..files import atomic_write_text
 from ..kernels.plugins import PLUGIN_ENV
 from . import argtypes
-from .backends import BACKENDS, select_backend
+from .backends import BACKENDS, backend_name, select_backend
 from .fit import FIT_MODES
 from .pipeline import Pipeline, PipelineConfig
 from .precheck import check_outputs, check_sources_differ, precheck
@@ -43,9 +43,6 @@ log = logging.getLogger("moefusion.runtime")
 DEMO_OUTPUT = "out/run_pipeline_demo.mp4"
 DEMO_STATS = "out/run_pipeline_demo.json"
 
-BACKEND_ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
-
-
 class _ArgumentError(UserError):
     """A bad flag or value, found while parsing: printed as ``run_pipeline: error: ...`` (one line)."""
 
@@ -57,12 +54,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         message = re.sub(r"^argument ([^:]+): ", r"\1: ", message)
         raise _ArgumentError(message)
-
-
-def backend_name(text: str) -> str:
-    """--backend: the names of BACKENDS, and the aliases users type (onnx for onnxruntime, ...)."""
-    name = str(text).strip().lower()
-    return BACKEND_ALIASES.get(name, name)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from ..errors import UserError
 from .backends import Backend
 from .capture import ROLE_NAMES, SourceError, SourceThread, Status, make_capture
-from .fit import FIT_MODES, plan_model_fit
+from .fit import FIT_MODES
+from .fusion import FrameFusion
 from .precheck import Checked, precheck
 from .process import BufferPool
 from .queues import BoundedQueue, Inbox
@@ -86,15 +87,13 @@ class Pipeline(Stages):
         self.sources: dict[str, SourceThread] = {}
         self.pool = BufferPool()  # frames' arrays, reused (see process.BufferPool)
         self.notes: dict[str, str] = {}  # warnings said once: geometry changes, output resizing
-        self._fits: dict = {}
-        self._fit_lock = threading.Lock()
+        self.fusion: FrameFusion | None = None  # the processing of a pair (fusion.py), made by run()
         self._registrar = None
         self._image_pairing = None
         self._prechecked = False
         self._hurry = threading.Event()
         self._stop_at = None
         self._left, self._left_lock = 0, threading.Lock()  # see _unprocessed
-        self.stream_resets = 0  # stream mode: times the state started afresh after the first frame
         if checked is not None:
             self._use_checks(checked)
 
@@ -125,6 +124,11 @@ class Pipeline(Stages):
                 log.info("after the first error: %s", msg)
         self.stop(f"error: {msg}")
 
+    @property
+    def stream_resets(self) -> int:
+        """Stream mode: times the state started afresh after the first frame."""
+        return self.fusion.resets if self.fusion is not None else 0
+
     def _unprocessed(self, n: int = 1) -> None:
         """Frames still queued when the run stopped: counted here and published once, when every
         stage has stopped (``_supervise``), so the status lines and the summary give one figure."""
@@ -136,25 +140,6 @@ class Pipeline(Stages):
         if key not in self.notes:
             self.notes[key] = text
             log.warning("%s", text)
-
-    def _fit_for(self, h: int, w: int):
-        """How frames of h x w reach the model (``fit.ModelFit``), planned once per size and logged."""
-        fit = self._fits.get((h, w))
-        if fit is not None:
-            return fit
-        with self._fit_lock:
-            fit = self._fits.get((h, w))
-            if fit is None:
-                fit = plan_model_fit((h, w), getattr(self.backend, "size_range", None), self.cfg.model_fit)
-                self._fits[(h, w)] = fit
-                if not fit.native:
-                    rng = self.backend.size_range
-                    takes = (f"{rng[0][1]}x{rng[0][0]} only" if rng[0] == rng[1] else
-                             f"{rng[0][1]}x{rng[0][0]} to {rng[1][1]}x{rng[1][0]}")
-                    log.info("model input: %s takes %s; %s (--model-fit %s)", self.backend.path or self.backend.name,
-                             takes, fit.describe(), self.cfg.model_fit)
-                    self.stats.info.setdefault("model_fit", fit.describe())
-        return fit
 
     def _guard(self, fn, name):
         def run():
@@ -222,21 +207,12 @@ class Pipeline(Stages):
                 if st is not Status.OK:
                     raise UserError(f"{cap.what}: no first frame ({st.value}{': ' + cap.error if cap.error else ''})")
                 first[role] = fr
-            ir0, vis0 = first["ir"].image, first["vis"].image
-            if registrar is not None:
-                ir0, vis0 = registrar.apply(ir0, vis0)
-            h, w = vis0.shape[:2]
             if cfg.model_fit not in FIT_MODES:
                 raise UserError(f"--model-fit {cfg.model_fit}: use one of {', '.join(FIT_MODES)}")
-            fit = self._fit_for(h, w)
-            mh, mw = fit.model
-            stream = self._start_stream_mode()
-            t0 = time.perf_counter()
-            warm = self.backend.warmup(mh, mw, iters=2)  # in stream mode: the stream step (CUDA graphs)
-            if stream:
-                self.backend.reset_stream()  # the warm-up's random frames are no part of the video
-            log.info("backend: %s (%s); warm-up %.0f ms, then %.1f ms per frame at %dx%d", self.backend.describe(),
-                     self.backend_reason or self.backend.name, (time.perf_counter() - t0) * 1000, warm, mw, mh)
+            self.fusion = FrameFusion(self.backend, registrar=registrar, view=cfg.view, model_fit=cfg.model_fit,
+                                      pool=self.pool, info=stats.info, on_note=self._note)
+            w, h, mw, mh = self.fusion.start(first["ir"].image, first["vis"].image, stream_mode=cfg.stream_mode,
+                                             backend_reason=self.backend_reason)
         except BaseException:
             for cap, _ in caps.values():
                 cap.close()
@@ -269,7 +245,7 @@ class Pipeline(Stages):
         infer_q = BoundedQueue(qsize, any_live, lambda: stats.drop("busy_infer"), self.stop_event)
         out_q = BoundedQueue(qsize, any_live, lambda: stats.drop("busy_output"), self.stop_event)
         self._threads = [
-            threading.Thread(target=self._guard(lambda: self._sync_loop(inbox, infer_q, registrar, any_live), "sync"),
+            threading.Thread(target=self._guard(lambda: self._sync_loop(inbox, infer_q, any_live), "sync"),
                              name="sync", daemon=True),
             threading.Thread(target=self._guard(lambda: self._infer_loop(infer_q, out_q), "infer"), name="infer", daemon=True),
             threading.Thread(target=self._guard(lambda: self._output_loop(out_q, fps, any_live), "output"),
@@ -282,24 +258,6 @@ class Pipeline(Stages):
             self.errors.append(self._why_no_output())
             log.error("%s", self.errors[-1])
         return self.summary()
-
-    def _start_stream_mode(self) -> bool:
-        """Stream mode on (cfg.stream_mode) where the backend can carry state; logged in one line and
-        recorded (``stream_mode``, and ``stream_mode_off`` saying why not)."""
-        on = self.backend.set_stream_mode(self.cfg.stream_mode)
-        if on:
-            why = ""
-            log.info("stream mode: on (temporal state carried from frame to frame; --no-stream-mode turns it off)")
-        elif not self.cfg.stream_mode:
-            why = "--no-stream-mode"
-            log.info("stream mode: off (--no-stream-mode): every frame is fused alone")
-        else:
-            why = f"{self.backend.name} backend: {self.backend.stream_unavailable}"
-            log.info("stream mode: off (%s): every frame is fused alone", why)
-        self.stats.info["stream_mode"] = on
-        if why:
-            self.stats.info["stream_mode_off"] = why
-        return on
 
     def _why_no_output(self) -> str:
         """One line: why a run ended without a single output frame."""

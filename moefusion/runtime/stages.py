@@ -13,13 +13,7 @@ import numpy as np
 
 from .capture import ROLE_NAMES
 from .output_clock import HeldFrame, OutputClock
-from .process import (
-    Preprocessor,
-    attention_to_frame,
-    compose,
-    draw_overlay,
-    postprocess,
-)
+from .process import draw_overlay
 from .queues import _END, BoundedQueue, Inbox, nbytes
 from .sync import Pairer
 
@@ -40,11 +34,10 @@ class Item:
 class Stages:
     """The thread loops of ``Pipeline`` (see the module docstring)."""
 
-    def _sync_loop(self, inbox: Inbox, infer_q: BoundedQueue, registrar, any_live: bool):
-        cfg, stats = self.cfg, self.stats
+    def _sync_loop(self, inbox: Inbox, infer_q: BoundedQueue, any_live: bool):
+        cfg, stats, fusion = self.cfg, self.stats, self.fusion
         pairer = Pairer(int(cfg.sync_tolerance_ms * 1e6), finite=not any_live,
                         offset_ns=int(cfg.sync_offset_ms * 1e6), max_wait_ns=int(cfg.max_wait_ms * 1e6))
-        pre = Preprocessor(pool=self.pool, fit_for=self._fit_for, on_note=self._note)
         ended = {"ir": False, "vis": False}
         reconnects = {"ir": 0, "vis": 0}
         restart = ""  # a source reconnected: the next pair starts a new stream
@@ -85,10 +78,7 @@ class Stages:
                     p = ev[1]
                     stats.pair(p.skew_ns)
                     t1 = time.perf_counter()
-                    ir, vis = p.ir.image, p.vis.image
-                    if registrar is not None:
-                        ir, vis = registrar.apply(ir, vis)
-                    prep = pre(ir, vis)
+                    prep = fusion.prepare(p.ir.image, p.vis.image)
                     stats.stage_time("preprocess", time.perf_counter() - t1)
                     item = Item(prep, min(p.ir.capture_ns, p.vis.capture_ns), p.vis.ts_ns, frames=(p.ir, p.vis))
                     key = (p.ir.loop, p.vis.loop, p.ir.image.shape[:2], p.vis.image.shape[:2])
@@ -134,31 +124,20 @@ class Stages:
                 self._unprocessed(left)
 
     def _infer_loop(self, infer_q: BoundedQueue, out_q: BoundedQueue):
-        stats, backend = self.stats, self.backend
-        shape = None
+        """The model, in frame order; stream mode's resets before the frames that start a new stream
+        (``FrameFusion.infer``)."""
+        stats, fusion = self.stats, self.fusion
         try:
             while True:
                 item = infer_q.get()
                 if item is _END:
                     return
-                if backend.stream_mode and (item.new_stream or item.prep.model_ir.shape != shape):
-                    if shape is not None:  # not the first frame (the stream was reset after warm-up)
-                        self._new_stream(item.new_stream or "the model's input size changed")
-                    shape = item.prep.model_ir.shape
                 t0 = time.perf_counter()
-                fused, att = backend.infer(item.prep.model_ir, item.prep.model_vis)
+                item.fused, item.attention = fusion.infer(item.prep, item.new_stream)
                 stats.stage_time("infer", time.perf_counter() - t0)
-                item.fused = fused[0, 0]
-                item.attention = att[0, 0] if att is not None else None
                 out_q.put(item)
         finally:
             out_q.close()
-
-    def _new_stream(self, why: str) -> None:
-        """Stream mode: forget the temporal state before this frame (infer thread, in frame order)."""
-        self.backend.reset_stream()
-        self.stream_resets += 1
-        log.info("stream mode: the state starts afresh (%s)", why)
 
     def _release(self, item: Item) -> None:
         """The frame's arrays go back to the pool (its output has been written or dropped)."""
@@ -225,9 +204,7 @@ class Stages:
                             if clock.held.slots == 0:
                                 stats.drop("output_rate")  # no slot between it and this frame
                 t0 = time.perf_counter()
-                out = postprocess(item.fused, item.prep, in_place=cfg.view == "fused")
-                att = attention_to_frame(item.attention, item.prep) if cfg.view == "grid" else None
-                frame = compose(cfg.view, out, item.prep, att)
+                frame = self.fusion.render(item.fused, item.attention, item.prep)
                 if cfg.overlay:
                     if clock.n % 10 == 0:
                         lat = stats.latency_window()

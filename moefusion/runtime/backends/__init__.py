@@ -16,14 +16,14 @@ outputs ``fused``, ``attention``; TensorRT/CUDA execution providers when present
 """
 from ...kernels.plugins import default_plugin_library, plugin_libraries
 from .average import AverageBackend
-from .base import BACKENDS, ENGINE_EXTS, Backend, _check_inputs
+from .base import BACKEND_ALIASES, BACKENDS, ENGINE_EXTS, Backend, _check_inputs, backend_name
 from .onnxruntime_backend import OnnxRuntimeBackend
 from .selection import BackendModel, _cuda_device_count_no_torch, model_kind, open_model_file, select_backend
 from .tensorrt_backend import TensorRTBackend, _cuda_check, import_cudart, import_tensorrt
 from .torch_backend import TorchBackend, _find_unit_module
 
 __all__ = [
-    "BACKENDS", "ENGINE_EXTS", "AverageBackend", "Backend", "BackendModel", "OnnxRuntimeBackend", "TensorRTBackend",
-    "TorchBackend", "default_plugin_library", "import_cudart", "import_tensorrt", "model_kind", "open_model_file",
-    "plugin_libraries", "select_backend",
+    "BACKENDS", "BACKEND_ALIASES", "ENGINE_EXTS", "AverageBackend", "Backend", "BackendModel", "OnnxRuntimeBackend",
+    "TensorRTBackend", "TorchBackend", "backend_name", "default_plugin_library", "import_cudart", "import_tensorrt",
+    "model_kind", "open_model_file", "plugin_libraries", "select_backend",
 ]

@@ -13,7 +13,15 @@ import numpy as np
 from ...errors import UserError
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt", "average")
+BACKEND_ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "trt": "tensorrt", "pytorch": "torch"}
 ENGINE_EXTS = (".engine", ".plan", ".trt")
+
+
+def backend_name(text: str) -> str:
+    """A backend's name as users type it: the names of BACKENDS, and the aliases (onnx for
+    onnxruntime, trt for tensorrt, ...), any case."""
+    name = str(text).strip().lower()
+    return BACKEND_ALIASES.get(name, name)
 
 
 class Backend:

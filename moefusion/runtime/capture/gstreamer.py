@@ -5,11 +5,8 @@ import logging
 import os
 import time
 
-import cv2
-import numpy as np
-
 from .. import gst as gstmod
-from ..yuv import I420Frame
+from ..rawframes import LIMITED_TO_FULL, YUV_FORMATS, Layout, read_frame
 from .base import Capture, Frame, SourceError, Status, _flag
 
 log = logging.getLogger("moefusion.runtime")
@@ -124,7 +121,7 @@ class GstCapture(Capture):
             log.info("%s: limited-range %s in, its luma expanded to full range", self.what,
                      GstVideo.VideoFormat.to_string(info.finfo.format))
             self._said_range = True
-        return np.clip(np.rint((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)
+        return LIMITED_TO_FULL
 
     def _announced_frames(self, sample) -> int | None:
         """Frames the file's header announces (duration x frame rate), to notice a file that ends
@@ -223,44 +220,23 @@ class GstCapture(Capture):
         key = caps.to_string()
         if self._fmt_cache[0] != key:
             info = GstVideo.VideoInfo.new_from_caps(caps)
-            fmt = GstVideo.VideoFormat.to_string(info.finfo.format)
-            dtype, ch = {"GRAY8": (np.uint8, 1), "GRAY16_LE": (np.uint16, 1), "BGR": (np.uint8, 3),
-                         "I420": (np.uint8, 0)}[fmt]
+            layout = Layout.from_info(info)
             fps = info.fps_n / info.fps_d if info.fps_d and info.fps_n else None
             self.fps = fps or self.fps
             self._frame_dur = int(1e9 / fps) if fps else 0
-            planes = tuple((info.offset[p], info.stride[p]) for p in range(info.finfo.n_planes))
-            if ch == 0 and (info.width % 2 or info.height % 2) and not self._said_odd:
+            if layout.format in YUV_FORMATS and (info.width % 2 or info.height % 2) and not self._said_odd:
                 log.warning("%s: %dx%d frames are cropped to %dx%d (4:2:0 needs even sizes)", self.what,
                             info.width, info.height, info.width & ~1, info.height & ~1)
                 self._said_odd = True
-            self._fmt_cache = (key, (info.width, info.height, info.stride[0], dtype, ch, planes, info.size))
-        w, h, stride, dtype, ch, planes, size = self._fmt_cache[1]
+            self._fmt_cache = (key, layout)
+        layout = self._fmt_cache[1]
         t0 = time.perf_counter()
         buf = sample.get_buffer()
         ok, mi = buf.map(Gst.MapFlags.READ)
         if not ok:
             raise SourceError(f"{self.what}: cannot map a buffer")
-        pool = self.pool
-        try:
-            if ch == 0:  # I420: the three planes into one (h * 3 / 2, w) array (yuv.I420Frame)
-                we, he = w & ~1, h & ~1
-                own = pool.get((he * 3 // 2, we), np.uint8) if pool is not None else np.empty((he * 3 // 2, we), np.uint8)
-                img = I420Frame(own, we, he)
-                for (off, st), dst, (pw, ph) in zip(planes, (img.y, img.u, img.v),
-                                                    ((we, he), (we // 2, he // 2), (we // 2, he // 2))):
-                    np.copyto(dst, np.ndarray((ph, pw), np.uint8, buffer=mi.data, offset=off, strides=(st, 1)))
-            else:
-                row = w * ch * np.dtype(dtype).itemsize
-                raw = np.frombuffer(mi.data, np.uint8, count=stride * h).reshape(h, stride)
-                # a copy (the mapping ends below), into a reused array when there is a pool
-                own = pool.get((h, row), np.uint8) if pool is not None else np.empty((h, row), np.uint8)
-                if self._expand is not None:  # limited-range luma to full range, in the same pass
-                    cv2.LUT(raw[:, :row], self._expand, dst=own)
-                else:
-                    np.copyto(own, raw[:, :row])
-                img = own.view(dtype)
-                img = img.reshape(h, w, ch) if ch > 1 else img.reshape(h, w)
+        try:  # one copy out of the buffer (the mapping ends below), into a pooled array
+            img, own = read_frame(mi.data, layout, pool=self.pool, lut=self._expand)
         finally:
             buf.unmap(mi)
         copy_s = time.perf_counter() - t0

@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
-
 from ...errors import UserError
 from .. import gst as gstmod
+from ..rawframes import write_frame
 from ..yuv import I420Frame
 from .base import Sink
 
@@ -79,17 +78,11 @@ class GstSink(Sink):
         ret, buf = self._bufpool.acquire_buffer(None)
         if ret != Gst.FlowReturn.OK:
             raise RuntimeError(f"{self.what}: no buffer from the pool ({ret.value_nick})")
-        planes, size = self._layout
-        h, w = frame.shape[:2]
         ok, mi = buf.map(Gst.MapFlags.WRITE)
         if not ok:
             raise RuntimeError(f"{self.what}: cannot map an output buffer")
         try:
-            if isinstance(frame, I420Frame):
-                for (off, st), src in zip(planes, (frame.y, frame.u, frame.v)):
-                    np.copyto(np.ndarray(src.shape, np.uint8, buffer=mi.data, offset=off, strides=(st, 1)), src)
-            else:
-                np.copyto(np.ndarray((h, w, 3), np.uint8, buffer=mi.data, strides=(planes[0][1], 3, 1)), frame)
+            write_frame(frame, mi.data, self._layout[0])
         finally:
             buf.unmap(mi)
         return buf
