@@ -273,3 +273,20 @@ def test_argtypes_messages():
     with pytest.raises(Exception, match=r"got inf; allowed: a finite number, 0 < HZ <= 1000"):
         argtypes.rate_hz("inf")
     assert argtypes.segment_s("0") == 0 and argtypes.segment_s("2.5") == 2.5
+
+
+def test_auto_backend_on_a_cpu_runs_the_checkpoints_cached_onnx_export():
+    """--backend auto without a CUDA GPU: the default weights' ONNX export, made once and reused
+    (the same file, not rewritten, on the next start); other choices are left alone."""
+    pytest.importorskip("onnxruntime")
+    from moefusion.export.cache import cached_path
+    from moefusion.model.checkpoint import DEFAULT_WEIGHTS
+    from moefusion.runtime.cli import cpu_onnx_model
+
+    assert cpu_onnx_model("torch", None, "cpu") is None
+    assert cpu_onnx_model("auto", "model.onnx", "cpu") is None
+    assert cpu_onnx_model("auto", None, "cuda") is None
+    path = cpu_onnx_model("auto", None, "cpu")
+    assert path == str(cached_path(DEFAULT_WEIGHTS)) and os.path.getsize(path) > 1_000_000
+    stamp = os.stat(path).st_mtime_ns
+    assert cpu_onnx_model("auto", None, "auto") == path and os.stat(path).st_mtime_ns == stamp

@@ -178,14 +178,15 @@ def test_sigint_mid_run_leaves_a_playable_file(tmp_path):
 @gst_test
 @pytest.mark.slow
 def test_demo_runs_without_a_camera(tmp_path, monkeypatch):
-    """The demo as shipped: the real clips at 640x480 through the default weights (torch on the CPU)."""
+    """The demo as shipped: the real clips at 640x480 through the default weights (on a CPU: their cached
+    ONNX export in ONNX Runtime, --backend auto)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     rc = main(["--demo", "--max-frames", "3", "--stats-interval", "0", "--log-level", "warning"])
     assert rc == 0
     st = json.loads((tmp_path / "out" / "run_pipeline_demo.json").read_text())
-    assert st["frames_out"] == 3 and st["view"] == "grid" and st["backend"] == "torch"  # the default weights
+    assert st["frames_out"] == 3 and st["view"] == "grid" and st["backend"] == "onnxruntime"  # the default weights
     frames = read_video(tmp_path / "out" / "run_pipeline_demo.mp4")
     assert len(frames) == 3
 

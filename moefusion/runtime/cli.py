@@ -17,6 +17,7 @@ all before any file is opened or any source or model starts.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from ..errors import UserError, cli_entry
 from ..files import atomic_write_text
 from ..kernels.plugins import PLUGIN_ENV
 from . import argtypes
-from .backends import BACKENDS, backend_name, select_backend
+from .backends import BACKENDS, _cuda_device_count_no_torch, backend_name, model_kind, select_backend
 from .fit import FIT_MODES
 from .pipeline import Pipeline, PipelineConfig
 from .precheck import check_outputs, check_sources_differ, precheck
@@ -70,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--model", metavar="PATH", help="a checkpoint (.pt), an .onnx or an .engine (default: bundled weights)")
     m.add_argument("--backend", type=backend_name, choices=BACKENDS, default="auto",
-                   help="inference backend (default auto: the fastest that can run; the choice is logged); "
-                        "onnx is accepted for onnxruntime, trt for tensorrt")
+                   help="inference backend (default auto: the fastest that can run; the choice is logged: on a "
+                        "CPU a checkpoint runs as its ONNX export in ONNX Runtime, exported once and cached in "
+                        "~/.cache/moefusion/onnx); onnx is accepted for onnxruntime, trt for tensorrt")
     m.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     m.add_argument("--precision", choices=("auto", "fp16", "fp32"), default="auto",
                    help="torch backend: auto = fp16 on a GPU, fp32 on the CPU")
@@ -257,6 +259,26 @@ def format_summary(d: dict) -> str:
     return "\n".join(lines)
 
 
+def cpu_onnx_model(backend: str, model: str | None, device: str) -> str | None:
+    """``--backend auto`` with a checkpoint (or the default weights) and no CUDA GPU: the checkpoint's ONNX
+    export (cached, exported on first use: moefusion/export/cache.py), which ONNX Runtime runs faster than
+    PyTorch on a CPU (docs/benchmark.md). None where it does not apply or ONNX Runtime is not installed."""
+    if backend != "auto" or model_kind(model) != "checkpoint" or device == "cuda":
+        return None
+    if device != "cpu" and _cuda_device_count_no_torch() > 0:
+        return None
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        log.info("backend auto: ONNX Runtime is not installed (pip install 'moefusion[export]'): PyTorch on the CPU")
+        return None
+    from ..export.cache import cached_stream_onnx  # the exporter (torch): only here
+    from ..model.checkpoint import DEFAULT_WEIGHTS
+
+    checkpoint = model or str(DEFAULT_WEIGHTS)
+    if not os.path.isfile(checkpoint):
+        return None  # select_backend names the missing file
+    return str(cached_stream_onnx(checkpoint))
+
+
 @cli_entry
 def main(argv=None) -> int:
     try:
@@ -268,8 +290,14 @@ def main(argv=None) -> int:
     cfg = config_from_args(args)
     check_outputs(cfg, args.stats_json)  # host names, folders, free space: before anything is opened
     checked = precheck(cfg)  # outputs, files, devices, GStreamer elements: before a model is loaded
-    backend, reason = select_backend(args.backend, args.model, device=args.device, precision=args.precision,
-                                     cuda_graphs=not args.no_cuda_graphs, trt_plugins=args.trt_plugins)
+    onnx = cpu_onnx_model(args.backend, args.model, args.device)
+    if onnx is not None:
+        backend, reason = select_backend("onnxruntime", onnx, device="cpu")
+        reason = (f"auto: no CUDA GPU -> ONNX Runtime on the checkpoint's cached export {onnx} "
+                  "(faster than PyTorch on a CPU; --backend torch to run the checkpoint itself)")
+    else:
+        backend, reason = select_backend(args.backend, args.model, device=args.device, precision=args.precision,
+                                         cuda_graphs=not args.no_cuda_graphs, trt_plugins=args.trt_plugins)
     log.info("backend choice: %s", reason)
     pipe = Pipeline(cfg, backend, backend_reason=reason, checked=checked)
 
