@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "grid (IR, VIS, fused, attention)")
     o.add_argument("--overlay", action="store_true", help="draw FPS and latency on the output")
     o.add_argument("--encoder", choices=ENCODER_CHOICES, default="auto",
-                   help="H.264 encoder for file/stream outputs (auto: nvv4l2h264enc, x264enc, openh264enc; "
+                   help="H.264 encoder for file/stream outputs (auto: nvv4l2h264enc only with NVENC, else x264enc, openh264enc; "
                         "files fall back to OpenCV mp4v)")
     o.add_argument("--output-rate", type=argtypes.rate_hz, metavar="HZ",
                    help="output frame rate (default: the slower source's; 0 < HZ <= "
