@@ -209,3 +209,29 @@ def test_pixel_loss_on_the_base_layer_ignores_detail_but_not_brightness():
     assert abs(pixel_loss(target + 0.1, vis, ir, levels=3).item() - 0.1) < 1e-5
     mask = torch.from_numpy(rng.random((1, 1, 64, 64)) > 0.5).float()
     assert abs(pixel_loss(torch.maximum(vis, ir) * mask + target * (1 - mask), vis, ir, mask, levels=3).item()) < 1e-6
+
+
+def test_box_mask_int_rounding_is_upstreams():
+    """``int`` rasterises as upstream's DetcropPixelLoss (rows int(y1)..int(y2)-1): a fractional far
+    edge loses the pixel it only partly covers; ``outward`` (the default, edge's) keeps it."""
+    boxes = [torch.tensor([[0.5, 1.0, 2.7, 2.2]])]
+    outward = box_mask(boxes, (1, 1, 4, 4))
+    upstream = box_mask(boxes, (1, 1, 4, 4), rounding="int")
+    expect = torch.zeros(4, 4)
+    expect[1:2, 0:2] = 1  # rows int(1.0)..int(2.2)-1 = 1, columns int(0.5)..int(2.7)-1 = 0..1
+    assert torch.equal(upstream[0, 0], expect)
+    assert outward[0, 0, 1:3, 0:3].all() and outward.sum() == 6  # rows 1..2, columns 0..2
+    # negative coordinates and coordinates past the image are clipped as upstream clips them
+    clipped = box_mask([torch.tensor([[-3.7, -0.5, 9.9, 1.5]])], (1, 1, 3, 3), rounding="int")
+    assert clipped[0, 0, 0].sum() == 3 and clipped[0, 0, 1:].sum() == 0
+    # the rounding reaches the loss and the training target
+    vis, ir, fused = torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
+    pix = {r: float(fusion_losses(fused, vis, ir, boxes, box_rounding=r)["pixel"]) for r in ("outward", "int")}
+    assert pix["outward"] > pix["int"]  # inside, the target is max = 1: more inside pixels, more loss
+    assert torch.equal(target_mask((1, 1, 4, 4), "cpu", boxes, rounding="int"), upstream)
+    try:
+        box_mask(boxes, (1, 1, 4, 4), rounding="round")
+    except ValueError as e:
+        assert "outward, int" in str(e)
+    else:
+        raise AssertionError("an unknown rounding must be refused")

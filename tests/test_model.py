@@ -449,3 +449,73 @@ def test_network_stride_exports_and_onnx_runtime_matches(shared_data, tmp_path):
         want = model(torch.from_numpy(ir), torch.from_numpy(vis))
     np.testing.assert_allclose(got[0], want.fused.clamp(0, 1).numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(got[1], want.attention.numpy(), atol=1e-4, rtol=0)
+
+
+# -- the paper preset against upstream (docs/model.md, "paper preset fidelity") ---------------
+
+@pytest.fixture(scope="module")
+def small_paper():
+    """``paper``'s fields with small detectors and gates (fast): what differs from edge is kept."""
+    torch.manual_seed(0)
+    return moefusion.build_model("paper", detector="mobilenet_v3_small", fpn_channels=32, roi_representation=64,
+                                 mole_grid=(8, 8), moge_grid=(4, 4), backbone_weights=None).eval()
+
+
+def test_paper_fields_follow_upstream_and_edge_keeps_its_own():
+    paper, edge = moefusion.model.preset_config("paper"), moefusion.model.preset_config("edge")
+    assert paper.stem_relu and not paper.encoder_relu  # MoE_fusion_head.py:53-54: a ReLU after the stem only
+    assert paper.detector_input_norm == "imagenet" and paper.attention_init_std == 0.01
+    # edge as it was: its encoder has ReLUs everywhere already; mid-grey input; PyTorch's init
+    assert edge.encoder_relu and not edge.stem_relu
+    assert edge.detector_input_norm == "mid_grey" and edge.attention_init_std is None
+    from moefusion.model.attention import INPUT_MEAN, INPUT_STD
+    from moefusion.model.presets import DETECTOR_INPUT_NORMS
+    assert (INPUT_MEAN, INPUT_STD) == DETECTOR_INPUT_NORMS["mid_grey"] == (0.5, 0.25)
+    mean, std = DETECTOR_INPUT_NORMS["imagenet"]
+    assert abs(mean - 0.449) < 5e-4 and abs(std - 0.226) < 5e-4
+    with pytest.raises(ValueError, match="detector_input_norm"):
+        moefusion.model.preset_config("edge", detector_input_norm="rgb")
+    with pytest.raises(ValueError, match="attention_init_std"):
+        moefusion.model.preset_config("edge", attention_init_std=0)
+
+
+def test_paper_stem_relu_only_after_the_stem(small_paper):
+    from moefusion.model.fusion import DenseEncoder
+    x = torch.rand(1, 1, 32, 32) - 0.5
+    stem = small_paper.cfg.stem
+    with torch.no_grad():
+        early, last = small_paper.enc_vis(x)
+        assert (early[:, :stem] >= 0).all() and (early[:, :stem] == 0).any()  # the stem's ReLU
+        assert (early[:, stem:] < 0).any() and (last < 0).any()  # the dense convs stay linear
+        off = DenseEncoder(stem, small_paper.cfg.growth, relu=False, stem_relu=False)
+        off.load_state_dict(small_paper.enc_vis.state_dict())  # the field adds no weights
+        assert (off(x)[0][:, :stem] < 0).any()
+
+
+def test_detectors_see_the_presets_input_normalisation(small_paper, edge_model):
+    """paper: ImageNet's mean and std (configs/MoE_Fusion.py:149-150, averaged over upstream's three
+    equal gray channels); edge: (x - 0.5) / 0.25 as before. The export module normalises as the model."""
+    ir, vis = torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64)
+    for model, (mean, std) in ((small_paper, (0.449, 0.226)), (edge_model, (0.5, 0.25))):
+        seen = []
+        hook = model.attention.backbone_ir.body.register_forward_pre_hook(lambda m, args, seen=seen: seen.append(args[0]))
+        with torch.no_grad():
+            model.attention.level0_maps(vis, ir)
+        hook.remove()
+        torch.testing.assert_close(seen[0], (ir - mean) / std, rtol=0, atol=2e-3)
+    from moefusion.export.wrapper import ExportModule
+    with torch.no_grad():
+        fused = ExportModule(small_paper)(ir, vis)[0]
+        torch.testing.assert_close(fused, small_paper(ir, vis).fused.clamp(0, 1), rtol=1e-4, atol=1e-5)
+
+
+def test_paper_initialises_attention_convs_as_upstream(small_paper, edge_model):
+    """normal(0, 0.01) weights and zero biases (mmcv normal_init, detectors/MoEFusion.py:108-112);
+    edge keeps PyTorch's default initialisation."""
+    att = small_paper.attention
+    convs = [att.fusion_conv, att.att_vis.conv1, att.att_vis.conv2, att.att_ir.conv1, att.att_ir.conv2]
+    weights = torch.cat([c.weight.detach().flatten() for c in convs])
+    assert abs(float(weights.std()) - 0.01) < 0.001 and abs(float(weights.mean())) < 0.001
+    assert float(att.fusion_conv.bias.detach().abs().max()) == 0.0
+    edge = edge_model.attention
+    assert float(edge.fusion_conv.weight.detach().std()) > 0.03 and float(edge.fusion_conv.bias.detach().abs().max()) > 0

@@ -257,3 +257,38 @@ def test_validation_compares_with_the_pyramid_on_every_held_out_set(shared_data)
     assert got["laplacian_Qabf"] == pytest.approx(np.mean(want_pyr), abs=1e-6)
     assert got["Qabf_sets_above_laplacian"] == f"{above}/2"
     assert {"SD", "SF", "laplacian_SF", "val_moge_sets"} <= set(got)
+
+
+def test_paper_config_trains_as_upstream_and_edge_as_before():
+    """paper.yaml: no flips (upstream flip_ratio=0), no jitter, no warm-up, fp32, upstream's int() box mask;
+    a config that names none of these (edge.yaml) keeps flips at 0.5, jitter 0.2 and the same loaded
+    config as before they existed (the configs recorded in its checkpoints still equal it)."""
+    import numpy as np
+
+    from moefusion.train.config import OPTIONAL, option
+    from moefusion.train.data import training_transform
+    from moefusion.train.loop import _lr_factor
+
+    paper, edge = load_config("paper.yaml", []), load_config("edge.yaml", [])
+    assert option(paper, "data", "flip") == 0 and option(paper, "data", "jitter") is None
+    assert option(paper, "loss", "box_rounding") == "int" and paper["optim"]["warmup_iters"] == 0
+    assert paper["train"]["amp"] is False  # upstream trains in fp32
+    assert _lr_factor(0, 0, paper["optim"]) == 1.0  # full learning rate from the first step
+    assert not any(k in edge[s] for s, keys in OPTIONAL.items() for k in keys)
+    assert option(edge, "data", "flip") == 0.5 and option(edge, "loss", "box_rounding") == "outward"
+
+    ramp = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (24, 1))  # flipping reverses it
+    def draws(cfg, n=64):
+        t = training_transform({**cfg, "data": {**cfg["data"], "crop": [24, 32], "scale_range": None}})
+        g = torch.Generator().manual_seed(0)
+        return [t({"ir": ramp.copy(), "vis": ramp.copy()}, g) for _ in range(n)]
+
+    out = draws(paper)
+    assert all(np.array_equal(s["ir"], ramp) and np.array_equal(s["vis"], ramp) for s in out)  # never flipped or jittered
+    out = draws(edge)
+    flipped = sum(bool(np.array_equal(s["ir"], ramp[:, ::-1])) for s in out)
+    assert 16 <= flipped <= 48 and not all(np.array_equal(s["vis"], s["ir"]) for s in out)  # p = 0.5; VIS jittered
+    with pytest.raises(UserError, match="data.flip"):
+        training_transform(load_config("edge.yaml", ["data.flip=2"]))
+    with pytest.raises(UserError, match="unknown config entry data.flipp"):
+        load_config("edge.yaml", ["data.flipp=0"])

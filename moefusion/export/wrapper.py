@@ -46,7 +46,6 @@ from ..kernels import ops as kernel_ops
 from ..kernels.onnx import custom_translation_table
 from ..kernels.onnx import register_torchscript_symbolics as _register_torchscript_symbolics
 from ..model import stream as streaming
-from ..model.attention import INPUT_MEAN, INPUT_STD
 from ..model.gating import gate_descriptor
 
 DISPATCHES = ("sparse", "dense")
@@ -136,7 +135,7 @@ class ExportModule(nn.Module):
         att = self.model.attention
         feats = []
         for backbone, x in ((att.backbone_vis, vis), (att.backbone_ir, ir)):
-            body = list(backbone.body((x - INPUT_MEAN) / INPUT_STD).values())
+            body = list(backbone.body(att.normalise(x)).values())
             fpn = backbone.fpn
             last = fpn.get_result_from_inner_blocks(body[-1], -1)
             for idx in range(len(body) - 2, -1, -1):

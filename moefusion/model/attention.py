@@ -30,13 +30,15 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from .presets import ModelConfig
+from .presets import DETECTOR_INPUT_NORMS, ModelConfig
 
 # Objects in 640x480 thermal frames are small: anchors from 16 px at stride 4 up to 256 px.
 ANCHOR_SIZES = ((16,), (32,), (64,), (128,), (256,))
 ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * len(ANCHOR_SIZES)
 NUM_LEVELS = len(ANCHOR_SIZES)  # FPN levels 0-3 and the max-pooled one
-INPUT_MEAN, INPUT_STD = 0.5, 0.25
+# The detectors' input normalisation of ``detector_input_norm: mid_grey`` (``edge``); a model's own is
+# ``DetectionAttention.input_mean`` / ``input_std``.
+INPUT_MEAN, INPUT_STD = DETECTOR_INPUT_NORMS["mid_grey"]
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -195,12 +197,27 @@ class DetectionAttention(nn.Module):
         self.detector = cfg.detector
         self.backbone_vis = BACKBONES[cfg.detector](c, cfg.detector_norm)
         self.backbone_ir = BACKBONES[cfg.detector](c, cfg.detector_norm)
+        self.input_mean, self.input_std = DETECTOR_INPUT_NORMS[cfg.detector_input_norm]
         self.fusion_conv = nn.Conv2d(2 * c, c, 1)
         head_norm = "group" if cfg.detector_norm == "group" else "batch"
         self.att_vis = AttentionHead(c, norm=head_norm)
         self.att_ir = AttentionHead(c, norm=head_norm)
         self.det_vis = Detector(cfg)
         self.det_ir = Detector(cfg)
+        if cfg.attention_init_std is not None:
+            self._init_attention(cfg.attention_init_std)
+
+    def _init_attention(self, std: float) -> None:
+        """Upstream's initialisation (mmcv normal_init: weights normal(0, std), biases 0) of the
+        modality-fusion conv and the attention heads' convs (detectors/MoEFusion.py:108-112)."""
+        for conv in (self.fusion_conv, self.att_vis.conv1, self.att_vis.conv2, self.att_ir.conv1, self.att_ir.conv2):
+            nn.init.normal_(conv.weight, 0.0, std)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """A one-channel image in [0, 1] as the backbones see it (``detector_input_norm``)."""
+        return (x - self.input_mean) / self.input_std
 
     def _attend(self, f_vis, f_ir, level: int = 0):
         shared = F.relu(self.fusion_conv(torch.cat([f_vis, f_ir], dim=1)))
@@ -229,7 +246,7 @@ class DetectionAttention(nn.Module):
         """(a_vis, a_ir) at stride 4 from the finest FPN level only (inference path)."""
         feats = []
         for backbone, x in ((self.backbone_vis, vis), (self.backbone_ir, ir)):
-            body = backbone.body((x - INPUT_MEAN) / INPUT_STD)
+            body = backbone.body(self.normalise(x))
             feats.append(_fpn_level0(backbone.fpn, list(body.values())))
         _, _, a_vis, a_ir = self._attend(*feats)
         return a_vis, a_ir
@@ -242,8 +259,8 @@ class DetectionAttention(nn.Module):
         """All levels and the detectors named in ``detect``: (level-0 attention, detections, losses,
         level-0 (a_vis, a_ir)). A detector trains only on its own modality's targets."""
         size = tuple(vis.shape[-2:])
-        fv = self.backbone_vis((vis - INPUT_MEAN) / INPUT_STD)
-        fi = self.backbone_ir((ir - INPUT_MEAN) / INPUT_STD)
+        fv = self.backbone_vis(self.normalise(vis))
+        fi = self.backbone_ir(self.normalise(ir))
         ev, ei = OrderedDict(), OrderedDict()
         maps0 = None
         for level, name in enumerate(fv):

@@ -43,19 +43,20 @@ class FusionOutput(NamedTuple):
 
 class DenseEncoder(nn.Module):
     """Stem conv then three densely connected 3x3 convs (DenseFuse-style); a ReLU after each when
-    ``relu`` (upstream's encoder has none: its convs are linear)."""
+    ``relu``, after the stem only when ``stem_relu`` (upstream's: its dense convs are linear)."""
 
-    def __init__(self, stem: int, growth: int, relu: bool = True):
+    def __init__(self, stem: int, growth: int, relu: bool = True, stem_relu: bool = False):
         super().__init__()
         self.stem = nn.Conv2d(1, stem, 3, padding=1)
         self.dense = nn.ModuleList(nn.Conv2d(stem + i * growth, growth, 3, padding=1) for i in range(3))
         self.act = nn.ReLU() if relu else nn.Identity()
+        self.stem_act = nn.ReLU() if relu or stem_relu else nn.Identity()
 
     def forward(self, x):
         """-> (the features before the last block, the last block's output); the encoder's whole
         output is their concatenation. Kept apart so that a decoder that takes the last block only
         through MoLE (``edge``) never concatenates and slices it off again (a full-resolution copy)."""
-        x = self.act(self.stem(x))
+        x = self.stem_act(self.stem(x))
         for i, conv in enumerate(self.dense):
             y = self.act(conv(x))
             if i < len(self.dense) - 1:
@@ -70,8 +71,8 @@ class MoEFusion(nn.Module):
         self.preset = preset
         g = cfg.growth
         self.attention = DetectionAttention(cfg)
-        self.enc_vis = DenseEncoder(cfg.stem, g, cfg.encoder_relu)
-        self.enc_ir = DenseEncoder(cfg.stem, g, cfg.encoder_relu)
+        self.enc_vis = DenseEncoder(cfg.stem, g, cfg.encoder_relu, cfg.stem_relu)
+        self.enc_ir = DenseEncoder(cfg.stem, g, cfg.encoder_relu, cfg.stem_relu)
 
         def mole():
             return GatedExperts(

@@ -5,9 +5,9 @@
 - L_grad = mean |S(F) - max(S(VIS), S(IR))| with S(x) = |Sobel_x * x| + |Sobel_y * x| (zero padding).
 - L_pixel = (sum_inside |F - max(VIS, IR)| + sum_outside |F - (VIS + IR) / 2|) / N, where
   "inside" is the union of the ground-truth boxes (pixel rows floor(y1)..ceil(y2)-1, columns
-  likewise, clipped to the image) and N the number of pixels. Without boxes the whole image is
-  background: the fused image is pulled to the mean of the sources and the gradient term
-  supplies the detail.
+  likewise, clipped to the image; ``loss.box_rounding: int``: int(y1)..int(y2)-1, upstream's) and N
+  the number of pixels. Without boxes the whole image is background: the fused image is pulled to
+  the mean of the sources and the gradient term supplies the detail.
 
 Options of the training config (not published; ``edge.yaml`` uses them, ``paper.yaml`` does not):
 - ``loss.signed_grad``: the gradient term on signed Sobel responses, see :func:`signed_gradient_loss`.
@@ -106,14 +106,23 @@ def pyramid_detail_loss(fused, vis, ir, levels: int = 3) -> torch.Tensor:
     return total
 
 
-def box_mask(boxes_per_image, shape, device=None) -> torch.Tensor:
-    """Union of xyxy pixel boxes per image -> [B, 1, H, W] float mask."""
+# How box_mask turns a box's fractional pixel coordinates into rows and columns: ``outward`` (rows
+# floor(y1)..ceil(y2)-1: every pixel the box touches is inside) or ``int`` (rows int(y1)..int(y2)-1,
+# upstream's DetcropPixelLoss, fusion_loss.py:83-108: a fractional far edge loses its last pixel).
+BOX_ROUNDINGS = ("outward", "int")
+
+
+def box_mask(boxes_per_image, shape, device=None, rounding: str = "outward") -> torch.Tensor:
+    """Union of xyxy pixel boxes per image -> [B, 1, H, W] float mask (``rounding``: BOX_ROUNDINGS)."""
+    if rounding not in BOX_ROUNDINGS:
+        raise ValueError(f"box rounding {rounding!r}; choose from {', '.join(BOX_ROUNDINGS)}")
+    start, end = (math.floor, math.ceil) if rounding == "outward" else (int, int)
     b, _, h, w = shape
     mask = torch.zeros(shape, device=device)
     for i, boxes in enumerate(boxes_per_image):
         for x1, y1, x2, y2 in (boxes.tolist() if boxes is not None else []):
-            r0, r1 = max(0, math.floor(y1)), min(h, math.ceil(y2))
-            c0, c1 = max(0, math.floor(x1)), min(w, math.ceil(x2))
+            r0, r1 = max(0, start(y1)), min(h, end(y2))
+            c0, c1 = max(0, start(x1)), min(w, end(x2))
             if r1 > r0 and c1 > c0:
                 mask[i, :, r0:r1, c0:c1] = 1.0
     return mask
@@ -183,9 +192,11 @@ def thermal_saliency(ir: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(m, SALIENCY_GROW, 1, SALIENCY_GROW // 2)
 
 
-def target_mask(shape, device, boxes_per_image=None, ir: torch.Tensor | None = None) -> torch.Tensor | None:
-    """Union of the boxes (if any) and, when ``ir`` is given, its thermal saliency; None if neither."""
-    mask = box_mask(boxes_per_image, shape, device) if boxes_per_image is not None else None
+def target_mask(shape, device, boxes_per_image=None, ir: torch.Tensor | None = None,
+                rounding: str = "outward") -> torch.Tensor | None:
+    """Union of the boxes (if any; ``rounding`` as box_mask) and, when ``ir`` is given, its thermal
+    saliency; None if neither."""
+    mask = box_mask(boxes_per_image, shape, device, rounding) if boxes_per_image is not None else None
     if ir is not None:
         sal = thermal_saliency(ir)
         mask = sal if mask is None else torch.maximum(mask, sal)
@@ -231,17 +242,18 @@ def fusion_losses(fused, vis, ir, boxes_per_image=None, aux_loss=None, det_losse
                   grad_weight: float = GRAD_WEIGHT, pixel_weight: float = PIXEL_WEIGHT,
                   signed_grad: bool = False, background_max: float = 0.0, ssim_weight: float = 0.0,
                   mask: torch.Tensor | None = None, attention_maps=None, attention_weight: float = 0.0,
-                  detail_weight: float = 0.0, pixel_levels: int = 0, background_max_weak: float | None = None) -> dict:
+                  detail_weight: float = 0.0, pixel_levels: int = 0, background_max_weak: float | None = None,
+                  box_rounding: str = "outward") -> dict:
     """All loss terms (already weighted) and their sum under 'total'. ``signed_grad`` replaces the
-    published gradient loss by :func:`signed_gradient_loss`; ``mask`` (default: the boxes) is the
-    pixel loss's "inside" and the attention loss's target."""
+    published gradient loss by :func:`signed_gradient_loss`; ``mask`` (default: the boxes, rasterised
+    with ``box_rounding``) is the pixel loss's "inside" and the attention loss's target."""
     for name, value in (("background_max", background_max), ("background_max_weak", background_max_weak)):
         if value is not None and not 0.0 <= value <= 1.0:
             raise ValueError(f"loss.{name}={value!r} must be in [0, 1]")
     if background_max_weak is not None and background_max_weak != background_max:
         background_max = background_max + (background_max_weak - background_max) * visible_weakness(vis)
     if mask is None and boxes_per_image is not None:
-        mask = box_mask(boxes_per_image, fused.shape, fused.device)
+        mask = box_mask(boxes_per_image, fused.shape, fused.device, box_rounding)
     grad = signed_gradient_loss if signed_grad else gradient_loss
     terms = {
         "grad": grad_weight * grad(fused, vis, ir),

@@ -33,7 +33,8 @@ class ModelConfig:
     # Encoders (one per modality): a stem conv to `stem` channels, then 3 dense convs of `growth`.
     stem: int = 16
     growth: int = 16
-    encoder_relu: bool = False  # ReLU after every encoder conv (upstream's encoder has none)
+    encoder_relu: bool = False  # ReLU after every encoder conv (upstream: after the stem conv only)
+    stem_relu: bool = False  # ReLU after the stem conv (upstream's; encoder_relu puts one there too)
     # The decoder sees all encoder features (upstream) or all but the last block's, which then reach
     # it only through MoLE (fg/bg): the local experts cannot be bypassed.
     decoder_skips_last_block: bool = True
@@ -78,6 +79,12 @@ class ModelConfig:
     detector: str = "resnet50"  # resnet50 | mobilenet_v3_small
     backbone_weights: str | None = "DEFAULT"  # torchvision weight enum member loaded by moefusion-train, or None
     detector_norm: str = "frozen"  # frozen | batch | group
+    # What the detectors' backbones see: ``mid_grey`` (x - 0.5) / 0.25, or ``imagenet``: ImageNet's mean
+    # and standard deviation (upstream's, averaged over its three equal gray channels).
+    detector_input_norm: str = "mid_grey"
+    # Initialisation of the modality-fusion conv and the attention heads' convs: None, PyTorch's default;
+    # a number, weights normal(0, std) and biases 0 (upstream: 0.01).
+    attention_init_std: float | None = None
     fpn_channels: int = 256
     num_classes: int = 3  # object classes, background excluded (MSRS: person, bicycle, car)
     roi_representation: int = 1024
@@ -124,7 +131,9 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    "paper": ModelConfig(),
+    # upstream: stem ReLU (MoE_fusion_head.py:53-54), ImageNet input normalisation (configs/MoE_Fusion.py:149-150),
+    # attention/fusion convs normal(0, 0.01) (detectors/MoEFusion.py:108-112); docs/model.md, "paper preset fidelity"
+    "paper": ModelConfig(stem_relu=True, detector_input_norm="imagenet", attention_init_std=0.01),
     "edge": ModelConfig(
         stem=8,
         growth=6,
@@ -153,6 +162,14 @@ GATE_POOLS = ("grid", "moments")
 OUTPUT_HEADS = ("pixel", "pyramid")
 MAX_PYRAMID_LEVELS = 5  # MoEFusion pads inputs to a multiple of 32
 DETECTOR_NORMS = ("frozen", "batch", "group")
+# (mean, std) of the detectors' one-channel input in [0, 1]. ``imagenet``: upstream normalises a gray
+# visible image repeated in three channels (and the IR image) with ImageNet's per-channel values
+# (configs/MoE_Fusion.py:149-150: mean 123.675, 116.28, 103.53; std 58.395, 57.12, 57.375 of 255);
+# one channel takes their averages.
+DETECTOR_INPUT_NORMS = {
+    "mid_grey": (0.5, 0.25),
+    "imagenet": ((123.675 + 116.28 + 103.53) / 3 / 255, (58.395 + 57.12 + 57.375) / 3 / 255),
+}
 DECODER_STRIDES = (1, 2, 4)  # divide the padding stride (32) down to the head's coarsest level
 NETWORK_STRIDES = (1, 2)
 
@@ -185,6 +202,11 @@ def validate_config(cfg: ModelConfig) -> ModelConfig:
         raise ValueError(f"range_margin={cfg.range_margin} must be in [0, 0.25] (0 = off; 4/255 = 4 grey levels)")
     if cfg.detector_norm not in DETECTOR_NORMS:
         raise ValueError(f"detector_norm={cfg.detector_norm!r}; choose from {', '.join(DETECTOR_NORMS)}")
+    if cfg.detector_input_norm not in DETECTOR_INPUT_NORMS:
+        raise ValueError(f"detector_input_norm={cfg.detector_input_norm!r}; "
+                         f"choose from {', '.join(DETECTOR_INPUT_NORMS)}")
+    if cfg.attention_init_std is not None and not 0 < cfg.attention_init_std <= 1:
+        raise ValueError(f"attention_init_std={cfg.attention_init_std} must be in (0, 1], or None (PyTorch's default)")
     for name in ("mole", "moge"):
         e = getattr(cfg, f"{name}_experts")
         if not 1 <= cfg.k <= e:

@@ -60,10 +60,29 @@ DEFAULTS: dict = {
 }
 
 
+# Entries a config may set that DEFAULTS does not hold, with the value that applies when it does not
+# set them. Kept out of DEFAULTS so that a config which does not name them (edge.yaml) loads exactly
+# as before they existed: the configs recorded in earlier checkpoints still equal it (resume, recipe).
+OPTIONAL: dict = {
+    "data": {
+        "flip": 0.5,  # probability of a horizontal flip of a training pair (upstream MoE-Fusion: 0)
+        "jitter": [0.2, 0.2],  # visible brightness, contrast jitter of training pairs; null: none (upstream)
+    },
+    "loss": {
+        "box_rounding": "outward",  # boxes -> pixel mask: outward (floor/ceil) or int (upstream's int())
+    },
+}
+
+
+def option(cfg: dict, section: str, key: str):
+    """``cfg[section][key]``, or its OPTIONAL value when the config does not set it."""
+    return cfg[section].get(key, OPTIONAL[section][key])
+
+
 def merge_config(base: dict, new: dict, where: str = "") -> dict:
     out = copy.deepcopy(base)
     for key, value in new.items():
-        if key not in out and where != "model":
+        if key not in out and where != "model" and key not in OPTIONAL.get(where, {}):
             raise UserError(f"unknown config entry {where + '.' if where else ''}{key}; see moefusion/configs/edge.yaml")
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge_config(out[key], value, key if not where else f"{where}.{key}")
@@ -103,7 +122,7 @@ def load_config(path: str | None, sets: list[str]) -> dict:
         cfg = merge_config(cfg, loaded)
     for s in sets:
         set_entry(cfg, s)
-    _coerce_numbers(cfg, DEFAULTS)
+    _coerce_numbers(cfg, merge_config(DEFAULTS, OPTIONAL))
     return cfg
 
 

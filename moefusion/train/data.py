@@ -12,6 +12,7 @@ from ..data.combine import ConcatPairs, split_ids
 from ..data.datasets import PairedDataset
 from ..data.video import dataset_root
 from ..errors import UserError
+from .config import option
 
 
 class GroupedBatchSampler(Sampler):
@@ -69,6 +70,25 @@ def data_fingerprint(datasets) -> str:
     return h.hexdigest()
 
 
+def training_transform(cfg: dict):
+    """The training pairs' augmentation a config asks for: random scale, crop, horizontal flip
+    (``data.flip``: its probability) and visible jitter (``data.jitter``: brightness, contrast; null: none)."""
+    d = cfg["data"]
+    flip = float(option(cfg, "data", "flip"))
+    jitter = option(cfg, "data", "jitter")
+    if not 0.0 <= flip <= 1.0:
+        raise UserError(f"data.flip={flip} must be a probability in [0, 1] (0: no flips)")
+    if jitter is not None:
+        try:
+            jitter = tuple(float(v) for v in jitter)
+        except (TypeError, ValueError):
+            jitter = ()
+        if len(jitter) != 2:
+            raise UserError(f"data.jitter={option(cfg, 'data', 'jitter')!r}: give [brightness, contrast] or null")
+    return train_transform(tuple(d["crop"]), scale_range=tuple(d["scale_range"]) if d["scale_range"] else None,
+                           flip_p=flip, jitter=jitter)
+
+
 def build_datasets(cfg: dict):
     d = cfg["data"]
     if not d["train"]:
@@ -79,7 +99,7 @@ def build_datasets(cfg: dict):
     if min(d["crop"]) < 96:
         # the detectors' coarsest level (stride 64) needs at least 2x2 cells for BatchNorm at batch 1
         raise UserError(f"data.crop={d['crop']} is too small; use at least [96, 96]")
-    transform = train_transform(tuple(d["crop"]), scale_range=tuple(d["scale_range"]) if d["scale_range"] else None)
+    transform = training_transform(cfg)
     train_sets, val_sets = [], []
     for entry in d["train"]:
         full = PairedDataset(dataset_root(entry, root))
