@@ -14,6 +14,11 @@ Video (issue 22), in stream mode (model/stream.py) with the temporal measures of
 brightness pumping no more than the pyramid's or the average's, flicker excess below the per-frame
 model's, and SF at least the pyramid's on the held-out sequence.
 
+Model v2 (issue 23): forcing the experts a layer did not choose moves the image >= 3 grey levels
+(every layer), expert usage differs between day and night frames by >= 30 points (one layer), the
+attention moves the targets without the head's term and beats a shifted map in person contrast, and
+no more overshoot or clipping than the pyramid.
+
 The criteria these weights do NOT meet yet are strict xfails (they fail the run once they pass, so
 the bar is raised with the weights): Qabf at least the pyramid's on every set (the held-out smoke
 clip is 0.011 below); at least GFF in 5 of 9 metrics on every set (RoadScene: 3); flicker excess no
@@ -22,6 +27,7 @@ the excess is the pyramid's but SF falls below it: docs/model_card.md, Known lim
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +37,7 @@ import torch
 from moefusion.data.io import read_image
 from moefusion.data.preprocess import prepare_pair
 from moefusion.eval import baselines, metrics
+from moefusion.eval.ablation import forced_expert_change
 from moefusion.eval.contrast import box_union_mask, target_contrast
 from moefusion.eval.heldout import excluded_clips, heldout_sets
 from moefusion.eval.runner import Method
@@ -46,6 +53,12 @@ MIN_SMALLEST_WEIGHT = 0.05  # median over frames of the smallest selected gate w
 MIN_LAYER_EFFECT = 4.0  # grey levels: mean |change| when a MoE layer's output is zeroed
 MIN_ATTENTION_RATIO = 1.5  # mean attention inside target boxes / outside
 MIN_ATTENTION_EFFECT = 3.0  # grey levels inside the boxes when the attention is a uniform 0.5
+MIN_FORCED_CHANGE = 3.0  # grey levels: mean |change| when a MoE layer runs the experts it did not choose
+MIN_DAY_NIGHT_USAGE = 30.0  # percentage points between day and night frames, in one layer at least
+MAX_OVERSHOOT_ABOVE_PYRAMID = 0.5  # percentage points of pixels > 10 grey levels outside the sources' 5x5 range
+MAX_CLIPPED_ABOVE_PYRAMID = 1.0  # percentage points of pixels at 0 or 255
+OVERSHOOT_GREY = 10
+SHIFT_PX = 64  # the attention moved sideways by this, for the person-contrast check
 AT_LEAST_LAPLACIAN = ("EN", "SD", "SF", "Qabf", "VIF")
 GFF_METRICS = ("EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM")
 MIN_GFF_WINS = 5
@@ -53,6 +66,11 @@ UNSEEN_LIMIT = 12  # llvip_samples pairs (1280x1024)
 VIDEO_FRAMES = 60  # consecutive frames of the held-out clip for the temporal check
 TARGET_CLASSES = (0, 2)  # person, car
 NOT_YET = "issue 10: below this bar with the bundled weights (docs/model_card.md, Known limits)"
+EXPERTS_NOT_YET = "issue 23: forcing MoLE fg's or bg's unchosen experts moves the image by less than 3 grey levels"
+OVERSHOOT_NOT_YET = ("issue 23: the 1.2x detail gain overshoots the sources' range (RoadScene 5.9 % of pixels vs the "
+                     "pyramid's 0.9 %); the v2 recipe's range limit removes it (docs/model_card.md)")
+ATTENTION_NOT_YET = ("issue 23: without the head's attention term the attention moves the image at the targets by "
+                     "less than 3 grey levels (it acts mostly through that term)")
 STREAM_NOT_YET = ("issue 22: the stream mode's flicker excess is above the pyramid's where the 1.2x detail gain "
                   "lifts the sensors' noise; meeting it costs the SF bar (docs/model_card.md, Known limits / Video)")
 
@@ -105,6 +123,7 @@ def routing(shipped, held_out):
     sets = {n: set() for n in MOE_LAYERS}
     smallest = {n: [] for n in MOE_LAYERS}
     effect = {n: [] for n in MOE_LAYERS[:-1]}
+    forced = {n: [] for n in MOE_LAYERS}
     with torch.inference_mode():
         for _, _, ir_raw, vis_raw in _frames(held_out):
             ir, vis, _, _ = _tensors(model, ir_raw, vis_raw)
@@ -114,6 +133,7 @@ def routing(shipped, held_out):
                 g = out.gatings[n]
                 sets[n].add(tuple(sorted(g.indices[0].tolist())))
                 smallest[n].append(float(g.weights[0].min()))
+                forced[n].append(forced_expert_change(model, ir, vis, n, fused))
             for n in effect:
                 hook = getattr(model, n).register_forward_hook(lambda m, i, o: o._replace(y=torch.zeros_like(o.y)))
                 try:
@@ -121,14 +141,22 @@ def routing(shipped, held_out):
                 finally:
                     hook.remove()
                 effect[n].append(float((ablated - fused).abs().mean()))
-    return {n: (len(sets[n]), float(np.median(smallest[n])), float(np.mean(effect.get(n, [np.nan]))))
-            for n in MOE_LAYERS}
+    return {n: (len(sets[n]), float(np.median(smallest[n])), float(np.mean(effect.get(n, [np.nan]))),
+                float(np.mean(forced[n]))) for n in MOE_LAYERS}
 
 
 def test_every_moe_layer_routes_by_scene_and_uses_both_experts(routing):
     for n in MOE_LAYERS:
         assert routing[n][0] >= MIN_ROUTE_SETS, routing
         assert routing[n][1] >= MIN_SMALLEST_WEIGHT, routing
+
+
+@pytest.mark.xfail(strict=True, reason=EXPERTS_NOT_YET)
+def test_every_moe_layers_choice_of_experts_moves_the_image(routing):
+    """Issue 23: forcing the experts a layer did not choose moves the fused image by >= 3 grey levels
+    on average over the held-out frames, for every layer."""
+    weak = {n: round(routing[n][3], 2) for n in MOE_LAYERS if routing[n][3] < MIN_FORCED_CHANGE}
+    assert not weak, weak
 
 
 def test_removing_mole_fg_changes_the_picture(routing):
@@ -180,6 +208,82 @@ def test_attention_steers_the_fusion_at_the_targets(attention):
 
 
 @pytest.fixture(scope="module")
+def day_night(shipped, held_out):
+    """Per MoE layer, the share (%) of the k choices that went to each expert on the held-out MSRS day
+    frames (id suffix D) and on the night frames (MSRS N and llvip_samples, all night)."""
+    from conftest import shared_set
+    from moefusion.data.datasets import PairedDataset
+
+    model, _ = shipped
+    llvip = PairedDataset(shared_set("llvip_samples"))
+    frames = [(f"{h.name} {h.dataset.ids[n]}", "day" if str(h.dataset.ids[n]).endswith("D") else "night", h.dataset, n)
+              for h in held_out if "msrs" in h.name for n in range(len(h.dataset))]
+    frames += [(f"llvip {llvip.ids[n]}", "night", llvip, n) for n in range(UNSEEN_LIMIT)]
+    counts = {w: {n: np.zeros(getattr(model, n).num_experts) for n in MOE_LAYERS} for w in ("day", "night")}
+    with torch.inference_mode():
+        for _, when, ds, n in frames:
+            ir, vis, _, _ = _tensors(model, *(read_image(p) for p in ds.paths(n)))
+            out = model(ir, vis)
+            for layer in MOE_LAYERS:
+                np.add.at(counts[when][layer], out.gatings[layer].indices[0].numpy(), 1)
+    assert counts["day"]["moge"].sum() and counts["night"]["moge"].sum(), "need day and night frames"
+    return {w: {n: c / c.sum() * 100 for n, c in layers.items()} for w, layers in counts.items()}
+
+
+def test_routing_follows_day_and_night(day_night):
+    """Issue 23: at least one layer's expert usage differs between day and night by >= 30 points."""
+    diff = {n: float(np.abs(day_night["day"][n] - day_night["night"][n]).max()) for n in MOE_LAYERS}
+    assert max(diff.values()) >= MIN_DAY_NIGHT_USAGE, (diff, day_night)
+
+
+@pytest.fixture(scope="module")
+def learned_attention(shipped, held_out):
+    """With the head's attention term off (pyramid_attention_gain 0): the mean |change| inside the
+    targets when the true attention is replaced by a uniform 0.5; and the person contrast of the
+    shipped model with its true attention and with the same map shifted SHIFT_PX to the side."""
+    import dataclasses
+
+    model, _ = shipped
+    no_term = copy.deepcopy(model)
+    no_term.cfg = dataclasses.replace(model.cfg, pyramid_attention_gain=0.0)
+    effects, contrast = [], []
+    with torch.inference_mode():
+        for held in (h for h in held_out if h.dataset.has_boxes):
+            ds = held.dataset
+            for n in range(len(ds)):
+                boxes_ir, boxes_vis = ds.annotations(n)
+                xyxy = np.concatenate([b.xyxy[np.isin(b.labels, TARGET_CLASSES)]
+                                       for b in (boxes_ir, boxes_vis) if b is not None])
+                ir, vis, _, _ = _tensors(model, *(read_image(p) for p in ds.paths(n)))
+                inside = box_union_mask(xyxy, ir.shape[-2:])
+                if not inside.any():
+                    continue
+                out = model(ir, vis)
+                true = no_term(ir, vis, attention_override=out.attention).fused
+                uniform = no_term(ir, vis, attention_override=torch.full_like(ir, 0.5)).fused
+                effects.append(float(((true - uniform).clamp(-1, 1) * 255).abs()[0, 0].numpy()[inside].mean()))
+                if boxes_ir is not None and (boxes_ir.labels == 0).any():
+                    shifted = model(ir, vis, attention_override=torch.roll(out.attention, SHIFT_PX, dims=-1)).fused
+                    persons = boxes_ir.xyxy[boxes_ir.labels == 0]
+                    grey = lambda f: np.rint(f.clamp(0, 1)[0, 0].numpy().astype(np.float64) * 255)  # noqa: E731
+                    contrast.append((target_contrast(grey(out.fused), persons), target_contrast(grey(shifted), persons)))
+    assert effects and contrast
+    return effects, contrast
+
+
+@pytest.mark.xfail(strict=True, reason=ATTENTION_NOT_YET)
+def test_attention_moves_the_image_through_the_learned_path(learned_attention):
+    effects, _ = learned_attention
+    assert np.mean(effects) >= MIN_ATTENTION_EFFECT, effects
+
+
+def test_true_attention_gives_more_person_contrast_than_a_shifted_one(learned_attention):
+    _, contrast = learned_attention
+    true, shifted = np.mean(contrast, axis=0)
+    assert true > shifted, contrast
+
+
+@pytest.fixture(scope="module")
 def quality(shipped, held_out):
     """Per set: mean of every metric for the model, the Laplacian pyramid and GFF."""
     from conftest import shared_set
@@ -202,8 +306,29 @@ def quality(shipped, held_out):
             for m, f in fused.items():
                 for k, v in metrics.compute(names, f, np.rint(ir_u * 255.0), np.rint(parts.y * 255.0)).items():
                     scores[m][k].append(v)
+                scores[m].setdefault("overshoot", []).append(overshoot_percent(f, ir_u, parts.y))
+                scores[m].setdefault("clipped", []).append(float(((f <= 0) | (f >= 255)).mean() * 100))
         out[name] = {m: {k: float(np.mean(v)) for k, v in s.items()} for m, s in scores.items()}
     return out
+
+
+def overshoot_percent(fused_grey: np.ndarray, ir_u: np.ndarray, vis_y: np.ndarray) -> float:
+    """% of pixels more than OVERSHOOT_GREY grey levels outside both sources' 5x5 range."""
+    import cv2
+
+    kernel = np.ones((5, 5), np.uint8)
+    hi = cv2.dilate(np.maximum(ir_u, vis_y).astype(np.float32), kernel, borderType=cv2.BORDER_REPLICATE) * 255
+    lo = cv2.erode(np.minimum(ir_u, vis_y).astype(np.float32), kernel, borderType=cv2.BORDER_REPLICATE) * 255
+    return float(((fused_grey > hi + OVERSHOOT_GREY) | (fused_grey < lo - OVERSHOOT_GREY)).mean() * 100)
+
+
+@pytest.mark.xfail(strict=True, reason=OVERSHOOT_NOT_YET)
+def test_no_more_overshoot_or_clipping_than_the_pyramid(quality):
+    """Issue 23: pixels far outside what the cameras saw, or clipped, no more than the pyramid's + a margin."""
+    worse = [(s, k, round(r["model"][k], 2), round(r["laplacian"][k], 2)) for s, r in quality.items()
+             for k, extra in (("overshoot", MAX_OVERSHOOT_ABOVE_PYRAMID), ("clipped", MAX_CLIPPED_ABOVE_PYRAMID))
+             if r["model"][k] > r["laplacian"][k] + extra]
+    assert not worse, worse
 
 
 # Not SCD: where the attention finds a target the base takes IR's brightness (pyramid_attention_gain),

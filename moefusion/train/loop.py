@@ -22,6 +22,7 @@ from ..model import build_model
 from ..model.attention import BACKBONE_WEIGHTS, backbone_weights_enum
 from ..model.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
 from ..model.losses import fusion_losses, target_mask
+from .config import option
 from .data import GroupedBatchSampler, build_datasets, data_fingerprint, detection_targets
 from .validate import validate
 
@@ -247,7 +248,8 @@ def train(cfg: dict, resume: str | None = None, recipe: dict | None = None) -> P
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 out = model(ir, vis, detection_targets(batch, "ir", device), detection_targets(batch, "vis", device))
             boxes = [b for b in batch["boxes"]] if bool(batch["has_boxes"].any()) else None
-            mask = target_mask(ir.shape, device, boxes, ir if loss_cfg["pseudo_targets"] else None)
+            mask = target_mask(ir.shape, device, boxes, ir if loss_cfg["pseudo_targets"] else None,
+                               rounding=option(cfg, "loss", "box_rounding"))
             terms = fusion_losses(out.fused.float(), vis, ir, boxes, out.aux_loss, out.det_losses,
                                   grad_weight=loss_cfg["grad"], pixel_weight=loss_cfg["pixel"],
                                   signed_grad=bool(loss_cfg["signed_grad"]),
