@@ -46,12 +46,15 @@ def small_config(tmp_path, roots, steps, seed=0, **model):
 def test_short_training_on_real_pairs_lowers_the_loss(tmp_path, shared_data, head, factor):
     msrs = shared_data("msrs_det")
     torch.manual_seed(0)
-    stride = {"decoder_stride": 1} if head == "pixel" else {}  # a pixel head runs at full resolution
+    # a pixel head runs at full resolution
+    stride = {"decoder_stride": 1, "network_stride": 1} if head == "pixel" else {}
     cfg = small_config(tmp_path, [msrs], steps=1, output_head=head, **stride)
+    cfg["train"]["classical_start"] = head == "pyramid"  # a pixel head has no classical blend to start from
     first = train(cfg)
     batch = fixed_batch(msrs)
     before = eval_loss(load(first, device="cpu"), batch)
     cfg = small_config(tmp_path, [msrs], steps=40, output_head=head, **stride)
+    cfg["train"]["classical_start"] = head == "pyramid"
     last = train(cfg, resume=str(first))
     ckpt = read_checkpoint(last)
     assert ckpt["meta"]["step"] == 40 and ckpt["preset"] == "edge"

@@ -11,12 +11,7 @@ import ast
 import importlib.util
 import json
 import os
-import platform
 import re
-import selectors
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,9 +25,9 @@ from .build import (
     BuildError,
     build,
     configure,
-    find_nvcc,
     toolchain_problem,
 )
+from .check_env import find_sanitizer, machine_facts, module_version, run_logged
 from .check_report import Budget, Row, StepSink
 
 GPU_TEST_FILE = "tests/test_kernels_gpu.py"
@@ -107,128 +102,9 @@ class Context:
         return self.device != "cuda"
 
 
-# ----------------------------------------------------------------------------- helpers
-def _run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int | None, str]:
-    """Run ``cmd`` in its own process group, its output copied to ours (the check's log) as it comes; at
-    ``timeout`` the group is killed. Returns (exit status, or None when it timed out; its output)."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=env or os.environ.copy(), preexec_fn=os.setpgrp)  # noqa: PLW1509 (no threads)
-    fd = proc.stdout.fileno()
-    os.set_blocking(fd, False)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + max(1.0, timeout)
-    timed_out = False
-    with selectors.DefaultSelector() as sel:
-        sel.register(fd, selectors.EVENT_READ)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                timed_out = True
-                break
-            if not sel.select(timeout=min(left, 1.0)):
-                continue
-            try:
-                data = os.read(fd, 1 << 16)
-            except BlockingIOError:
-                continue
-            if not data:
-                break
-            chunks.append(data)
-            sys.stdout.buffer.write(data)
-            sys.stdout.flush()
-    if not timed_out:
-        try:  # the output ended; so should the process
-            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-    if timed_out:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait()
-    proc.stdout.close()
-    return (None if timed_out else proc.returncode), b"".join(chunks).decode("utf-8", "replace")
-
-
-def _version_of(cmd: list[str], pattern: str) -> str | None:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    m = re.search(pattern, out)
-    return m.group(1) if m else None
-
-
-def _driver_from_smi() -> str:
-    try:
-        out = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20, check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    m = re.search(r"CUDA Version:\s*([0-9.]+)", out)
-    d = re.search(r"Driver Version:\s*([0-9.]+)", out)
-    return f"{m.group(1) if m else '?'} (driver {d.group(1) if d else '?'})"
-
-
-def find_sanitizer() -> str | None:
-    found = shutil.which("compute-sanitizer")
-    for cand in ("/usr/local/cuda/bin/compute-sanitizer", "/usr/local/cuda/compute-sanitizer/compute-sanitizer"):
-        if not found and os.path.isfile(cand):
-            found = cand
-    return found
-
-
-def _module_version(name: str) -> str | None:
-    """The installed version of the distribution that provides module ``name`` (None: not installed)."""
-    if importlib.util.find_spec(name) is None:
-        return None
-    from importlib.metadata import PackageNotFoundError, packages_distributions, version
-
-    for dist in [*packages_distributions().get(name, []), name]:
-        try:
-            return f"{version(dist)}" + (f" ({dist})" if dist.replace("-", "_") != name else "")
-        except PackageNotFoundError:
-            continue
-    return "?"
-
-
 # ----------------------------------------------------------------------------- env
 def step_env(ctx: Context):
-    import torch  # here: the first step to import torch (4+ s); the check's own process never does
-
-    env = {
-        "python": platform.python_version(),
-        "executable": sys.executable,
-        "host": platform.node(),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "cuda_available": torch.cuda.is_available(),
-        "cpu_count": os.cpu_count(),
-        "nvcc": _version_of([find_nvcc() or "nvcc", "--version"], r"release ([0-9.]+)") if find_nvcc() else None,
-        "cmake": _version_of(["cmake", "--version"], r"version ([0-9.]+)") if shutil.which("cmake") else None,
-        "ninja": bool(shutil.which("ninja")),
-        "compute_sanitizer": find_sanitizer(),
-        "onnxruntime": _module_version("onnxruntime"),
-        "tensorrt": _module_version("tensorrt"),
-        "tensorrt_rtx": _module_version("tensorrt_rtx"),
-        "pytest_timeout": importlib.util.find_spec("pytest_timeout") is not None,
-        "git": _version_of(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], r"(\w+)") if shutil.which("git")
-        else None,
-    }
-    if env["onnxruntime"]:
-        try:
-            import onnxruntime as ort  # optional, as everywhere: only for its providers
-
-            env["onnxruntime_providers"] = ort.get_available_providers()
-        except Exception as e:  # noqa: BLE001
-            env["onnxruntime_providers"] = [f"import failed: {type(e).__name__}: {e}"[:200]]
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        env.update(gpu=p.name, cc=f"{p.major}{p.minor}", sms=p.multi_processor_count,
-                   memory_gib=round(p.total_memory / 2**30, 1))
-        env["cuda_driver"] = _driver_from_smi()
-    else:
-        env.update(gpu=None, cuda_driver=None)
+    env = machine_facts()
     gpu = f"{env['gpu']} (sm_{env['cc']})" if env.get("gpu") else "no CUDA GPU"
     detail = (f"{gpu}; torch {env['torch']} (CUDA {env['torch_cuda']}); nvcc {env['nvcc']}; "
               f"compute-sanitizer {'found' if env['compute_sanitizer'] else 'not found'}; "
@@ -257,7 +133,7 @@ sys.exit(0 if err < 1e-5 else 1)
 
 def _smoke(lib: Path, timeout: float) -> tuple[bool, str]:
     """One kernel through ctypes inside a PyTorch process (its own: a broken launch stays there)."""
-    code, out = _run([sys.executable, "-c", _SMOKE, str(lib)], timeout)
+    code, out = run_logged([sys.executable, "-c", _SMOKE, str(lib)], timeout)
     lines = out.strip().splitlines()
     if code is None:
         return False, f"timed out after {timeout:.0f} s"
@@ -333,7 +209,7 @@ def _pytest(ctx: Context, what: str, args: list[str], nodes: list[str]):
         cmd += [f"--timeout={int(max(10, min(PER_TEST_TIMEOUT_S, left)))}"]
     if ctx.dry:
         return "skipped", f"needs a GPU (dry run); would run {what}: {' '.join(cmd[1:])}", {"command": cmd[1:]}
-    code, out = _run(cmd, left)
+    code, out = run_logged(cmd, left)
     counts = {k: 0 for k in ("passed", "failed", "skipped", "error", "errors", "deselected")}
     summary = [ln for ln in out.splitlines() if re.search(r"\d+ (passed|failed|skipped|error|deselected)", ln)]
     for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", summary[-1] if summary else ""):
@@ -448,7 +324,7 @@ def _bench(ctx: Context, backend: str, precisions: list[str]):
             cmd = [sys.executable, "-m", "moefusion.bench", "--backends", backend, "--device", "cuda",
                    "--presets", preset, "--precisions", *precisions, "--imgsz", "480", "640", "--no-pipeline",
                    "--iters", str(ctx.iters), "--batch", str(ctx.big_batch), "--json", str(js)]
-            code, out = _run(cmd, left)
+            code, out = run_logged(cmd, left)
             if code is None:
                 statuses.append("timeout")
                 notes.append(f"{preset}: timed out")
@@ -500,7 +376,7 @@ def step_ort(ctx: Context):
 
 def step_tensorrt(ctx: Context):
     if importlib.util.find_spec("tensorrt") is None:
-        rtx = _module_version("tensorrt_rtx")
+        rtx = module_version("tensorrt_rtx")
         extra = (f"; tensorrt_rtx {rtx} is installed, but TensorRT-RTX runs engines only on RTX-class GPUs "
                  "(compute capability 7.5-8.9 and 12.x), not on an H100/H200 (9.0)") if rtx else ""
         return "skipped", NO_TENSORRT + extra, {}
