@@ -15,6 +15,7 @@ from moefusion import load
 from moefusion.model.checkpoint import read_checkpoint
 from moefusion.model.losses import fusion_losses
 from moefusion.train import load_config, main, train
+from moefusion.train.data import GroupedBatchSampler
 
 
 def fixed_batch(root, n=4, size=(96, 96)):
@@ -104,7 +105,20 @@ def test_checkpoint_alone_rebuilds_and_resumes(tmp_path, shared_data):
     # resuming from the checkpoint alone (its embedded config) continues the step count
     code = main(["--resume", str(path), "--max-steps", "3", "--out", str(tmp_path / "again"), "-q"])
     assert code == 0
-    assert read_checkpoint(tmp_path / "again" / "last.pt")["meta"]["step"] == 3
+    meta = read_checkpoint(tmp_path / "again" / "last.pt")["meta"]
+    assert meta["step"] == 3
+    # stopped mid-epoch both times: the checkpoint says where in the epoch, so a resume goes on inside it
+    assert ckpt["meta"]["epoch"] == 0 and ckpt["meta"]["epoch_batches"] == 2
+    assert meta["epoch"] == 0 and meta["epoch_batches"] == 3
+
+
+def test_a_resumed_epoch_draws_the_batches_it_had_not_drawn():
+    whole = GroupedBatchSampler([10, 7], 3, seed=5)
+    whole.epoch = 4
+    batches = list(whole)
+    resumed = GroupedBatchSampler([10, 7], 3, seed=5)
+    resumed.epoch, resumed.skip = 4, 2
+    assert list(resumed) == batches[2:] and len(resumed) == len(batches) - 2
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ class GroupedBatchSampler(Sampler):
     def __init__(self, sizes: list[int], batch_size: int, seed: int, rank: int = 0, world: int = 1):
         self.sizes, self.batch_size, self.seed, self.rank, self.world = sizes, batch_size, seed, rank, world
         self.epoch = 0
+        self.skip = 0  # batches of this epoch already trained (a run resumed mid-epoch)
 
     def _batches(self):
         g = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -37,10 +38,10 @@ class GroupedBatchSampler(Sampler):
         return batches[self.rank : usable : self.world]
 
     def __iter__(self):
-        return iter(self._batches())
+        return iter(self._batches()[self.skip:])
 
     def __len__(self):
-        return len(self._batches())
+        return max(0, len(self._batches()) - self.skip)
 
 
 

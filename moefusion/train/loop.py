@@ -214,17 +214,19 @@ def train(cfg: dict, resume: str | None = None, recipe: dict | None = None) -> P
     loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate_pairs,
                         num_workers=cfg["data"]["workers"], persistent_workers=cfg["data"]["workers"] > 0)
 
-    start_epoch, step, history = 0, 0, []
+    start_epoch, step, history, skip = 0, 0, [], 0
     if state is not None:
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state and use_amp:
             scaler.load_state_dict(state["scaler"])
         start_epoch = state["meta"].get("epoch", 0)
+        skip = state["meta"].get("epoch_batches", 0)  # a run stopped mid-epoch goes on where it stopped
         step = state["meta"].get("step", 0)
         history = state["meta"].get("history", [])
         if rank == 0:
-            log.info("resumed %s at epoch %d, step %d", resume, start_epoch, step)
+            log.info("resumed %s at epoch %d%s, step %d", resume, start_epoch,
+                     f" (+{skip} batches)" if skip else "", step)
 
     max_steps = cfg["train"]["max_steps"]
     epochs = opt_cfg["epochs"]
@@ -236,12 +238,14 @@ def train(cfg: dict, resume: str | None = None, recipe: dict | None = None) -> P
     done, nonfinite = False, 0
     last_path = out_dir / "last.pt"
     for epoch in range(start_epoch, epochs):
-        sampler.epoch = epoch
+        sampler.epoch, sampler.skip = epoch, skip if epoch == start_epoch else 0
+        consumed = sampler.skip
         running: dict[str, float] = {}
         routing = RoutingStats()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=rank != 0, leave=False, dynamic_ncols=True)
         t0 = time.time()
         for batch in bar:
+            consumed += 1
             for group in optimizer.param_groups:
                 group["lr"] = opt_cfg["lr"] * _lr_factor(epoch, step, opt_cfg)
             ir, vis = batch["ir"].to(device, non_blocking=True), batch["vis"].to(device, non_blocking=True)
@@ -292,10 +296,13 @@ def train(cfg: dict, resume: str | None = None, recipe: dict | None = None) -> P
             record.update({k: round(v, 4) if isinstance(v, float) else v
                            for k, v in validate(core, val_set, device, cfg["data"]["val_images"]).items()})
         history.append(record)
+        sampler.skip = 0
+        unfinished = consumed < len(sampler)  # stopped at max_steps mid-epoch: resume inside it
         if rank == 0:
             log.info("%s", "  ".join(f"{k}={v}" for k, v in record.items()))
-            meta = {"epoch": epoch + 1, "step": step, "history": history, "train_config": cfg, "frozen": frozen,
-                    "recipe": recipe}
+            meta = {"epoch": epoch + (0 if unfinished else 1), "step": step, "history": history,
+                    "train_config": cfg, "frozen": frozen, "recipe": recipe,
+                    **({"epoch_batches": consumed} if unfinished else {})}
             save_checkpoint(last_path, core, meta=meta, optimizer=optimizer.state_dict(),
                             scaler=scaler.state_dict() if use_amp else {})
         if done:
