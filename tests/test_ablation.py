@@ -89,6 +89,34 @@ def test_routing_report_names_every_moe_layer(model, tmp_path):
         assert sum(int(c) for c in cells[1].split("/")) == 2 * model.cfg.k  # k choices per pair
         assert float(cells[4]) == pytest.approx(np.mean(rep.forced[name]), abs=0.006)
     assert "No labelled pair" in text
+    # where each expert is chosen: one row per set, the same counts as the whole report's (one set here)
+    per_set = [line for line in text.splitlines() if line.startswith("| tiny (whole sequence) |")]
+    assert len(per_set) == 1
+    cells = [c.strip() for c in per_set[0].strip("|").split("|")]
+    assert cells[1] == "2" and cells[2:] == [rows[n].strip("|").split("|")[1].strip()
+                                             for n in ("mole_fg", "mole_bg", "moge")]
+
+
+def test_routing_pictures_show_each_sets_first_pair_and_its_experts(model, tmp_path):
+    sets = [HeldOutSet(f"set{i}", PairedDataset(str(_folder(tmp_path / f"s{i}", 2)))) for i in range(2)]
+    rep = ablation.routing_report(model, sets, limit=2, maps=8)
+    assert len(rep.maps) == 2  # the first pair of each set, labelled or not
+    ir, vis = _pair(0)  # the first pair of each folder
+    out = model(ir, vis)
+    row = rep.maps[0]
+    assert row.shape == (240, 4 * 320, 3)
+    # the VIS tile is the pair's VIS frame (away from the captions)
+    tile = cv2.resize((vis[0, 0].numpy() * 255).astype(np.uint8), (320, 240))
+    assert np.abs(row[40:200, 320:640, 0].astype(int) - tile[40:200]).mean() < 1
+    # the chosen experts are written on the row: drawing them again over it changes nothing there
+    caption = ablation.chosen_experts(out.gatings)
+    assert caption.startswith("mole_fg ") and "moge " in caption
+    redrawn = row.copy()
+    ablation._caption(redrawn, caption, 240 - 8)
+    assert np.array_equal(redrawn, row)
+    other = row.copy()
+    ablation._caption(other, caption.replace("moge", "mogX"), 240 - 8)
+    assert not np.array_equal(other, row)
 
 
 def test_routing_report_command(model, tmp_path, capsys):

@@ -133,7 +133,8 @@ class RoutingReport:
     zeroed: dict = field(default_factory=dict)  # layer -> [change per pair]; not the last layer
     attention: list = field(default_factory=list)  # (set, id, mean inside boxes, mean outside, uniform change inside)
     contrast: list = field(default_factory=list)  # (set, id, IR, VIS, average, laplacian, model) person contrast
-    maps: list = field(default_factory=list)  # BGR rows IR | VIS | attention | fused
+    maps: list = field(default_factory=list)  # BGR rows IR | VIS | attention | fused, the chosen experts on it
+    per_set: dict = field(default_factory=dict)  # set name -> RoutingStats: where each expert is chosen
 
     def layers(self) -> list[str]:
         return list(self.forced)
@@ -145,32 +146,50 @@ def _target_boxes(ds, n: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, 4), np.float32)
 
 
-def _map_row(ir, vis, att, fused, size=(320, 240)) -> np.ndarray:
+def chosen_experts(gatings: dict) -> str:
+    """'mole_fg 1+3  mole_bg 0+2  moge 2+0': each layer's chosen experts for the first sample, best first."""
+    return "  ".join(f"{name} " + "+".join(str(int(i)) for i in g.indices[0].tolist()) for name, g in gatings.items())
+
+
+def _caption(img: np.ndarray, text: str, y: int) -> None:
+    for color, width in (((0, 0, 0), 3), ((255, 255, 255), 1)):  # white on a dark outline: legible anywhere
+        cv2.putText(img, text, (4, y), cv2.FONT_HERSHEY_SIMPLEX, 0.4, color, width, cv2.LINE_8)
+
+
+def _map_row(ir, vis, att, fused, title: str = "", experts: str = "", size=(320, 240)) -> np.ndarray:
     row = [ir[0, 0].numpy(), vis[0, 0].numpy(), att, fused[0, 0].numpy() / 255]
     row = [cv2.resize((np.clip(x, 0, 1) * 255).astype(np.uint8), size) for x in row]
     row[2] = cv2.applyColorMap(row[2], cv2.COLORMAP_INFERNO)
-    return np.hstack([cv2.cvtColor(x, cv2.COLOR_GRAY2BGR) if x.ndim == 2 else x for x in row])
+    row = np.hstack([cv2.cvtColor(x, cv2.COLOR_GRAY2BGR) if x.ndim == 2 else x for x in row])
+    _caption(row, title[:48], 14)
+    _caption(row, experts, size[1] - 8)
+    return row
 
 
 @torch.inference_mode()
 def routing_report(model, sets, limit: int | None = None, maps: int = 0, progress=None) -> RoutingReport:
     """Routing, forced-expert and zeroed-layer effects of every MoE layer, and the attention on
     labelled pairs, over ``sets`` (``HeldOutSet``s: ``.name``, ``.dataset``); at most ``limit`` pairs
-    per set, spread evenly over it; ``maps``: how many attention-map rows to keep."""
+    per set, spread evenly over it; ``maps``: how many picture rows to keep (the first pair of each set,
+    its chosen experts written on it)."""
     model = model.float().eval()
     layers = moe_layers(model)
     rep = RoutingReport(forced={n: [] for n in layers}, zeroed={n: [] for n in list(layers)[:-1]})
     for held in sets:
         ds = held.dataset
         count = len(ds) if limit is None else min(len(ds), limit)
-        for n in np.unique(np.linspace(0, len(ds) - 1, count).round().astype(int)).tolist():
+        for i, n in enumerate(np.unique(np.linspace(0, len(ds) - 1, count).round().astype(int)).tolist()):
             if progress:
                 progress(held.name, ds.ids[n])
             ir, vis = to_tensors(*(read_image(p) for p in ds.paths(n)))
             out = model(ir, vis)
             rep.routing.add(out.gatings)
+            rep.per_set.setdefault(held.name, RoutingStats()).add(out.gatings)
             rep.pairs += 1
             base = out.fused.clamp(0, 1) * 255
+            if i == 0 and len(rep.maps) < maps:
+                rep.maps.append(_map_row(ir, vis, out.attention[0, 0].cpu().numpy(), base,
+                                         f"{held.name} {ds.ids[n]}", chosen_experts(out.gatings)))
             for name in layers:
                 rep.forced[name].append(forced_expert_change(model, ir, vis, name, base))
             for name in rep.zeroed:
@@ -183,8 +202,6 @@ def routing_report(model, sets, limit: int | None = None, maps: int = 0, progres
             att = out.attention[0, 0].cpu().numpy()
             rep.attention.append((held.name, ds.ids[n], float(att[inside].mean()), float(att[~inside].mean()),
                                   attention_change(model, ir, vis, inside, base=base)))
-            if len(rep.maps) < maps:
-                rep.maps.append(_map_row(ir, vis, att, base))
             rep.contrast += _person_contrast(held.name, ds, n, ir, vis, base)
     return rep
 
@@ -218,6 +235,14 @@ def format_report(rep: RoutingReport, title: str = "") -> str:
                      f"{forced} | {zero} |")
     lines.append("")
     lines += [f"collapsed: {problem}" for problem in rep.routing.collapsed()] or ["no collapsed layer"]
+    if rep.per_set:
+        lines += ["", "Where each expert is chosen: times each expert was chosen, per set (k per pair).", "",
+                  "| set | pairs | " + " | ".join(rep.layers()) + " |", "| --- | --- |" + " --- |" * len(rep.layers())]
+        for name, stats in rep.per_set.items():
+            per = stats.summary()
+            pairs = len(next(iter(stats.min_weights.values())))  # one smallest weight per sample
+            lines.append(f"| {name} | {pairs} | " + " | ".join(per[f"{layer}_experts"] for layer in rep.layers())
+                         + " |")
     if rep.attention:
         inside = np.mean([a[2] for a in rep.attention])
         outside = np.mean([a[3] for a in rep.attention])

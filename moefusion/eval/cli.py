@@ -81,7 +81,7 @@ HELDOUT_METRICS = "EN,SD,SF,AG,MI,SCD,VIF,Qabf,SSIM"
 TEMPORAL_METHODS = "model,stream,laplacian,gff,average"
 UNSEEN = ["../shared/data/llvip_samples"]  # never used in training (the bundled weights' config)
 UNSEEN_LIMIT = 12
-MAP_ROWS = 4
+MAP_ROWS = 8  # one row per held-out set (there are 7 with the bundled config and llvip)
 # The options of each mode; any other option given with the mode is an error.
 MODE_OPTIONS = {
     "data": {"data", "methods", "model", "metrics", "convention", "limit", "json", "csv", "sheet", "sheet_rows"},
@@ -174,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"--heldout: pairs used from each --unseen folder (default {UNSEEN_LIMIT})")
     held.add_argument("--markdown", metavar="FILE.md", help="also write the tables / the report to this file")
     held.add_argument("--sheet-dir", metavar="DIR", help="--heldout: write one contact sheet per set here")
-    held.add_argument("--maps", metavar="FILE.png", help="--routing-report: a picture of attention maps on "
-                      f"held-out labelled pairs (up to {MAP_ROWS} rows of IR | VIS | attention | fused)")
+    held.add_argument("--maps", metavar="FILE.png", help="--routing-report: a picture of the first pair of "
+                      f"each held-out set (up to {MAP_ROWS} rows of IR | VIS | attention | fused, each layer's "
+                      "chosen experts written on it)")
     return p
 
 
