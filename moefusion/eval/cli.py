@@ -175,8 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     held.add_argument("--markdown", metavar="FILE.md", help="also write the tables / the report to this file")
     held.add_argument("--sheet-dir", metavar="DIR", help="--heldout: write one contact sheet per set here")
     held.add_argument("--maps", metavar="FILE.png", help="--routing-report: a picture of the first pair of "
-                      f"each held-out set (up to {MAP_ROWS} rows of IR | VIS | attention | fused, each layer's "
-                      "chosen experts written on it)")
+                      f"each held-out set (<= {MAP_ROWS} rows of IR | VIS | attention | fused, with the experts chosen)")
     return p
 
 
