@@ -187,9 +187,9 @@ def routing_report(model, sets, limit: int | None = None, maps: int = 0, progres
             rep.per_set.setdefault(held.name, RoutingStats()).add(out.gatings)
             rep.pairs += 1
             base = out.fused.clamp(0, 1) * 255
+            att = out.attention[0, 0].cpu().numpy()
             if i == 0 and len(rep.maps) < maps:
-                rep.maps.append(_map_row(ir, vis, out.attention[0, 0].cpu().numpy(), base,
-                                         f"{held.name} {ds.ids[n]}", chosen_experts(out.gatings)))
+                rep.maps.append(_map_row(ir, vis, att, base, f"{held.name} {ds.ids[n]}", chosen_experts(out.gatings)))
             for name in layers:
                 rep.forced[name].append(forced_expert_change(model, ir, vis, name, base))
             for name in rep.zeroed:
@@ -199,7 +199,6 @@ def routing_report(model, sets, limit: int | None = None, maps: int = 0, progres
             inside = box_union_mask(_target_boxes(ds, n), ir.shape[-2:])
             if not inside.any() or inside.all():
                 continue
-            att = out.attention[0, 0].cpu().numpy()
             rep.attention.append((held.name, ds.ids[n], float(att[inside].mean()), float(att[~inside].mean()),
                                   attention_change(model, ir, vis, inside, base=base)))
             rep.contrast += _person_contrast(held.name, ds, n, ir, vis, base)
