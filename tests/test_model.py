@@ -404,6 +404,26 @@ def test_decoder_sees_the_last_block_only_through_mole_in_edge():
     torch.testing.assert_close(paper.decoder_input(fv, fi, y_fg, y_bg, att), torch.cat([*fv, *fi, y_fg, y_bg], 1))
 
 
+def test_a_decoder_that_sees_no_encoder_features_takes_everything_through_mole():
+    """decoder_sees_encoders=False (the edge recipe's): MoGE's input is MoLE's outputs and the attention
+    only, so changing the encoders' early features cannot reach it except through a chosen expert."""
+    model = moefusion.build_model("edge", decoder_sees_encoders=False).eval()
+    cfg = model.cfg
+    assert cfg.decoder_in == 2 * cfg.growth + 1 and model.moge.experts.channels[0] == cfg.decoder_in
+    early = cfg.encoder_out - cfg.growth
+    last = torch.rand(1, cfg.growth, 8, 8)
+    y_fg, y_bg, att = torch.rand(1, cfg.growth, 8, 8), torch.rand(1, cfg.growth, 8, 8), torch.rand(1, 1, 8, 8)
+    a = model.decoder_input((torch.rand(1, early, 8, 8), last), (torch.rand(1, early, 8, 8), last), y_fg, y_bg, att)
+    b = model.decoder_input((torch.zeros(1, early, 8, 8), last), (torch.ones(1, early, 8, 8), last), y_fg, y_bg, att)
+    torch.testing.assert_close(a, F.avg_pool2d(torch.cat([y_fg, y_bg, att], 1), 2))
+    torch.testing.assert_close(a, b)
+    ir, vis = torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64)
+    with torch.no_grad():  # and the whole model runs, with a different MoLE output giving a different image
+        base = model(ir, vis).fused
+        model.mole_fg.experts.biases[-1].add_(1.0)
+        assert (model(ir, vis).fused - base).abs().mean() > 0
+
+
 def test_network_stride_runs_the_network_at_half_size_and_blends_full_size_pyramids():
     """network_stride=2: the encoders see half-size frames; with the decoder's maps at zero the output
     is exactly the classical pyramid blend of the full-size sources (no detail lost to the stride)."""

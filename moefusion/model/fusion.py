@@ -226,7 +226,8 @@ class MoEFusion(nn.Module):
         encoders' (early, last) outputs), MoLE's outputs and, with ``decoder_attention``, the
         attention map. One concatenation, after average pooling by ``decoder_stride``."""
         keep = slice(None) if self.cfg.decoder_skips_last_block else slice(0, 1)
-        parts = [*enc_vis[keep], *enc_ir[keep], y_fg, y_bg]
+        parts = [*enc_vis[keep], *enc_ir[keep]] if self.cfg.decoder_sees_encoders else []
+        parts += [y_fg, y_bg]
         parts += [att.to(y_fg.dtype)] if self.cfg.decoder_attention else []
         s = self.cfg.decoder_stride
         if s > 1:  # pooled part by part: the full-resolution concatenation is never made

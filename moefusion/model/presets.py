@@ -38,6 +38,10 @@ class ModelConfig:
     # The decoder sees all encoder features (upstream) or all but the last block's, which then reach
     # it only through MoLE (fg/bg): the local experts cannot be bypassed.
     decoder_skips_last_block: bool = True
+    # False: the decoder sees no encoder features at all, only MoLE's outputs (and the attention), so
+    # every feature reaches the blend maps through an expert the gates chose: the choice cannot be
+    # routed around (the edge recipe's).
+    decoder_sees_encoders: bool = True
     # The decoder also sees the attention map as one more input channel: where the targets are
     # decides what the fused pixel should be (the losses differ inside and outside them).
     decoder_attention: bool = False
@@ -110,7 +114,7 @@ class ModelConfig:
         # both encoders' dense features (less the last block's, when MoLE alone carries them)
         # + MoLE foreground and background outputs
         skipped = self.encoder_out if self.decoder_skips_last_block else self.encoder_out - self.growth
-        return 2 * skipped + 2 * self.growth + int(self.decoder_attention)
+        return 2 * skipped * int(self.decoder_sees_encoders) + 2 * self.growth + int(self.decoder_attention)
 
     @property
     def decoder_out(self) -> int:
