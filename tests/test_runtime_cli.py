@@ -269,6 +269,25 @@ def test_demo_without_display_says_why_no_window(capsys, monkeypatch):
     assert os.path.abspath(cli.DEMO_OUTPUT) in err[0]
 
 
+def test_the_cached_export_is_per_checkpoint_and_per_graph_code(tmp_path, monkeypatch):
+    """A changed checkpoint or a changed model/exporter source gives another cache file (the version
+    string alone would keep serving an export made by older code)."""
+    from moefusion.export import cache
+
+    code = tmp_path / "model"
+    code.mkdir()
+    (code / "stream.py").write_text("STATE = 1\n")
+    monkeypatch.setattr(cache, "GRAPH_CODE", (code,))
+    ckpt = tmp_path / "w.pt"
+    ckpt.write_bytes(b"weights 1")
+    first = cache.cached_path(ckpt, tmp_path)
+    assert cache.cached_path(ckpt, tmp_path) == first and first.parent == tmp_path and first.name.endswith("-stream.onnx")
+    (code / "stream.py").write_text("STATE = 2\n")
+    second = cache.cached_path(ckpt, tmp_path)
+    ckpt.write_bytes(b"weights 2")
+    assert len({first, second, cache.cached_path(ckpt, tmp_path)}) == 3
+
+
 def test_argtypes_messages():
     with pytest.raises(Exception, match=r"got inf; allowed: a finite number, 0 < HZ <= 1000"):
         argtypes.rate_hz("inf")

@@ -4,8 +4,8 @@ ONNX Runtime runs the bundled model several times faster than eager PyTorch on a
 (docs/benchmark.md), so ``--backend auto`` without a CUDA GPU exports the checkpoint once, as a stream
 graph (``moefusion-export --stream``: it serves the stream mode and, with a zero state, per-frame
 fusion), and reuses the file on every later start. The file name holds a hash of the checkpoint's
-bytes and this moefusion's version: retrained weights or a new exporter give a new export, never a
-stale one. Written to a temporary name and renamed, so an interrupted export leaves nothing behind.
+bytes and one of the code that defines the graph (moefusion/model and moefusion/export): retrained
+weights or a changed model or exporter (a new stream state, say) give a new export, never a stale one. Written to a temporary name and renamed, so an interrupted export leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -31,9 +31,21 @@ def _file_hash(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+GRAPH_CODE = tuple(Path(__file__).resolve().parents[1] / d for d in ("model", "export"))
+
+
+def _code_hash() -> str:
+    """Of the sources that decide what an export holds (the version string is not bumped per change)."""
+    h = hashlib.sha256(__version__.encode())
+    for folder in GRAPH_CODE:
+        for path in sorted(folder.glob("*.py")):
+            h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:8]
+
+
 def cached_path(checkpoint: str | os.PathLike, cache_dir: Path | None = None) -> Path:
     checkpoint = Path(checkpoint)
-    return (cache_dir or CACHE_DIR) / f"{checkpoint.stem}-{_file_hash(checkpoint)}-v{__version__}-stream.onnx"
+    return (cache_dir or CACHE_DIR) / f"{checkpoint.stem}-{_file_hash(checkpoint)}-{_code_hash()}-stream.onnx"
 
 
 def cached_stream_onnx(checkpoint: str | os.PathLike, cache_dir: Path | None = None) -> Path:
