@@ -5,7 +5,8 @@ ONNX Runtime runs the bundled model several times faster than eager PyTorch on a
 graph (``moefusion-export --stream``: it serves the stream mode and, with a zero state, per-frame
 fusion), and reuses the file on every later start. The file name holds a hash of the checkpoint's
 bytes and one of the code that defines the graph (moefusion/model and moefusion/export): retrained
-weights or a changed model or exporter (a new stream state, say) give a new export, never a stale one. Written to a temporary name and renamed, so an interrupted export leaves nothing behind.
+weights or a changed model or exporter (a new stream state, say) give a new export, never a stale
+one. Written to a temporary name and renamed, so an interrupted export leaves nothing behind.
 """
 from __future__ import annotations
 

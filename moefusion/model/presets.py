@@ -111,8 +111,8 @@ class ModelConfig:
 
     @property
     def decoder_in(self) -> int:
-        # both encoders' dense features (less the last block's, when MoLE alone carries them)
-        # + MoLE foreground and background outputs
+        # both encoders' dense features (less the last block's, when MoLE alone carries them; none
+        # without decoder_sees_encoders) + MoLE foreground and background outputs (+ the attention)
         skipped = self.encoder_out if self.decoder_skips_last_block else self.encoder_out - self.growth
         return 2 * skipped * int(self.decoder_sees_encoders) + 2 * self.growth + int(self.decoder_attention)
 
