@@ -95,6 +95,27 @@ def test_edge_uses_the_pyramid_head_and_paper_the_pixel_head():
             moefusion.build_model("edge", **bad)
 
 
+def test_a_base_only_head_takes_its_detail_from_the_prior_and_its_base_from_the_one_map():
+    ir, vis = two_textures()
+    base = torch.randn(1, 1, 64, 96)
+    full = maps()
+    full[:, :1] = base
+    # one map: the detail weights are the energy prior's, exactly as with zero detail offsets
+    torch.testing.assert_close(pyramid_fuse(ir, vis, base, LEVELS, SHARP, 1.2),
+                               pyramid_fuse(ir, vis, full, LEVELS, SHARP, 1.2), atol=1e-6, rtol=0)
+    # ... and that one map still moves the image: a high base logit leans to the (brighter) IR
+    warm = ir + 0.3
+    leaning = pyramid_fuse(warm, vis, torch.full((1, 1, 64, 96), 4.0), LEVELS, SHARP)
+    mean_base = pyramid_fuse(warm, vis, base * 0, LEVELS, SHARP)
+    assert (leaning - mean_base).mean() > 0.05  # (0.98 - 0.5) x the bases' gap (about 0.2)
+    with pytest.raises(ValueError, match="1 or 6 maps, got 3"):
+        pyramid_fuse(ir, vis, torch.zeros(1, 3, 64, 96), LEVELS, SHARP)
+    model = moefusion.build_model("edge", pyramid_learned_detail=False)
+    assert model.cfg.decoder_out == 1 and model.moge.experts.channels[-1] == 1
+    with torch.no_grad():
+        assert model.eval()(ir, vis).fused.shape == ir.shape
+
+
 def test_model_output_is_the_head_applied_to_the_decoder_maps():
     torch.manual_seed(0)
     model = moefusion.build_model("edge").eval()
