@@ -95,7 +95,7 @@ def test_edge_uses_the_pyramid_head_and_paper_the_pixel_head():
             moefusion.build_model("edge", **bad)
 
 
-def test_a_base_only_head_takes_its_detail_from_the_prior_and_its_base_from_the_one_map():
+def test_a_head_steering_fewer_levels_takes_the_others_from_the_prior():
     ir, vis = two_textures()
     base = torch.randn(1, 1, 64, 96)
     full = maps()
@@ -108,12 +108,22 @@ def test_a_base_only_head_takes_its_detail_from_the_prior_and_its_base_from_the_
     leaning = pyramid_fuse(warm, vis, torch.full((1, 1, 64, 96), 4.0), LEVELS, SHARP)
     mean_base = pyramid_fuse(warm, vis, base * 0, LEVELS, SHARP)
     assert (leaning - mean_base).mean() > 0.05  # (0.98 - 0.5) x the bases' gap (about 0.2)
-    with pytest.raises(ValueError, match="1 or 6 maps, got 3"):
-        pyramid_fuse(ir, vis, torch.zeros(1, 3, 64, 96), LEVELS, SHARP)
-    model = moefusion.build_model("edge", pyramid_learned_detail=False)
-    assert model.cfg.decoder_out == 1 and model.moge.experts.channels[-1] == 1
-    with torch.no_grad():
-        assert model.eval()(ir, vis).fused.shape == ir.shape
+    # three maps: the two finest levels take their offsets, the coarser ones the prior alone
+    fine = torch.full((1, 2, 64, 96), -60.0)  # the two finest levels from VIS, even at the warm edge
+    full[:, 1:3] = fine
+    three = torch.cat([base, fine], dim=1)
+    torch.testing.assert_close(pyramid_fuse(ir, vis, three, LEVELS, SHARP), pyramid_fuse(ir, vis, full, LEVELS, SHARP),
+                               atol=1e-6, rtol=0)
+    assert (pyramid_fuse(ir, vis, three, LEVELS, SHARP) - pyramid_fuse(ir, vis, base, LEVELS, SHARP)).abs().max() > 0.01
+    with pytest.raises(ValueError, match="1 to 6 maps, got 7"):
+        pyramid_fuse(ir, vis, torch.zeros(1, 7, 64, 96), LEVELS, SHARP)
+    for n in (0, 2):
+        model = moefusion.build_model("edge", pyramid_learned_levels=n)
+        assert model.cfg.decoder_out == 1 + n and model.moge.experts.channels[-1] == 1 + n
+        with torch.no_grad():
+            assert model.eval()(ir, vis).fused.shape == ir.shape
+    with pytest.raises(ValueError, match="pyramid_learned_levels"):
+        moefusion.build_model("edge", pyramid_learned_levels=6)
 
 
 def test_model_output_is_the_head_applied_to_the_decoder_maps():

@@ -77,11 +77,11 @@ class ModelConfig:
     pyramid_sharpness: float = 30.0  # weight of the local-energy prior in each detail level's logit
     pyramid_detail_gain: float = 1.0  # the blended detail is multiplied by this
     pyramid_attention_gain: float = 0.0  # the attention times this is added to the base layer's IR logit
-    # The decoder also offsets each detail level's IR weight (levels + 1 maps), or only the base
-    # layer's (1 map: the detail is chosen by the fixed local-energy prior alone). Measured on the v2
-    # recipe's run 3 (docs/model_card.md): its learned detail offsets, made at a quarter of the
-    # frame, lowered VIF on every held-out set, below the Laplacian pyramid's on two.
-    pyramid_learned_detail: bool = True
+    # How many detail levels, the finest first, the decoder offsets besides the base (1 + this many
+    # maps); coarser levels are chosen by the fixed local-energy prior alone. Measured on the v2
+    # recipe's run 3 (docs/model.md): its offsets of the three coarsest levels lowered VIF on every
+    # held-out set, below the Laplacian pyramid's on two.
+    pyramid_learned_levels: int = 5
     noisy_gating: bool = True
     gate_pool: str = "grid"  # grid: features resized to *_grid (the paper's); moments: per-channel mean and std
     # Detection-driven attention.
@@ -125,7 +125,7 @@ class ModelConfig:
     def decoder_out(self) -> int:
         if self.output_head != "pyramid":
             return 1
-        return head_channels(self.pyramid_levels) if self.pyramid_learned_detail else 1
+        return head_channels(self.pyramid_learned_levels)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -193,6 +193,9 @@ def validate_config(cfg: ModelConfig) -> ModelConfig:
         raise ValueError(f"output_head={cfg.output_head!r}; choose from {', '.join(OUTPUT_HEADS)}")
     if not 1 <= cfg.pyramid_levels <= MAX_PYRAMID_LEVELS:
         raise ValueError(f"pyramid_levels={cfg.pyramid_levels} must be between 1 and {MAX_PYRAMID_LEVELS}")
+    if not 0 <= cfg.pyramid_learned_levels <= cfg.pyramid_levels:
+        raise ValueError(f"pyramid_learned_levels={cfg.pyramid_learned_levels} must be between 0 and "
+                         f"pyramid_levels ({cfg.pyramid_levels})")
     if cfg.pyramid_sharpness < 0:
         raise ValueError(f"pyramid_sharpness={cfg.pyramid_sharpness} must be >= 0")
     if not 0 < cfg.pyramid_detail_gain <= 4:

@@ -12,8 +12,8 @@ a Laplacian-pyramid blend of the two sources driven by them:
   local-energy prior ``sharpness * (E_ir - E_vis) / (E_ir + E_vis + eps)`` (E = |detail| averaged
   over 3x3: the stronger source wins, by region rather than by coefficient).
 
-With ``pyramid_learned_detail: false`` the decoder outputs map 0 alone and every detail level's
-weight is the prior's. Maps are pooled to each level's resolution. The blended detail is multiplied by ``detail_gain``
+With ``pyramid_learned_levels: n`` below ``levels`` the decoder outputs maps 0..n only: the n
+finest detail levels get its offsets, the coarser ones the prior alone. Maps are pooled to each level's resolution. The blended detail is multiplied by ``detail_gain``
 (a preset field): choosing by region instead of by coefficient keeps edges clean (Qabf) but drops
 the per-coefficient maxima, so the image is softer than a classical pyramid's unless the detail
 is lifted a little (docs/model.md gives the measurements).
@@ -36,8 +36,8 @@ ENERGY_EPS = 1e-3  # in [0, 1] units (a quarter of a grey level): flat regions t
 
 
 def head_channels(levels: int) -> int:
-    """Maps the decoder outputs for a pyramid head of ``levels`` detail levels that it steers all
-    (one map, the base's, when it steers none)."""
+    """Maps the decoder outputs for a pyramid head whose ``levels`` finest detail levels it steers
+    (the base's and one per level)."""
     return levels + 1
 
 
@@ -85,9 +85,10 @@ def detail_prior(d_ir: torch.Tensor, d_vis: torch.Tensor, sharpness: float) -> t
 
 def _blend(ir, vis, maps, levels, sharpness, attention, attention_gain):
     """The blended pyramid: (base level, [detail level 0 (full size), ..., levels-1]). ``maps`` holds
-    the base logit and, unless it is that one map alone, an offset for each detail level."""
-    if maps.shape[1] not in (1, head_channels(levels)):
-        raise ValueError(f"a pyramid head of {levels} levels takes 1 or {head_channels(levels)} maps, got {maps.shape[1]}")
+    the base logit and an offset for each of the finest ``maps.shape[1] - 1`` detail levels."""
+    steered = maps.shape[1] - 1
+    if not 0 <= steered <= levels:
+        raise ValueError(f"a pyramid head of {levels} levels takes 1 to {head_channels(levels)} maps, got {maps.shape[1]}")
     p_ir, p_vis = laplacian_pyramid(ir, levels), laplacian_pyramid(vis, levels)
     maps = maps.to(ir.dtype)
     base_logit = maps[:, :1]
@@ -99,7 +100,7 @@ def _blend(ir, vis, maps, levels, sharpness, attention, attention_gain):
     for level in range(levels):
         d_ir, d_vis = p_ir[level], p_vis[level]
         logit = detail_prior(d_ir, d_vis, sharpness)
-        if maps.shape[1] > 1:
+        if level < steered:
             logit = logit + _at_level(maps[:, 1 + level : 2 + level], level)
         w = torch.sigmoid(logit)
         details.append(w * d_ir + (1 - w) * d_vis)
