@@ -80,7 +80,7 @@ class ModelConfig:
     # How many detail levels, the finest first, the decoder offsets besides the base (1 + this many
     # maps); coarser levels are chosen by the fixed local-energy prior alone. Measured on the v2
     # recipe's run 3 (docs/model.md): its offsets of the three coarsest levels lowered VIF on every
-    # held-out set, below the Laplacian pyramid's on two.
+    # held-out set, below the Laplacian pyramid's on two. 5 (the most levels a head has): all of them.
     pyramid_learned_levels: int = 5
     noisy_gating: bool = True
     gate_pool: str = "grid"  # grid: features resized to *_grid (the paper's); moments: per-channel mean and std
@@ -125,7 +125,7 @@ class ModelConfig:
     def decoder_out(self) -> int:
         if self.output_head != "pyramid":
             return 1
-        return head_channels(self.pyramid_learned_levels)
+        return head_channels(min(self.pyramid_learned_levels, self.pyramid_levels))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -193,9 +193,9 @@ def validate_config(cfg: ModelConfig) -> ModelConfig:
         raise ValueError(f"output_head={cfg.output_head!r}; choose from {', '.join(OUTPUT_HEADS)}")
     if not 1 <= cfg.pyramid_levels <= MAX_PYRAMID_LEVELS:
         raise ValueError(f"pyramid_levels={cfg.pyramid_levels} must be between 1 and {MAX_PYRAMID_LEVELS}")
-    if not 0 <= cfg.pyramid_learned_levels <= cfg.pyramid_levels:
+    if not 0 <= cfg.pyramid_learned_levels <= MAX_PYRAMID_LEVELS:
         raise ValueError(f"pyramid_learned_levels={cfg.pyramid_learned_levels} must be between 0 and "
-                         f"pyramid_levels ({cfg.pyramid_levels})")
+                         f"{MAX_PYRAMID_LEVELS} (every level)")
     if cfg.pyramid_sharpness < 0:
         raise ValueError(f"pyramid_sharpness={cfg.pyramid_sharpness} must be >= 0")
     if not 0 < cfg.pyramid_detail_gain <= 4:
