@@ -13,7 +13,9 @@ a Laplacian-pyramid blend of the two sources driven by them:
   over 3x3: the stronger source wins, by region rather than by coefficient).
 
 With ``pyramid_learned_levels: n`` below ``levels`` the decoder outputs maps 0..n only: the n
-finest detail levels get its offsets, the coarser ones the prior alone. Maps are pooled to each level's resolution. The blended detail is multiplied by ``detail_gain``
+finest detail levels get its offsets, the coarser ones the prior alone.
+
+Maps are pooled to each level's resolution. The blended detail is multiplied by ``detail_gain``
 (a preset field): choosing by region instead of by coefficient keeps edges clean (Qabf) but drops
 the per-coefficient maxima, so the image is softer than a classical pyramid's unless the detail
 is lifted a little (docs/model.md gives the measurements).
