@@ -90,7 +90,8 @@ def _blend(ir, vis, maps, levels, sharpness, attention, attention_gain):
     the base logit and an offset for each of the finest ``maps.shape[1] - 1`` detail levels."""
     steered = maps.shape[1] - 1
     if not 0 <= steered <= levels:
-        raise ValueError(f"a pyramid head of {levels} levels takes 1 to {head_channels(levels)} maps, got {maps.shape[1]}")
+        raise ValueError(f"a pyramid head of {levels} levels takes 1 to {head_channels(levels)} maps, "
+                         f"got {maps.shape[1]}")
     p_ir, p_vis = laplacian_pyramid(ir, levels), laplacian_pyramid(vis, levels)
     maps = maps.to(ir.dtype)
     base_logit = maps[:, :1]
