@@ -90,8 +90,6 @@ def test_the_model_card_gives_the_one_command():
     assert f"`{RECIPE}`" in card
 
 
-@pytest.mark.xfail(strict=True, reason="issue 23: the shipped weights predate the one recipe (docs/model_card.md, "
-                                       "Commands); its four full runs were measured and not shipped")
 def test_the_shipped_weights_come_from_the_one_command():
     from moefusion.model.checkpoint import DEFAULT_WEIGHTS
 
