@@ -93,6 +93,7 @@ def edge_model():
 def test_torch_backend_stream_is_the_models_stream_and_resets(edge_model):
     import torch
 
+    from moefusion.model.stream import state_shapes
     from moefusion.runtime.backends import TorchBackend
 
     rng = np.random.default_rng(0)
@@ -111,8 +112,10 @@ def test_torch_backend_stream_is_the_models_stream_and_resets(edge_model):
     per_frame, _ = edge_model.forward_unit(torch.from_numpy(frames[0][0]), torch.from_numpy(frames[0][1]))
     np.testing.assert_allclose(again, per_frame.numpy(), atol=1e-5)
     assert not np.array_equal(first, again)
-    other, _ = b.infer(rng.random((1, 1, 32, 64), dtype=np.float32), rng.random((1, 1, 32, 64), dtype=np.float32))
-    assert other.shape == (1, 1, 32, 64) and b._state.detail.shape[-2:] == (32, 64)  # a new size starts afresh
+    other, _ = b.infer(rng.random((1, 1, 32, 112), dtype=np.float32), rng.random((1, 1, 32, 112), dtype=np.float32))
+    padded = state_shapes(edge_model.cfg, 1, 32, 112)["detail"][-2:]  # padded to the network's multiple (32 or 64)
+    assert padded != state_shapes(edge_model.cfg, 1, 32, 48)["detail"][-2:]
+    assert other.shape == (1, 1, 32, 112) and tuple(b._state.detail.shape[-2:]) == padded  # a new size starts afresh
     assert not b.set_stream_mode(False) and b._state is None
 
 
