@@ -224,7 +224,8 @@ class MoEFusion(nn.Module):
     def decoder_input(self, enc_vis, enc_ir, y_fg, y_bg, att) -> torch.Tensor:
         """What MoGE sees: the encoders' features (all, all but the last block's, or none without
         ``decoder_sees_encoders``: ``enc_*`` are the encoders' (early, last) outputs), MoLE's outputs
-        and, with ``decoder_attention``, the attention map. One concatenation, after average pooling by ``decoder_stride``."""
+        and, with ``decoder_attention``, the attention map. One concatenation, after average pooling
+        by ``decoder_stride``."""
         keep = slice(None) if self.cfg.decoder_skips_last_block else slice(0, 1)
         parts = [*enc_vis[keep], *enc_ir[keep]] if self.cfg.decoder_sees_encoders else []
         parts += [y_fg, y_bg]
