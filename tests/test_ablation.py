@@ -56,6 +56,31 @@ def test_forcing_experts_the_gate_did_not_choose_changes_the_image(model):
         assert torch.equal(ablation.fused_grey(model, ir, vis), base)
 
 
+def test_model_returns_the_unchosen_experts_images_the_ablation_measures(model):
+    """forced=True (training's expert-choice loss) gives, per layer, the image that layer's unchosen
+    experts make: the ablation's, with MoGE's routing held where a MoLE layer is forced."""
+    ir, vis = _pair(1)
+    out = model(ir, vis, forced=True)
+    assert model(ir, vis).forced is None
+    assert list(out.forced) == ["mole_fg", "mole_bg", "moge"]
+    base = out.fused.clamp(0, 1) * 255
+    held = out.gatings["moge"]
+    for name, layer in ablation.moe_layers(model).items():
+        with ablation.forced_experts(layer):
+            if name != "moge":
+                model.moge.route = lambda *args, **kwargs: (held, None)
+            try:
+                expected = ablation.fused_grey(model, ir, vis)
+            finally:
+                if name != "moge":
+                    del model.moge.route
+        image = out.forced[name].clamp(0, 1) * 255
+        assert image.shape == base.shape
+        assert torch.allclose(image, expected, atol=1e-3), name
+        assert not torch.equal(image, base), name
+    assert (out.forced["moge"].clamp(0, 1) * 255 - base).abs().mean() > 0.05
+
+
 def test_unchosen_experts():
     idx = torch.tensor([[0, 3], [2, 1]])
     assert ablation.unchosen(idx, 4).tolist() == [[1, 2], [0, 3]]

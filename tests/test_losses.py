@@ -6,6 +6,7 @@ import torch
 from moefusion.model.losses import (
     attention_loss,
     box_mask,
+    expert_choice_loss,
     fusion_losses,
     ssim,
     target_mask,
@@ -235,3 +236,24 @@ def test_box_mask_int_rounding_is_upstreams():
         assert "outward, int" in str(e)
     else:
         raise AssertionError("an unknown rounding must be refused")
+
+
+def test_expert_choice_loss_is_the_margin_the_unchosen_experts_image_falls_short_of():
+    fused = torch.full((2, 1, 8, 8), 0.5, requires_grad=True)
+    same = fused.detach().clone().requires_grad_(True)
+    far = torch.full((2, 1, 8, 8), 0.5 + 10 / 255)
+    near = fused.detach() + torch.tensor([2.0, -8.0]).reshape(2, 1, 1, 1) / 255  # one sample short, one past
+    margin = 6 / 255
+    assert abs(expert_choice_loss(fused, {"a": same}, margin).item() - margin) < 1e-7
+    assert expert_choice_loss(fused, {"a": far}, margin).item() == 0.0
+    # per sample and per layer: (4/255 short + 0) / 2 samples, then the mean with a layer at the full margin
+    both = expert_choice_loss(fused, {"a": near, "b": same}, margin).item()
+    assert abs(both - (2 / 255 + margin) / 2) < 1e-6
+    # only the unchosen experts' image is pushed: the chosen one is the reference
+    close = (fused.detach() + 1 / 255).requires_grad_(True)
+    expert_choice_loss(fused, {"a": close}, margin).backward()
+    assert fused.grad is None and close.grad is not None and bool((close.grad < 0).all())  # pushed further up
+    terms = fusion_losses(fused.detach(), far, far, forced={"a": same.detach()}, expert_weight=3.0,
+                          expert_margin=margin)
+    assert abs(terms["experts"].item() - 3.0 * margin) < 1e-6
+    assert "experts" not in fusion_losses(fused.detach(), far, far, forced={"a": same.detach()})

@@ -309,3 +309,11 @@ def test_paper_config_trains_as_upstream_and_edge_as_before():
         training_transform(load_config("edge.yaml", ["data.flip=2"]))
     with pytest.raises(UserError, match="unknown config entry data.flipp"):
         load_config("edge.yaml", ["data.flipp=0"])
+
+
+def test_an_expert_margin_outside_the_grey_range_is_refused(tmp_path, shared_data):
+    cfg = small_config(tmp_path, [shared_data("tno_seq_duine")], steps=1)
+    cfg["loss"]["expert_margin"] = 300
+    with pytest.raises(UserError, match=r"loss\.expert_margin=300 .* 0\.\.255 grey levels"):
+        train(cfg)
+    assert not (tmp_path / "run" / "last.pt").exists()

@@ -25,7 +25,7 @@ import torch
 
 from ..data.io import read_image
 from ..data.preprocess import prepare_pair
-from ..model.gating import Gating
+from ..model.gating import Gating, unchosen
 from ..model.moe import GatedExperts
 from .baselines import laplacian_pyramid_fusion
 from .contrast import RING_PX, box_union_mask, target_contrast
@@ -50,16 +50,6 @@ def to_tensors(ir_raw: np.ndarray, vis_raw: np.ndarray) -> tuple[torch.Tensor, t
 def fused_grey(model, ir: torch.Tensor, vis: torch.Tensor, **kwargs) -> torch.Tensor:
     """The model's fused image in grey levels, [B, 1, H, W] in 0..255."""
     return model(ir, vis, **kwargs).fused.clamp(0, 1) * 255
-
-
-def unchosen(indices: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """Per sample, k experts the gate did not choose (lowest index first; chosen ones fill up when
-    fewer than k are left)."""
-    out = []
-    for row in indices.tolist():
-        others = [e for e in range(num_experts) if e not in row] + row
-        out.append(others[: len(row)])
-    return torch.tensor(out, dtype=indices.dtype, device=indices.device)
 
 
 @contextlib.contextmanager

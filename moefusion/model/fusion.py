@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ..data.preprocess import DEFAULT_AGC_PERCENTILES, merge_visible, prepare_pair
 from .attention import DetectionAttention
 from .experts import DISPATCH_MODES
+from .gating import unchosen
 from . import stream as streaming
 from .moe import GatedExperts
 from .presets import ModelConfig
@@ -39,6 +40,7 @@ class FusionOutput(NamedTuple):
     gatings: dict  # layer name -> Gating (indices, weights, gates, load) of the MoE layers
     attention_maps: tuple | None  # training: level-0 (a_vis, a_ir) at stride 4, not detached
     state: StreamState | None = None  # stream mode: the state for the next frame
+    forced: dict | None = None  # forced=True: layer name -> fused image with its unchosen experts
 
 
 class DenseEncoder(nn.Module):
@@ -110,7 +112,8 @@ class MoEFusion(nn.Module):
 
     # -- forward --------------------------------------------------------------------------
     def forward(self, ir, vis, targets_ir=None, targets_vis=None, detections: bool = False,
-                attention_override: torch.Tensor | None = None, state: StreamState | None = None) -> FusionOutput:
+                attention_override: torch.Tensor | None = None, state: StreamState | None = None,
+                forced: bool = False) -> FusionOutput:
         """ir, vis: [B, 1, H, W] in [0, 1] (IR and visible luminance), any H, W.
 
         targets_*: lists of {'boxes': [N, 4] xyxy px, 'labels': [N] in 1..num_classes} for the
@@ -120,6 +123,8 @@ class MoEFusion(nn.Module):
         does the attention steer the fusion?).
         state: stream mode (eval): the previous frame's state (``initial_state`` for the first);
         the output's ``state`` is the next frame's.
+        forced: also return, per MoE layer, the fused image made with the experts its gate did not
+        choose (``unchosen_fusions``; training's expert-choice loss).
         """
         h, w = ir.shape[-2:]
         c = self.cfg
@@ -166,11 +171,14 @@ class MoEFusion(nn.Module):
         out_bg = self.mole_bg(torch.cat(bg, dim=1), bg, route("mole_bg"))
         enc = self.decoder_input((early_vis, last_vis), (early_ir, last_ir), out_fg.y, out_bg.y, att)
         out_dec = self.moge(enc, enc, route("moge"))
-        att = att_full
+        att_net, att = att, att_full
 
-        new_state = None
+        new_state, others = None, None
         if stream is None:
             fused = self.head(ir, vis, out_dec.y, att)[..., :h, :w]
+            if forced:
+                others = self.unchosen_fusions(ir, vis, (att_net, att), (early_vis, last_vis), (early_ir, last_ir),
+                                               (fg, bg, enc), (out_fg, out_bg, out_dec), h, w)
         else:
             fused, new_state = self.stream_head(ir, vis, att, (out_fg, out_bg, out_dec), stream, h, w)
         aux = out_fg.aux_loss + out_bg.aux_loss + out_dec.aux_loss
@@ -181,7 +189,28 @@ class MoEFusion(nn.Module):
         if not detections:
             dets = None
         return FusionOutput(fused, att[..., :h, :w], aux, det_losses, dets, routes, gatings,
-                            maps if self.training else None, new_state)
+                            maps if self.training else None, new_state, others)
+
+    def unchosen_fusions(self, ir, vis, att, enc_vis, enc_ir, inputs, outs, h: int, w: int) -> dict:
+        """Per MoE layer, the fused image when that layer runs the experts its gate did not choose,
+        with the gate's weights (as eval.ablation.forced_experts does); the other layers keep their
+        outputs, or MoGE its choice of experts (the ablation lets it route again). ``att``: (the network's, the frame's) attention;
+        ``inputs``: (MoLE fg's, MoLE bg's, MoGE's) inputs."""
+        fg, bg, enc = inputs
+        out_fg, out_bg, out_dec = outs
+        att_n, att = att
+
+        def other(layer, x, out):
+            return layer.run(x, unchosen(out.gating.indices, layer.num_experts), out.gating.weights)
+
+        def decode(y_fg, y_bg):
+            e = self.decoder_input(enc_vis, enc_ir, y_fg, y_bg, att_n)
+            return self.moge.run(e, out_dec.gating.indices, out_dec.gating.weights)
+
+        maps = {"mole_fg": decode(other(self.mole_fg, fg, out_fg), out_bg.y),
+                "mole_bg": decode(out_fg.y, other(self.mole_bg, bg, out_bg)),
+                "moge": other(self.moge, enc, out_dec)}
+        return {name: self.head(ir, vis, y, att)[..., :h, :w] for name, y in maps.items()}
 
     def stream_head(self, ir, vis, att, outs, stream, h: int, w: int):
         """Stream mode's head: blend maps and lifted detail smoothed where nothing moved, brightness

@@ -99,6 +99,16 @@ def top_k_gating(
     return Gating(indices, weights, gates, load)
 
 
+def unchosen(indices: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """Per sample, k experts the gate did not choose (lowest index first; chosen ones fill up when
+    fewer than k are left). What an expert-choice ablation runs, and what training compares with."""
+    out = []
+    for row in indices.tolist():
+        others = [e for e in range(num_experts) if e not in row] + row
+        out.append(others[: len(row)])
+    return torch.tensor(out, dtype=indices.dtype, device=indices.device)
+
+
 def cv_squared(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     """Squared coefficient of variation: var / mean^2 (0 for a single value)."""
     x = x.float()

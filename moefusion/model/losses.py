@@ -238,15 +238,28 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return s.mean()
 
 
+def expert_choice_loss(fused: torch.Tensor, others: dict, margin: float) -> torch.Tensor:
+    """Mean over MoE layers and samples of relu(margin - mean |other - fused|): the image a layer's
+    unchosen experts make (``FusionOutput.forced``) must differ from the chosen experts' by at least
+    ``margin`` (0..1 units), so that which experts a gate picks matters. The chosen image is the
+    reference, detached: the term moves the experts that were not chosen away from what the chosen
+    ones make of this input, not the chosen ones away from their target."""
+    ref = fused.detach().clamp(0, 1)
+    gaps = [F.relu(margin - (o.float().clamp(0, 1) - ref).abs().mean(dim=(1, 2, 3))) for o in others.values()]
+    return torch.stack(gaps).mean()
+
+
 def fusion_losses(fused, vis, ir, boxes_per_image=None, aux_loss=None, det_losses=None,
                   grad_weight: float = GRAD_WEIGHT, pixel_weight: float = PIXEL_WEIGHT,
                   signed_grad: bool = False, background_max: float = 0.0, ssim_weight: float = 0.0,
                   mask: torch.Tensor | None = None, attention_maps=None, attention_weight: float = 0.0,
                   detail_weight: float = 0.0, pixel_levels: int = 0, background_max_weak: float | None = None,
-                  box_rounding: str = "outward") -> dict:
+                  box_rounding: str = "outward", forced: dict | None = None, expert_weight: float = 0.0,
+                  expert_margin: float = 0.0) -> dict:
     """All loss terms (already weighted) and their sum under 'total'. ``signed_grad`` replaces the
     published gradient loss by :func:`signed_gradient_loss`; ``mask`` (default: the boxes, rasterised
-    with ``box_rounding``) is the pixel loss's "inside" and the attention loss's target."""
+    with ``box_rounding``) is the pixel loss's "inside" and the attention loss's target; ``forced``
+    (the unchosen experts' images) with ``expert_weight`` adds :func:`expert_choice_loss`."""
     for name, value in (("background_max", background_max), ("background_max_weak", background_max_weak)):
         if value is not None and not 0.0 <= value <= 1.0:
             raise ValueError(f"loss.{name}={value!r} must be in [0, 1]")
@@ -265,6 +278,8 @@ def fusion_losses(fused, vis, ir, boxes_per_image=None, aux_loss=None, det_losse
         terms["ssim"] = ssim_weight * (1 - (ssim(fused, vis) + ssim(fused, ir)) / 2)
     if attention_weight and attention_maps is not None and mask is not None:
         terms["attention"] = attention_weight * attention_loss(attention_maps, mask)
+    if expert_weight and forced:
+        terms["experts"] = expert_weight * expert_choice_loss(fused, forced, expert_margin)
     if aux_loss is not None:
         terms["balance"] = aux_loss
     if det_losses:

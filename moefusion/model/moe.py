@@ -89,5 +89,9 @@ class GatedExperts(nn.Module):
 
     def forward(self, gate_features: torch.Tensor, inputs, stream: tuple | None = None) -> MoEOutput:
         gating, state = self.route(gate_features, stream)
-        y = DISPATCHERS[self.dispatch](self.experts, inputs, gating.indices, gating.weights)
+        y = self.run(inputs, gating.indices, gating.weights)
         return MoEOutput(y, balancing_loss(gating) * self.loss_coef, gating, state)
+
+    def run(self, inputs, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The experts ``indices`` [B, k] on ``inputs``, combined with ``weights`` [B, k]."""
+        return DISPATCHERS[self.dispatch](self.experts, inputs, indices, weights)

@@ -70,6 +70,8 @@ OPTIONAL: dict = {
     },
     "loss": {
         "box_rounding": "outward",  # boxes -> pixel mask: outward (floor/ceil) or int (upstream's int())
+        "experts": 0.0,  # weight of the expert-choice term: a layer's unchosen experts must change the image
+        "expert_margin": 6.0,  # ... by at least this many grey levels (0..255) on each training crop
     },
 }
 

@@ -138,6 +138,15 @@ def unfinished_run(cfg: dict) -> Path | None:
     return last
 
 
+def _expert_choice(cfg: dict) -> tuple[float, float]:
+    """(weight, margin in grey levels) of the expert-choice loss, checked."""
+    weight, margin = float(option(cfg, "loss", "experts")), float(option(cfg, "loss", "expert_margin"))
+    if weight < 0 or not 0 <= margin <= 255:
+        raise UserError(f"loss.experts={weight:g} must be >= 0 and loss.expert_margin={margin:g} "
+                        "in 0..255 grey levels (e.g. --set loss.expert_margin=6)")
+    return weight, margin
+
+
 def train(cfg: dict, resume: str | None = None, recipe: dict | None = None) -> Path:
     """Train as ``cfg`` says; ``recipe`` (the command, the config file as loaded) is recorded in every
     checkpoint with a fingerprint of the data. Without ``resume``, an unfinished run of the same
@@ -146,6 +155,7 @@ def train(cfg: dict, resume: str | None = None, recipe: dict | None = None) -> P
     device = _device(cfg, local)
     _seed_all(cfg["train"]["seed"] + rank)
     out_dir = Path(cfg["train"]["out"])
+    expert_weight, expert_margin = _expert_choice(cfg)
 
     train_set, val_set = build_datasets(cfg)
     if resume is None and not cfg["train"]["init"]:
@@ -250,7 +260,8 @@ def train(cfg: dict, resume: str | None = None, recipe: dict | None = None) -> P
                 group["lr"] = opt_cfg["lr"] * _lr_factor(epoch, step, opt_cfg)
             ir, vis = batch["ir"].to(device, non_blocking=True), batch["vis"].to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                out = model(ir, vis, detection_targets(batch, "ir", device), detection_targets(batch, "vis", device))
+                out = model(ir, vis, detection_targets(batch, "ir", device), detection_targets(batch, "vis", device),
+                            forced=expert_weight > 0)
             boxes = [b for b in batch["boxes"]] if bool(batch["has_boxes"].any()) else None
             mask = target_mask(ir.shape, device, boxes, ir if loss_cfg["pseudo_targets"] else None,
                                rounding=option(cfg, "loss", "box_rounding"))
@@ -263,7 +274,9 @@ def train(cfg: dict, resume: str | None = None, recipe: dict | None = None) -> P
                                   detail_weight=float(loss_cfg["detail"]),
                                   pixel_levels=int(loss_cfg["pixel_levels"]),
                                   background_max_weak=None if loss_cfg["background_max_weak"] is None
-                                  else float(loss_cfg["background_max_weak"]))
+                                  else float(loss_cfg["background_max_weak"]),
+                                  forced=out.forced, expert_weight=expert_weight,
+                                  expert_margin=expert_margin / 255)
             routing.add(out.gatings)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(terms["total"]).backward()
