@@ -177,8 +177,8 @@ class MoEFusion(nn.Module):
         if stream is None:
             fused = self.head(ir, vis, out_dec.y, att)[..., :h, :w]
             if forced:
-                others = self.unchosen_fusions(ir, vis, (att_net, att), (early_vis, last_vis), (early_ir, last_ir),
-                                               (fg, bg, enc), (out_fg, out_bg, out_dec), h, w)
+                others = self.unchosen_fusions(ir, vis, (att_net, att), (early_vis, last_vis),
+                                               (early_ir, last_ir), (fg, bg, enc), (out_fg, out_bg, out_dec), h, w)
         else:
             fused, new_state = self.stream_head(ir, vis, att, (out_fg, out_bg, out_dec), stream, h, w)
         aux = out_fg.aux_loss + out_bg.aux_loss + out_dec.aux_loss
@@ -194,8 +194,8 @@ class MoEFusion(nn.Module):
     def unchosen_fusions(self, ir, vis, att, enc_vis, enc_ir, inputs, outs, h: int, w: int) -> dict:
         """Per MoE layer, the fused image when that layer runs the experts its gate did not choose,
         with the gate's weights (as eval.ablation.forced_experts does); the other layers keep their
-        outputs, or MoGE its choice of experts (the ablation lets it route again). ``att``: (the network's, the frame's) attention;
-        ``inputs``: (MoLE fg's, MoLE bg's, MoGE's) inputs."""
+        outputs, or MoGE its choice of experts (the ablation lets it route again). ``att``: (the
+        network's, the frame's) attention; ``inputs``: (MoLE fg's, MoLE bg's, MoGE's) inputs."""
         fg, bg, enc = inputs
         out_fg, out_bg, out_dec = outs
         att_n, att = att
